@@ -1,0 +1,247 @@
+"""Model configs: dataclasses loaded from YAML, bundled configs addressable by name.
+
+A config describes one CenterPoint model (voxelization, sparse backbone, RPN, head, post-processing).
+Loading is strict: an unknown key or a wrong type is a `ConfigError` naming the file and the key,
+because a silently ignored typo in a deployment config costs hours.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from trt_centerpoint.errors import UserError
+
+BUNDLED_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(UserError):
+    """A config file or name that cannot be used."""
+
+
+@dataclass
+class VoxelConfig:
+    point_cloud_range: list[float]  # [x_min, y_min, z_min, x_max, y_max, z_max] in metres
+    voxel_size: list[float]  # [x, y, z] in metres
+    max_points_per_voxel: int = 10
+    max_voxels: int = 160000  # inference (det3d's test setting)
+    max_voxels_train: int = 120000
+    num_point_features: int = 5  # 4: KITTI (x, y, z, intensity); 5: nuScenes (+ time lag)
+
+    @property
+    def grid_size(self) -> list[int]:
+        """Voxel grid [x, y, z], as det3d computes it."""
+        r, v = self.point_cloud_range, self.voxel_size
+        return [int(round((r[i + 3] - r[i]) / v[i])) for i in range(3)]
+
+    @property
+    def sparse_shape(self) -> list[int]:
+        """spconv spatial shape [z + 1, y, x] (det3d pads z by one)."""
+        gx, gy, gz = self.grid_size
+        return [gz + 1, gy, gx]
+
+
+@dataclass
+class BackboneConfig:
+    """SpMiddleResNetFHD: conv_input + four stages + extra_conv; `channels` is the plan per stage."""
+
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    blocks_per_stage: int = 2
+    bn_eps: float = 1e-3
+    bn_momentum: float = 0.01
+
+
+@dataclass
+class NeckConfig:
+    """det3d RPN: a downsampling conv block per level, one upsampling block per level, Concat."""
+
+    layer_nums: list[int] = field(default_factory=lambda: [5, 5])
+    ds_layer_strides: list[int] = field(default_factory=lambda: [1, 2])
+    ds_num_filters: list[int] = field(default_factory=lambda: [128, 256])
+    us_layer_strides: list[int] = field(default_factory=lambda: [1, 2])
+    us_num_filters: list[int] = field(default_factory=lambda: [256, 256])
+    bn_eps: float = 1e-3
+    bn_momentum: float = 0.01
+
+
+@dataclass
+class HeadConfig:
+    """CenterHead: shared conv, then one SepHead per task (class group)."""
+
+    tasks: list[list[str]] = field(
+        default_factory=lambda: [
+            ["car"],
+            ["truck", "construction_vehicle"],
+            ["bus", "trailer"],
+            ["barrier"],
+            ["motorcycle", "bicycle"],
+            ["pedestrian", "traffic_cone"],
+        ]
+    )
+    share_conv_channel: int = 64
+    head_conv: int = 64
+    final_kernel: int = 3
+    init_bias: float = -2.19
+    out_size_factor: int = 8
+    # Output name -> channels, in det3d's order; "hm" (one channel per class) always comes last.
+    common_heads: dict[str, int] = field(
+        default_factory=lambda: {"reg": 2, "height": 1, "dim": 3, "rot": 2, "vel": 2}
+    )
+
+    @property
+    def class_names(self) -> list[str]:
+        return [name for task in self.tasks for name in task]
+
+
+@dataclass
+class PostProcessConfig:
+    score_threshold: float = 0.1
+    post_center_range: list[float] = field(default_factory=lambda: [-61.2, -61.2, -10.0, 61.2, 61.2, 10.0])
+    nms_type: str = "rotate"  # "rotate" (BEV IoU) or "circle" (center distance)
+    nms_iou_threshold: float = 0.2
+    nms_pre_max: int = 1000
+    nms_post_max: int = 83
+    # Circle NMS radius (metres) per task, det3d's `min_radius`; used when nms_type == "circle".
+    circle_radius: list[float] = field(default_factory=lambda: [4.0, 12.0, 10.0, 1.0, 0.85, 0.175])
+
+
+@dataclass
+class ModelConfig:
+    name: str
+    voxel: VoxelConfig
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    neck: NeckConfig = field(default_factory=NeckConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    post: PostProcessConfig = field(default_factory=PostProcessConfig)
+    description: str = ""
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.head.class_names
+
+    @property
+    def backbone_out_depth(self) -> int:
+        """z extent of the sparse backbone output (2 for nuScenes: 41 -> 21 -> 11 -> 5 -> 2)."""
+        z = self.voxel.sparse_shape[0]
+        z = (z - 1) // 2 + 1  # conv2: k3 s2 p1
+        z = (z - 1) // 2 + 1  # conv3: k3 s2 p1
+        z = (z - 3) // 2 + 1  # conv4: k3 s2 p0 in z
+        return (z - 3) // 2 + 1  # extra_conv: k3 s2 p0 in z
+
+    @property
+    def bev_channels(self) -> int:
+        return self.backbone.channels[-1] * self.backbone_out_depth
+
+    @property
+    def bev_shape(self) -> list[int]:
+        """[H, W] of the BEV map the RPN sees (spatial shape divided by the backbone's stride 8)."""
+        _, gy, gx = self.voxel.sparse_shape
+        for _ in range(3):
+            gy, gx = (gy - 1) // 2 + 1, (gx - 1) // 2 + 1
+        return [gy, gx]
+
+    def validate(self, source: str) -> None:
+        v = self.voxel
+        if len(v.point_cloud_range) != 6 or len(v.voxel_size) != 3:
+            raise ConfigError(f"{source}: voxel.point_cloud_range needs 6 values and voxel.voxel_size 3")
+        if any(s <= 0 for s in v.voxel_size) or any(g <= 0 for g in v.grid_size):
+            raise ConfigError(f"{source}: voxel grid is empty: range {v.point_cloud_range}, size {v.voxel_size}")
+        if v.num_point_features not in (4, 5):
+            raise ConfigError(f"{source}: voxel.num_point_features must be 4 or 5, got {v.num_point_features}")
+        if self.backbone_out_depth < 1:
+            raise ConfigError(
+                f"{source}: sparse z extent {v.sparse_shape[0]} is too small for SpMiddleResNetFHD "
+                "(needs at least 25 after four z-downsampling convs)"
+            )
+        if len(self.backbone.channels) != 4:
+            raise ConfigError(f"{source}: backbone.channels needs 4 values (conv1..conv4), got {self.backbone.channels}")
+        n = self.neck
+        if not (len(n.layer_nums) == len(n.ds_layer_strides) == len(n.ds_num_filters)):
+            raise ConfigError(f"{source}: neck.layer_nums, ds_layer_strides and ds_num_filters differ in length")
+        if len(n.us_layer_strides) != len(n.us_num_filters) or len(n.us_layer_strides) > len(n.layer_nums):
+            raise ConfigError(f"{source}: neck.us_layer_strides / us_num_filters do not fit layer_nums")
+        names = self.class_names
+        if not names or len(set(names)) != len(names):
+            raise ConfigError(f"{source}: head.tasks must name each class once, got {self.head.tasks}")
+        if self.post.nms_type not in ("rotate", "circle"):
+            raise ConfigError(f"{source}: post.nms_type must be 'rotate' or 'circle', got {self.post.nms_type!r}")
+        if self.post.nms_type == "circle" and len(self.post.circle_radius) != len(self.head.tasks):
+            raise ConfigError(f"{source}: post.circle_radius needs one radius per task ({len(self.head.tasks)})")
+
+
+def bundled_names() -> list[str]:
+    return sorted(p.stem for p in BUNDLED_DIR.glob("*.yaml"))
+
+
+def _build(cls, data, where: str, source: str):
+    """Build dataclass `cls` from a mapping, refusing unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: '{where or 'top level'}' must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(f"{source}: unknown key(s) {', '.join(prefix + k for k in unknown)} (known: {', '.join(sorted(known))})")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{where}.{name}" if where else name
+        kwargs[name] = _convert(hints[name], value, key, source)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a required key is missing
+        raise ConfigError(f"{source}: {where or 'top level'}: {exc}") from None
+
+
+def _convert(hint, value, key: str, source: str):
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key, source)
+    origin = typing.get_origin(hint)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
+        (inner,) = typing.get_args(hint)
+        return [_convert(inner, v, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key} must be a mapping, got {value!r}")
+        kt, vt = typing.get_args(hint)
+        return {_convert(kt, k, key, source): _convert(vt, v, f"{key}.{k}", source) for k, v in value.items()}
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{source}: {key} must be {hint.__name__}, got {value!r}")
+
+
+def config_from_dict(data: dict, source: str = "<dict>") -> ModelConfig:
+    cfg = _build(ModelConfig, data, "", source)
+    cfg.validate(source)
+    return cfg
+
+
+def config_to_dict(cfg: ModelConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def load_config(name_or_path: str | Path) -> ModelConfig:
+    """Load a bundled config by name (`nuscenes_voxel0075`) or a YAML file by path."""
+    text = str(name_or_path)
+    path = Path(text)
+    if not path.suffix and (BUNDLED_DIR / f"{text}.yaml").is_file():
+        path = BUNDLED_DIR / f"{text}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{text}: no such config file or bundled config (bundled: {', '.join(bundled_names())})")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if isinstance(data, dict):
+        data.setdefault("name", path.stem)
+    return config_from_dict(data, str(path))
