@@ -1,0 +1,29 @@
+# `make demo` and `make test` each create .venv on a fresh machine (pip only), then run.
+# torch is pinned to the CPU wheel on this path; on a GPU machine install torch + the `cu120` extra yourself.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_PIN := torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check $(TORCH_PIN)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[cpu,test]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	$(BIN)/trt-centerpoint synth --out build/demo_data --frames 20 --seed 4242 --config synthetic_small
+	$(BIN)/trt-centerpoint eval --config synthetic_small --checkpoint samples/synthetic_small.pth \
+		--data build/demo_data --out build/metrics.json --dump-detections build/detections.json
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_spconv_threads.py
+
+clean:
+	rm -rf build .pytest_cache

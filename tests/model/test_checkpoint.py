@@ -1,0 +1,114 @@
+"""det3d checkpoint IO: round trip, spconv 1.x layout, key errors, refusal of pickled code."""
+
+import collections
+
+import pytest
+import torch
+
+from trt_centerpoint.config import load_config
+from trt_centerpoint.model.centerpoint import CenterPoint
+from trt_centerpoint.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config("tiny")
+
+
+def _fresh(cfg, seed):
+    torch.manual_seed(seed)
+    model = CenterPoint(cfg)
+    with torch.no_grad():  # make BN statistics non-trivial too
+        for name, buf in model.named_buffers():
+            if "running" in name:
+                buf.uniform_(0.5, 1.5)
+    return model
+
+
+def _same(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_round_trip(tmp_path, cfg):
+    src, dst = _fresh(cfg, 0), _fresh(cfg, 1)
+    assert not _same(src, dst)
+    path = tmp_path / "ckpt.pth"
+    save_checkpoint(src, path, meta={"epoch": 3})
+    raw = torch.load(path, weights_only=True)
+    assert set(raw) == {"state_dict", "meta"} and list(raw["state_dict"]) == list(src.state_dict())
+    assert load_checkpoint(dst, path) == {"epoch": 3}
+    assert _same(src, dst)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_half_storage_loads_into_float_model(tmp_path, cfg):
+    src, dst = _fresh(cfg, 0), _fresh(cfg, 1)
+    save_checkpoint(src, tmp_path / "h.pth", half=True)
+    load_checkpoint(dst, tmp_path / "h.pth")
+    for k, v in src.state_dict().items():
+        got = dst.state_dict()[k]
+        assert got.dtype == v.dtype
+        if v.is_floating_point():
+            assert torch.equal(got, v.half().to(v.dtype))
+
+
+def test_spconv1_layout_is_permuted(tmp_path, cfg):
+    src, dst = _fresh(cfg, 0), _fresh(cfg, 1)
+    state = collections.OrderedDict()
+    for k, v in src.state_dict().items():
+        state[k] = v.permute(1, 2, 3, 4, 0).contiguous() if v.dim() == 5 else v  # 2.x -> 1.x layout
+    # det3d files: {"meta", "state_dict", "optimizer"}, saved from a DDP model
+    torch.save({"meta": {"epoch": 20}, "state_dict": {"module." + k: v for k, v in state.items()},
+                "optimizer": {"state": {}, "param_groups": []}}, tmp_path / "v1.pth")
+    load_checkpoint(dst, tmp_path / "v1.pth")
+    assert _same(src, dst)
+
+
+def test_mixed_layouts_refused(tmp_path, cfg):
+    src = _fresh(cfg, 0)
+    state = dict(src.state_dict())
+    key = "backbone.conv_input.0.weight"
+    state[key] = state[key].permute(1, 2, 3, 4, 0).contiguous()
+    torch.save(state, tmp_path / "mixed.pth")
+    with pytest.raises(CheckpointError, match="mixed sparse weight layouts"):
+        load_checkpoint(_fresh(cfg, 1), tmp_path / "mixed.pth")
+
+
+def test_key_mismatch_lists_missing_and_unexpected(tmp_path, cfg):
+    state = dict(_fresh(cfg, 0).state_dict())
+    for k in [k for k in state if k.startswith("bbox_head.tasks.1.")]:
+        del state[k]
+    state["reader.weird.weight"] = torch.zeros(2)
+    state["neck.blocks.0.1.weight"] = torch.zeros(3, 3, 3, 3)
+    torch.save({"state_dict": state}, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(_fresh(cfg, 1), tmp_path / "bad.pth")
+    msg = str(info.value)
+    assert "bad.pth" in msg and "\n" not in msg
+    assert "missing: bbox_head.tasks.1.reg.0.weight" in msg and "more)" in msg
+    assert "1 unexpected: reader.weird.weight" in msg
+    assert "neck.blocks.0.1.weight [3, 3, 3, 3]" in msg
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("this ran",))
+
+
+def test_pickled_code_is_refused(tmp_path, cfg, capsys):
+    torch.save({"state_dict": _fresh(cfg, 0).state_dict(), "hook": Evil()}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match=r"evil\.pth: refused: .*arbitrary pickled code"):
+        load_checkpoint(_fresh(cfg, 1), tmp_path / "evil.pth")
+    assert "this ran" not in capsys.readouterr().out
+
+
+def test_unreadable_files(tmp_path, cfg):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(_fresh(cfg, 0), tmp_path / "nope.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match=r"junk\.pth: not a readable PyTorch checkpoint"):
+        load_checkpoint(_fresh(cfg, 0), tmp_path / "junk.pth")
+    torch.save([1, 2, 3], tmp_path / "list.pth")
+    with pytest.raises(CheckpointError, match="expected a state_dict"):
+        load_checkpoint(_fresh(cfg, 0), tmp_path / "list.pth")

@@ -1,0 +1,52 @@
+"""The CenterPoint wrapper: det3d's VoxelNet (backbone, neck, bbox_head) plus voxelization and decoding.
+
+The parameter-free mean voxel feature (det3d's VoxelFeatureExtractorV3) is computed by the voxelizer, so
+the module tree holds exactly det3d's `backbone.*`, `neck.*` and `bbox_head.*` state.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from trt_centerpoint.config import ModelConfig
+from trt_centerpoint.model.backbone import SpMiddleResNetFHD
+from trt_centerpoint.model.decode import Detections, decode
+from trt_centerpoint.model.head import CenterHead
+from trt_centerpoint.model.rpn import RPN
+from trt_centerpoint.model.voxelizer import Voxelizer, collate
+
+
+class CenterPoint(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = SpMiddleResNetFHD(cfg)
+        self.neck = RPN(cfg)
+        self.bbox_head = CenterHead(cfg, self.neck.out_channels)
+        self.voxelizer = Voxelizer(cfg.voxel)
+
+    def forward(self, voxel_features: torch.Tensor, coords: torch.Tensor, batch_size: int) -> list[dict[str, torch.Tensor]]:
+        """Voxels -> per-task head outputs (raw: hm logits, log dims, sin/cos)."""
+        bev = self.backbone(voxel_features, coords, batch_size)
+        return self.bbox_head(self.neck(bev))
+
+    def head_from_bev(self, bev: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """The 2D part alone (RPN + head), the piece exported as rpn_head.onnx."""
+        return self.bbox_head(self.neck(bev))
+
+    def voxelize(self, frames: list[torch.Tensor]):
+        """Point clouds [N, F] -> one collated voxel batch (coords carry the batch index)."""
+        return collate([self.voxelizer(points, training=self.training) for points in frames])
+
+    @torch.no_grad()
+    def detect(self, frames: list[torch.Tensor]) -> list[Detections]:
+        """Point clouds -> decoded, NMS-filtered detections, one `Detections` per frame."""
+        device = next(self.parameters()).device
+        voxels = self.voxelize([torch.as_tensor(p, dtype=torch.float32) for p in frames])
+        preds = self(voxels.features.to(device), voxels.coords.to(device), len(frames))
+        return decode(preds, self.cfg)
+
+
+def build_model(cfg: ModelConfig) -> CenterPoint:
+    return CenterPoint(cfg)

@@ -1,0 +1,151 @@
+"""det3d / CUDA-CenterPoint checkpoint IO.
+
+Checkpoints load as det3d writes them: `{"state_dict": ..., "meta": ..., "optimizer": ...}` or a bare
+state_dict, keys `backbone.*`, `neck.*`, `bbox_head.*` (a DDP `module.` prefix is stripped). Sparse conv
+weights in spconv 1.x layout [kz, ky, kx, in, out] are detected by shape and permuted to spconv 2.x
+[out, kz, ky, kx, in]. Loading always uses `weights_only=True`: a file that needs arbitrary pickled code
+is refused rather than executed.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from trt_centerpoint.errors import UserError
+
+SPCONV1_TO_2 = (4, 0, 1, 2, 3)  # [kz, ky, kx, in, out] -> [out, kz, ky, kx, in]
+MAX_LISTED_KEYS = 5
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint file safely and return its top-level mapping (`{"state_dict": ...}` form)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        if found:
+            raise CheckpointError(
+                f"{path}: refused: the checkpoint needs arbitrary pickled code to load ({found.group(1)}); "
+                "only tensors and plain containers are loaded (torch.load weights_only=True)"
+            ) from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (unpickling failed)") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: {first}") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a state_dict or a dict with 'state_dict', got {type(obj).__name__}")
+    if "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        return obj
+    if "model" in obj and isinstance(obj["model"], dict):  # some trainers use "model"
+        return {**obj, "state_dict": obj["model"]}
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return {"state_dict": obj}
+    raise CheckpointError(f"{path}: no 'state_dict' in the checkpoint (top-level keys: {', '.join(map(str, list(obj)[:8]))})")
+
+
+def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def convert_spconv1_weights(state: dict[str, torch.Tensor], expected: dict[str, torch.Size], source: str) -> tuple[dict, int]:
+    """Permute 5-D sparse conv weights stored in spconv 1.x layout; returns (state, number permuted).
+
+    A weight counts as spconv 1.x when its shape is the 2.x shape permuted back. Mixed layouts in one
+    checkpoint are refused: that file was edited by hand or assembled from two sources.
+    """
+    out, old, new = dict(state), [], []
+    for key, value in state.items():
+        want = expected.get(key)
+        if want is None or value.dim() != 5 or tuple(value.shape) == tuple(want):
+            if want is not None and value.dim() == 5:
+                new.append(key)
+            continue
+        permuted = value.permute(*SPCONV1_TO_2)
+        if tuple(permuted.shape) == tuple(want):
+            out[key] = permuted.contiguous()
+            old.append(key)
+    if old and new:
+        raise CheckpointError(
+            f"{source}: mixed sparse weight layouts: {len(old)} in spconv 1.x [k, k, k, in, out] "
+            f"(e.g. {old[0]}) and {len(new)} in spconv 2.x [out, k, k, k, in] (e.g. {new[0]})"
+        )
+    return out, len(old)
+
+
+def _list(keys: list[str]) -> str:
+    shown = ", ".join(keys[:MAX_LISTED_KEYS])
+    return shown + (f", ... ({len(keys) - MAX_LISTED_KEYS} more)" if len(keys) > MAX_LISTED_KEYS else "")
+
+
+def match_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """Check keys and shapes against the model (one error listing all the problems); convert layouts/dtypes."""
+    expected_tensors = model.state_dict()
+    expected = {k: v.shape for k, v in expected_tensors.items()}
+    state = _strip_prefix(state)
+    state, _ = convert_spconv1_weights(state, expected, source)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [
+        f"{k} {list(state[k].shape)} (model {list(expected[k])})"
+        for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k])
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing: {_list(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected: {_list(unexpected)}")
+    if wrong:
+        problems.append(f"{len(wrong)} with other shapes: {_list(wrong)}")
+    if problems:
+        raise CheckpointError(f"{source}: checkpoint does not fit the model ({model.cfg.name}): " + "; ".join(problems))
+    return {k: state[k].to(expected_tensors[k].dtype) for k in expected}
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> dict:
+    """Load a det3d-layout checkpoint into `model`; returns the checkpoint's `meta` (or {})."""
+    ckpt = read_checkpoint(path)
+    state = match_state_dict(model, ckpt["state_dict"], str(path))
+    model.load_state_dict(state)
+    meta = ckpt.get("meta")
+    return meta if isinstance(meta, dict) else {}
+
+
+def atomic_torch_save(obj, path: str | Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename: no half-written checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, meta: dict | None = None, half: bool = False) -> None:
+    """Save in det3d's layout (`{"state_dict", "meta"}`); `half` stores float tensors as FP16 (smaller file)."""
+    state = {
+        k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
+        for k, v in model.state_dict().items()
+    }
+    atomic_torch_save({"state_dict": state, "meta": dict(meta or {})}, path)
