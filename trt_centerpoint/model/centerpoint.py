@@ -6,11 +6,14 @@ the module tree holds exactly det3d's `backbone.*`, `neck.*` and `bbox_head.*` s
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
 from trt_centerpoint.config import ModelConfig
 from trt_centerpoint.model.backbone import SpMiddleResNetFHD
+from trt_centerpoint.model.checkpoint import load_checkpoint
 from trt_centerpoint.model.decode import Detections, decode
 from trt_centerpoint.model.head import CenterHead
 from trt_centerpoint.model.rpn import RPN
@@ -48,5 +51,9 @@ class CenterPoint(nn.Module):
         return decode(preds, self.cfg)
 
 
-def build_model(cfg: ModelConfig) -> CenterPoint:
-    return CenterPoint(cfg)
+def load_model(cfg: ModelConfig, checkpoint: str | Path | None = None, device: str = "cpu") -> CenterPoint:
+    """Build the model for `cfg`, load a det3d-layout checkpoint if given, eval mode on `device`."""
+    model = CenterPoint(cfg)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    return model.eval().to(device)
