@@ -15,6 +15,7 @@ topped up to --voxels.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import time
 
@@ -126,17 +127,25 @@ def resize_voxels(rng, feats, coords, target: int, grid_zyx) -> tuple[np.ndarray
     return np.concatenate(all_f), np.concatenate(all_c)
 
 
-def timed_forward(model, feats, coords, threads: int, repeats: int) -> tuple[list[float], torch.Tensor, bool]:
-    torch.set_num_threads(threads)
+def timed_forwards(model, feats, coords, thread_counts, repeats: int):
+    """Interleaved timing (2, 1, 2, 1, ...) so a change in machine load hits both thread counts alike.
+
+    Returns {threads: (seconds per forward, first output, all outputs bit-identical)}.
+    """
+    times = {n: [] for n in thread_counts}
+    first, repeatable = {}, {n: True for n in thread_counts}
     with torch.no_grad():
-        first = model(feats, coords, 1)  # warm-up (allocations, thread pool)
-        times, repeatable = [], True
+        for threads in thread_counts:  # warm-up: allocations, thread pool, pair generation code paths
+            torch.set_num_threads(threads)
+            first[threads] = model(feats, coords, 1)
         for _ in range(repeats):
-            start = time.perf_counter()
-            out = model(feats, coords, 1)
-            times.append(time.perf_counter() - start)
-            repeatable &= torch.equal(out, first)
-    return times, first, repeatable
+            for threads in thread_counts:
+                torch.set_num_threads(threads)
+                start = time.perf_counter()
+                out = model(feats, coords, 1)
+                times[threads].append(time.perf_counter() - start)
+                repeatable[threads] &= torch.equal(out, first[threads])
+    return {n: (times[n], first[n], repeatable[n]) for n in thread_counts}
 
 
 def main() -> None:
@@ -167,20 +176,24 @@ def main() -> None:
     feats_t, coords_t = torch.from_numpy(feats), torch.from_numpy(coords)
 
     old_threads = torch.get_num_threads()
-    results = {}
-    for threads in (2, 1):
-        results[threads] = timed_forward(model, feats_t, coords_t, threads, args.repeats)
+    load_before = os.getloadavg()[0]
+    results = timed_forwards(model, feats_t, coords_t, (2, 1), args.repeats)
+    load_after = os.getloadavg()[0]
     torch.set_num_threads(old_threads)
 
-    print(f"\n{'threads':>7} | {'mean s':>7} | {'min s':>7} | repeatable")
+    print(f"\n{'threads':>7} | {'min s':>7} | {'median s':>8} | {'mean s':>7} | repeatable")
     for threads, (times, _, repeatable) in results.items():
-        print(f"{threads:>7} | {np.mean(times):7.3f} | {min(times):7.3f} | {repeatable}")
+        print(f"{threads:>7} | {min(times):7.3f} | {np.median(times):8.3f} | {np.mean(times):7.3f} | {repeatable}")
     out2, out1 = results[2][1], results[1][1]
     diff = (out2 - out1).abs().max().item()
     scale = out1.abs().max().item()
-    ratio = np.mean(results[1][0]) / np.mean(results[2][0])
-    print(f"\n1-thread / 2-thread time: {ratio:.2f}x")
+    best = {n: min(results[n][0]) for n in results}
+    median = {n: float(np.median(results[n][0])) for n in results}
+    print(f"\n1-thread / 2-thread time: {best[1] / best[2]:.2f}x on the best run, "
+          f"{median[1] / median[2]:.2f}x on the median (> 1: the second thread helps)")
     print(f"max |out(2 threads) - out(1 thread)|: {diff:.3g} (max |out| {scale:.3g}, output {tuple(out1.shape)})")
+    print(f"1-min load average: {load_before:.1f} before, {load_after:.1f} after on {os.cpu_count()} CPUs "
+          "(2-thread timings are only meaningful on otherwise idle cores)")
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 

@@ -105,7 +105,8 @@ class PostProcessConfig:
     nms_iou_threshold: float = 0.2
     nms_pre_max: int = 1000
     nms_post_max: int = 83
-    # Circle NMS radius (metres) per task, det3d's `min_radius`; used when nms_type == "circle".
+    # Circle NMS per task: det3d's `min_radius`, compared (as det3d does) with the *squared* centre
+    # distance in m^2, so 4.0 suppresses within 2 m. Used when nms_type == "circle".
     circle_radius: list[float] = field(default_factory=lambda: [4.0, 12.0, 10.0, 1.0, 0.85, 0.175])
 
 

@@ -95,16 +95,17 @@ def train(cfg: ModelConfig, data: str | Path, out: str | Path, opts: TrainOption
             preds = model(voxels.features, voxels.coords, len(clouds))
             loss, parts = centerpoint_loss(preds, build_targets(cfg, boxes, names))
             if not torch.isfinite(loss):
-                raise RuntimeError(f"loss is {float(loss)} at epoch {epoch + 1}: lower --lr")
+                raise RuntimeError(f"loss is {float(loss.detach())} at epoch {epoch + 1}: lower --lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
             optimizer.step()
             scheduler.step()
-            sums["loss"] += float(loss.detach())
+            value = float(loss.detach())
+            sums["loss"] += value
             sums["hm"] += parts["hm"]
             sums["loc"] += parts["loc"]
-            bar.set_postfix(loss=f"{float(loss):.3f}", hm=f"{parts['hm']:.3f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
+            bar.set_postfix(loss=f"{value:.3f}", hm=f"{parts['hm']:.3f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
         history.append({k: v / len(batches) for k, v in sums.items()} | {"epoch": epoch + 1})
         atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                            "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history,

@@ -328,13 +328,13 @@ def test_decode_on_cuda_matches_cpu(cfg):
 
 
 def test_equal_scores_keep_row_major_cell_order():
-    cfg = load_config("nuscenes_voxel0075")  # 180 x 180 cells: large enough for an unstable sort to reorder
-    cfg.post.nms_pre_max, cfg.post.nms_post_max = 500, 40
+    cfg = load_config("tiny")  # 256 equal scores: an unstable sort reorders them (torch 2.13 CPU)
+    cfg.post.nms_pre_max, cfg.post.nms_post_max = 100, 40
     h, w = cfg.bev_shape
     preds = blank_preds(cfg)
     preds[0]["hm"].fill_(1.0)
     preds[0]["dim"].fill_(math.log(0.1))  # tiny boxes: nothing overlaps
     (det,) = decode(preds, cfg)
-    cells = list(range(40))  # the first 40 cells of row 0
-    assert det.boxes[:, 0].tolist() == pytest.approx([cell_xy(cfg, 0, j)[0] for j in cells], abs=1e-4)
-    assert det.boxes[:, 1].tolist() == pytest.approx([cell_xy(cfg, 0, 0)[1]] * 40, abs=1e-4)
+    cells = [divmod(k, w) for k in range(40)]  # the first 40 cells in row-major order
+    want = [cell_xy(cfg, i, j) for i, j in cells]
+    assert det.boxes[:, :2].tolist() == [pytest.approx(list(xy), abs=1e-4) for xy in want]

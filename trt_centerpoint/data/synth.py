@@ -56,7 +56,6 @@ from pathlib import Path
 
 import numpy as np
 
-from trt_centerpoint.data.synth_raycast import wrap_angle
 from trt_centerpoint.data.synth_scene import CLASSES, Layout, SceneConfig, sample_layout
 from trt_centerpoint.data.synth_sensor import SensorConfig, Sweep, cast_sweep
 from trt_centerpoint.errors import UserError
@@ -97,8 +96,11 @@ class SynthFrame:
 
 def points_in_boxes(xyz: np.ndarray, boxes: np.ndarray, margin: float = 0.0) -> np.ndarray:
     """Boolean [N, M]: point n inside box m (label convention, boxes upright), each side grown by margin."""
-    xyz = np.asarray(xyz, np.float64)
-    boxes = np.atleast_2d(np.asarray(boxes, np.float64))
+    xyz = np.asarray(xyz, np.float64).reshape(-1, np.shape(xyz)[-1])
+    boxes = np.asarray(boxes, np.float64)
+    boxes = boxes.reshape(-1, boxes.shape[-1] if boxes.ndim > 1 else max(boxes.size, 1))
+    if len(boxes) == 0:
+        return np.zeros((len(xyz), 0), bool)
     d = xyz[:, None, :3] - boxes[None, :, :3]
     c, s = np.cos(boxes[:, 6]), np.sin(boxes[:, 6])
     lx = c * d[..., 0] + s * d[..., 1]  # along the w side
@@ -151,7 +153,7 @@ def simulate_frame(seed: int, index: int, sensor: SensorConfig | None = None,
         in_range &= (boxes[:, k] >= r[k]) & (boxes[:, k] < r[k + 3])
     keep = np.flatnonzero(in_range & (counts >= scene.min_points))
     labels = {
-        "boxes": [[round(float(v), 5) for v in b] for b in boxes[keep]],
+        "boxes": [[round(float(v), 5) + 0.0 for v in b] for b in boxes[keep]],  # + 0.0: no "-0.0"
         "names": [CLASSES[c] for c in layout.objects.cls[keep]],
     }
     return SynthFrame(points, labels, owner, sweep_id, layout, sweeps, keep, counts[keep], boxes)
@@ -180,11 +182,19 @@ def scene_for_config(config, scene: SceneConfig | None = None) -> SceneConfig:
                    classes=[c for c in CLASSES if c in names])
 
 
+def _file_mode() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
+    """Write via a temporary file in the same folder and os.replace, so readers never see half a file."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, _file_mode())  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

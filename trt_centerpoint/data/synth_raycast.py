@@ -41,19 +41,24 @@ class Ground:
     ky: np.ndarray
     phase: np.ndarray
 
-    def _arg(self, x, y):
-        x = np.asarray(x, dtype=np.float64)[..., None]
-        y = np.asarray(y, dtype=np.float64)[..., None]
-        return self.kx * x + self.ky * y + self.phase
-
     def height(self, x, y):
-        arg = self._arg(x, y)
-        waves = (self.amp * (np.sin(arg) - np.sin(self.phase))).sum(-1)
-        return self.base + self.slope[0] * np.asarray(x) + self.slope[1] * np.asarray(y) + waves
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        h = self.base + self.slope[0] * x + self.slope[1] * y
+        for a, kx, ky, ph in zip(self.amp, self.kx, self.ky, self.phase):
+            h = h + a * (np.sin(kx * x + ky * y + ph) - np.sin(ph))
+        return h
 
     def gradient(self, x, y):
-        c = self.amp * np.cos(self._arg(x, y))
-        return self.slope[0] + (c * self.kx).sum(-1), self.slope[1] + (c * self.ky).sum(-1)
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        gx = np.full(x.shape, float(self.slope[0]))
+        gy = np.full(x.shape, float(self.slope[1]))
+        for a, kx, ky, ph in zip(self.amp, self.kx, self.ky, self.phase):
+            c = a * np.cos(kx * x + ky * y + ph)
+            gx += c * kx
+            gy += c * ky
+        return gx, gy
 
     def normal(self, x, y):
         gx, gy = self.gradient(x, y)
@@ -61,45 +66,69 @@ class Ground:
         return n / np.linalg.norm(n, axis=-1, keepdims=True)
 
 
-def intersect_ground(ground: Ground, origin, dirs: np.ndarray, t_max: float, iters: int = 10):
-    """Distance along each unit ray `origin + t * dirs` (world frame) to the ground, inf where none.
+def intersect_ground(ground: Ground, origin, dirs: np.ndarray, t_max, samples: int = 5, iters: int = 3):
+    """Distance along each unit ray `origin + t * dirs` (world frame) to its first ground crossing, inf
+    where there is none before `t_max` (scalar or per ray). The origin must lie above the ground.
 
-    The origin must lie above the ground. A ray hits if it is below the ground at `t_max`; the crossing
-    is then bracketed in [0, t_max] and found by Newton steps that fall back to bisection whenever a
-    step would leave the bracket. (A ray that dips below and comes back up before `t_max` is treated as
-    a miss; with a gentle ground this only concerns grazing rays far away.)
+    Along a ray the height above the ground is f(t) = c0 + c1 t - sum_k amp_k sin(a_k + b_k t), and the
+    waves can change f by at most W = 2 sum |amp_k|, so the first crossing lies in
+    [(f(0) - W) / -c1, (f(0) + W) / -c1]. That bracket is sampled at `samples` points, the first sign
+    change is kept, and Newton steps started from the secant guess (falling back to bisection whenever a
+    step leaves the sub-bracket) refine it. A dip below the ground shorter than one sample step (only
+    possible for grazing rays) is missed.
     """
     ox, oy, oz = (float(v) for v in origin)
-    t = np.full(len(dirs), np.inf)
-    idx = np.flatnonzero(dirs[:, 2] < 0.2)  # a ray climbing faster than 20 % never meets a gentle ground
+    n = len(dirs)
+    t = np.full(n, np.inf)
+    t_max = np.broadcast_to(np.asarray(t_max, np.float64), (n,))
+    f0 = oz - float(ground.height(ox, oy))
+    if f0 <= 0:
+        raise ValueError("intersect_ground: the ray origin is below the ground")
+    W = 2.0 * float(np.abs(ground.amp).sum())
+    c1 = dirs[:, 2] - ground.slope[0] * dirs[:, 0] - ground.slope[1] * dirs[:, 1]
+    with np.errstate(divide="ignore"):
+        t_lo = np.maximum((f0 - W) / -c1, 0.0)
+        t_hi = np.minimum((f0 + W) / -c1, t_max)
+    idx = np.flatnonzero((c1 < -1e-9) & (t_lo < t_hi))
     if idx.size == 0:
         return t
-    dx, dy, dz = dirs[idx, 0], dirs[idx, 1], dirs[idx, 2]
+    c1, t_lo, t_hi = c1[idx], t_lo[idx], t_hi[idx]
+    waves = [(amp, kx * ox + ky * oy + ph, kx * dirs[idx, 0] + ky * dirs[idx, 1])
+             for amp, kx, ky, ph in zip(ground.amp, ground.kx, ground.ky, ground.phase)]
+    # f(t) = f0 + c1 t - sum_k amp_k (sin(a_k + b_k t) - sin(a_k))
+    c0 = f0 + sum(amp * np.sin(a) for amp, a, _ in waves)
 
-    def f(tt):
-        return oz + tt * dz - ground.height(ox + tt * dx, oy + tt * dy)
+    def f(tt, sel=slice(None)):
+        val = c0 + c1[sel] * tt if tt.ndim == 1 else c0 + c1[sel, None] * tt
+        for amp, a, b in waves:
+            bb = b[sel] if tt.ndim == 1 else b[sel, None]
+            val = val - amp * np.sin(a + bb * tt)
+        return val
 
-    hit = f(np.full(idx.size, t_max)) < 0.0
-    idx, dx, dy, dz = idx[hit], dx[hit], dy[hit], dz[hit]
-    if idx.size == 0:
+    grid = t_lo[:, None] + (t_hi - t_lo)[:, None] * np.linspace(0.0, 1.0, samples)[None, :]
+    F = f(grid)
+    neg = F < 0.0
+    has = neg[:, 1:].any(1)
+    sel = np.flatnonzero(has)
+    if sel.size == 0:
         return t
-    lo = np.zeros(idx.size)
-    hi = np.full(idx.size, t_max)
-    h0 = oz - ground.height(ox, oy)
-    cur = np.where(dz < -1e-6, np.clip(h0 / np.maximum(-dz, 1e-6), 0.0, t_max), 0.5 * t_max)
+    j = 1 + np.argmax(neg[sel, 1:], axis=1)
+    lo, hi = grid[sel, j - 1], grid[sel, j]
+    f_lo, f_hi = F[sel, j - 1], F[sel, j]
+    cur = lo + (hi - lo) * f_lo / np.maximum(f_lo - f_hi, 1e-12)
     for _ in range(iters):
-        x, y = ox + cur * dx, oy + cur * dy
-        val = oz + cur * dz - ground.height(x, y)
+        val = f(cur, sel)
+        deriv = c1[sel].copy()
+        for amp, a, b in waves:
+            deriv -= amp * b[sel] * np.cos(a + b[sel] * cur)
         above = val > 0.0
         lo = np.where(above, cur, lo)
         hi = np.where(above, hi, cur)
-        gx, gy = ground.gradient(x, y)
-        deriv = dz - gx * dx - gy * dy
         with np.errstate(divide="ignore", invalid="ignore"):
             step = cur - val / deriv
-        ok = np.isfinite(step) & (step > lo) & (step < hi)
+        ok = np.isfinite(step) & (step >= lo) & (step <= hi)
         cur = np.where(ok, step, 0.5 * (lo + hi))
-    t[idx] = cur
+    t[idx[sel]] = cur
     return t
 
 

@@ -273,7 +273,10 @@ def _segment_points(p0, p1, step=1.0):
     return p0 + f * (p1 - p0)
 
 
-def _sample_static(rng, roads: list[Road], ground: Ground, fp: _Footprints, radius: float) -> Primitives:
+def _sample_static(rng, roads: list[Road], ground: Ground, fp: _Footprints, fp_tall: _Footprints,
+                   radius: float) -> Primitives:
+    """Walls, poles, signs, trees, bushes and clutter. Their footprints go to `fp`; overhanging parts
+    at least 2.2 m above the ground (tree crowns, signs) go to `fp_tall`, which only trucks must avoid."""
     rows: list[tuple] = []
 
     def gz(x, y):
@@ -296,8 +299,9 @@ def _sample_static(rng, roads: list[Road], ground: Ground, fp: _Footprints, radi
                         and rng.random() < 0.85):
                     height = rng.uniform(3.0, 12.0)
                     fp.add(mid, (length / 2, 0.3), road.angle)
-                    rows.append((BOX, (mid[0], mid[1], gz(*mid) + (height - 0.8) / 2), (length / 2, 0.15, (height + 0.8) / 2),
-                                 road.angle, -1, WALL, rng.uniform(15, 70), 0.0))
+                    # sunk 0.8 m so the undulating ground never shows a gap under it
+                    rows.append((BOX, (mid[0], mid[1], gz(*mid) + (height - 0.8) / 2),
+                                 (length / 2, 0.15, (height + 0.8) / 2), road.angle, -1, WALL, rng.uniform(15, 70), 0.0))
                 s += length + rng.uniform(2.0, 15.0)
             # Poles (street lights, signs) at the kerb.
             s = -radius + rng.uniform(0, 15)
@@ -313,6 +317,7 @@ def _sample_static(rng, roads: list[Road], ground: Ground, fp: _Footprints, radi
                             q = p - side * 0.35 * np.array([-np.sin(road.angle), np.cos(road.angle)])
                             rows.append((BOX, (q[0], q[1], z0 + h - 0.4), (0.03, 0.35, 0.3), road.angle, -1, SIGN,
                                          rng.uniform(150, 250), 0.0))
+                            fp_tall.add(q, (0.1, 0.4), road.angle)
                 s += rng.uniform(10.0, 25.0)
             # Street trees on the sidewalk.
             if rng.random() < 0.6:
@@ -320,14 +325,15 @@ def _sample_static(rng, roads: list[Road], ground: Ground, fp: _Footprints, radi
                 while s < radius:
                     p = road.point(s, side * (road.half_width + road.sidewalk - 0.8))
                     if np.linalg.norm(p) < radius and (not others or _road_clear(others, p[None], 0.5).all()):
-                        r, h = rng.uniform(0.12, 0.3), rng.uniform(1.8, 3.0)
+                        r, h = rng.uniform(0.12, 0.3), rng.uniform(2.2, 3.5)
                         if fp.try_add(p, (r + 0.05, r + 0.05), 0.0):
                             z0 = gz(*p)
                             rows.append((CYLINDER, (p[0], p[1], z0 + h / 2 - 0.1), (r, r, h / 2 + 0.1), 0.0, -1,
                                          VEGETATION, rng.uniform(10, 35), 0.0))
                             rxy, rz = rng.uniform(1.2, 2.8), rng.uniform(1.0, 2.5)
-                            rows.append((VOLUME, (p[0], p[1], z0 + h + 0.8 * rz), (rxy, rxy, rz), 0.0, -1,
+                            rows.append((VOLUME, (p[0], p[1], z0 + h + rz), (rxy, rxy, rz), 0.0, -1,
                                          VEGETATION, rng.uniform(5, 30), rng.uniform(0.6, 2.0)))
+                            fp_tall.add(p, (rxy, rxy), 0.0)
                     s += rng.uniform(8.0, 20.0)
     # Bushes and clutter (bins, boxes, kiosks) away from the carriageway.
     for kind in ("bush", "clutter"):
@@ -341,7 +347,7 @@ def _sample_static(rng, roads: list[Road], ground: Ground, fp: _Footprints, radi
                     continue
                 if kind == "bush":
                     r, rz = rng.uniform(0.4, 1.5), rng.uniform(0.3, 1.0)
-                    if fp.try_add(p, (0.8 * r, 0.8 * r), 0.0):
+                    if fp.try_add(p, (r, r), 0.0):
                         rows.append((VOLUME, (p[0], p[1], gz(*p) + 0.4 * rz), (r, r, rz), 0.0, -1, VEGETATION,
                                      rng.uniform(5, 30), rng.uniform(2.0, 5.0)))
                         break
@@ -487,7 +493,8 @@ def sample_layout(rng: np.random.Generator, scene: SceneConfig, sensor_height: f
     # The ego vehicle, swept back over the sweep window.
     back = ego_speed * window
     fp.add((-back / 2, 0.0), (2.4 + back / 2 + 0.3, 1.0 + 0.3), 0.0)
-    static = _sample_static(rng, roads, ground, fp, scene.placement_radius)
+    fp_tall = _Footprints()
+    static = _sample_static(rng, roads, ground, fp, fp_tall, scene.placement_radius)
 
     cls, xy, heading, speed, dims = [], [], [], [], []
     parts_rows: list[tuple] = []
@@ -507,7 +514,10 @@ def sample_layout(rng: np.random.Generator, scene: SceneConfig, sensor_height: f
                 sweep = v * window
                 u = np.array([np.cos(h), np.sin(h)])
                 c = p - u * sweep / 2
-                if fp.try_add(c, (d[0] / 2 + sweep / 2 + margin, d[1] / 2 + margin), h):
+                half = (d[0] / 2 + sweep / 2 + margin, d[1] / 2 + margin)
+                if name == "truck" and not fp_tall.free(c, half, h):
+                    continue
+                if fp.try_add(c, half, h):
                     idx = len(cls)
                     cls.append(CLASSES.index(name))
                     xy.append(p)

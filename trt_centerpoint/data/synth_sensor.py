@@ -107,7 +107,7 @@ def cast_sweep(layout: "sc.Layout", sensor: SensorConfig, tau: float, rng: np.ra
     hit = cast_primitives(local_prims, grid, dirs, sensor.max_range, rng)
     c, s = np.cos(yaw), np.sin(yaw)
     dirs_w = np.stack([c * dirs[:, 0] - s * dirs[:, 1], s * dirs[:, 0] + c * dirs[:, 1], dirs[:, 2]], axis=1)
-    t_ground = intersect_ground(layout.ground, origin, dirs_w, sensor.max_range)
+    t_ground = intersect_ground(layout.ground, origin, dirs_w, np.minimum(hit.t, sensor.max_range))
 
     use_ground = t_ground < hit.t
     t = np.where(use_ground, t_ground, hit.t)

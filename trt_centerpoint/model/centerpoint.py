@@ -47,6 +47,8 @@ class CenterPoint(nn.Module):
         """Point clouds -> decoded, NMS-filtered detections, one `Detections` per frame."""
         device = next(self.parameters()).device
         voxels = self.voxelize([torch.as_tensor(p, dtype=torch.float32) for p in frames])
+        if voxels.num_voxels == 0:  # nothing in range: spconv cannot run on an empty tensor
+            return [Detections.empty(self.cfg.class_names, device) for _ in frames]
         preds = self(voxels.features.to(device), voxels.coords.to(device), len(frames))
         return decode(preds, self.cfg)
 

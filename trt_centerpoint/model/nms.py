@@ -162,33 +162,22 @@ def rotated_bev_iou(boxes_a: Tensor, boxes_b: Tensor) -> Tensor:
     return out
 
 
-def _greedy(n: int, suppressed_by: Callable[[int, Tensor], Tensor], post_max: int | None, device) -> Tensor:
+def _greedy(n: int, suppresses: Callable[[int, Tensor], Tensor], post_max: int | None, device) -> Tensor:
     """Greedy NMS over candidates 0..n-1 already sorted best first.
 
-    `suppressed_by(i, undecided)` returns the indices among `undecided` (sorted candidate indices after i
-    that are neither kept nor suppressed) that kept candidate i suppresses.
+    `suppresses(i, rest)` gets a kept candidate i and the undecided candidates after it (`rest`, sorted
+    indices) and returns a bool mask over `rest`: True where i suppresses that candidate.
     """
     limit = n if post_max is None else min(n, max(post_max, 0))
     keep: list[int] = []
-    if limit == 0:
-        return torch.zeros(0, dtype=torch.long, device=device)
-    alive = torch.ones(n, dtype=torch.bool, device=device)
-    i = 0
-    while True:
-        keep.append(i)
-        alive[i] = False
-        if len(keep) >= limit:
-            break
-        undecided = alive.nonzero().squeeze(1)
-        if undecided.numel() == 0:
-            break
-        gone = suppressed_by(i, undecided)
-        if gone.numel():
-            alive[gone] = False
-            undecided = alive.nonzero().squeeze(1)
-            if undecided.numel() == 0:
-                break
+    undecided = torch.arange(n, device=device)
+    while undecided.numel() and len(keep) < limit:
         i = int(undecided[0])
+        keep.append(i)
+        rest = undecided[1:]
+        if rest.numel() == 0 or len(keep) >= limit:
+            break
+        undecided = rest[~suppresses(i, rest)]
     return torch.tensor(keep, dtype=torch.long, device=device)
 
 
@@ -219,15 +208,15 @@ def rotate_nms(
     b = _float(boxes[order, :7])
     centres, radii = b[:, 0:2], _bounding_radius(b)
 
-    def suppressed_by(i: int, undecided: Tensor) -> Tensor:
-        near = _may_overlap(centres[i], radii[i], centres[undecided], radii[undecided])
-        cand = undecided[near]
-        if cand.numel() == 0:
-            return cand
-        iou = _paired_iou(b[i].expand(cand.numel(), -1), b[cand])
-        return cand[iou >= iou_threshold]
+    def suppresses(i: int, rest: Tensor) -> Tensor:
+        near = _may_overlap(centres[i], radii[i], centres[rest], radii[rest])
+        hit = torch.zeros_like(near)
+        idx = near.nonzero().squeeze(1)
+        if idx.numel():
+            hit[idx] = _paired_iou(b[i].expand(idx.numel(), -1), b[rest[idx]]) > iou_threshold
+        return hit
 
-    return order[_greedy(order.numel(), suppressed_by, post_max, device)]
+    return order[_greedy(order.numel(), suppresses, post_max, device)]
 
 
 def circle_nms_sq(centers: Tensor, scores: Tensor, dist_sq_threshold: float, post_max: int | None = None) -> Tensor:
@@ -242,18 +231,17 @@ def circle_nms_sq(centers: Tensor, scores: Tensor, dist_sq_threshold: float, pos
     order = _sorted_order(scores, None)
     xy = _float(centers[order, :2])
 
-    def suppressed_by(i: int, undecided: Tensor) -> Tensor:
-        d2 = ((xy[undecided] - xy[i]) ** 2).sum(-1)
-        return undecided[d2 <= dist_sq_threshold]
+    def suppresses(i: int, rest: Tensor) -> Tensor:
+        return ((xy[rest] - xy[i]) ** 2).sum(-1) <= dist_sq_threshold
 
-    return order[_greedy(order.numel(), suppressed_by, post_max, device)]
+    return order[_greedy(order.numel(), suppresses, post_max, device)]
 
 
 def circle_nms(boxes_or_centers: Tensor, scores: Tensor, radius: float, post_max: int | None = None) -> Tensor:
     """Greedy NMS by BEV centre distance: suppress centres within `radius` metres of a kept, better one.
 
-    `boxes_or_centers` is [N, >=2] (only x and y are used). Like det3d, the squared distance is compared
-    with the squared radius, inclusive (`dx**2 + dy**2 <= radius**2`). Returns indices into the input,
+    `boxes_or_centers` is [N, >=2] (only x and y are used). The squared distance is compared with the
+    squared radius, inclusive (`dx**2 + dy**2 <= radius**2`), as det3d compares it with its threshold. Returns indices into the input,
     best score first, at most `post_max` of them.
 
     Note: det3d's config value `min_radius` is itself the squared-distance threshold (det3d passes it

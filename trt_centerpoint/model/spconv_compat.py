@@ -1,12 +1,12 @@
 """Make spconv 2.3.x correct on CPU tensors with three small, version-guarded runtime patches.
 
-spconv 2.3.8 (the CPU build, ``pip install spconv``) has three CPU-only problems (see
-``/work/shared/REFERENCE.md`` section 6):
+spconv 2.3.8 (the CPU build, ``pip install spconv``) has three CPU-only problems, measured with torch 2.13:
 
 1. ``scatter_add``: the Python layer of the native sparse conv (``spconv.pytorch.ops.indice_conv`` and
    ``indice_conv_backward``) does gather -> mm -> ``SpconvOps.scatter_add_cpu`` per kernel offset. With
    more than one OpenMP (torch) thread that compiled scatter-add races: wrong values and run-to-run
-   differences. We route it to ``torch.Tensor.index_add_`` (deterministic, multi-threaded).
+   differences. We route it to ``torch.Tensor.index_add_`` (deterministic). Installed only in the CPU-only
+   build: in CUDA builds CPU convs run through compiled ``ConvGemmOps`` code that this cannot reach.
 2. ``stream``: ``ops.indice_conv_backward`` calls ``get_current_stream()`` (``torch.cuda.current_stream``)
    unconditionally, so backward crashes on a CPU-only torch. The getter seen by ``ops`` returns 0 when
    CUDA is unavailable (the CPU path ignores the stream).
@@ -15,10 +15,10 @@ spconv 2.3.8 (the CPU build, ``pip install spconv``) has three CPU-only problems
    without them and apply bias + activation afterwards with torch ops (same numerics as the fused CUDA
    epilogue, and differentiable).
 
-Version guard: the patches are applied only for spconv ``2.3.0 <= version <= 2.3.8`` (the bugs are known in
-2.3.8, the CPU wheel this project pins, and the code they patch is the same across 2.3.x; 2.3.6 is the
-``spconv-cu120`` wheel). Other versions are left untouched: re-check the bugs before widening the guard.
-Each patch also checks that the spconv attribute it replaces exists. Nothing changes for CUDA tensors.
+Version guard: the patches are applied only for spconv ``2.3.0 <= version <= 2.3.8`` (verified against
+2.3.8, the CPU wheel this project pins; ``spconv-cu120`` is 2.3.6). Each patch checks its target first.
+Other versions are left untouched: re-check the bugs before widening the guard. Nothing changes for CUDA
+tensors.
 
 Usage::
 
@@ -105,7 +105,8 @@ class _SpconvOpsCpuScatterFix:
         # numpy_view() shares memory with the tv.Tensor (which itself wraps a torch tensor).
         out_t = torch.from_numpy(out.numpy_view())
         inp_t = torch.from_numpy(inp.numpy_view())[:count]
-        inds_t = torch.from_numpy(inds.numpy_view())
+        # int64: torch's CPU index_add_ is several times slower with int32 indices.
+        inds_t = torch.from_numpy(inds.numpy_view()).long()
         out_t.index_add_(0, inds_t, inp_t)
 
 
