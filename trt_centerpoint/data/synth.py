@@ -98,7 +98,8 @@ def points_in_boxes(xyz: np.ndarray, boxes: np.ndarray, margin: float = 0.0) -> 
     """Boolean [N, M]: point n inside box m (label convention, boxes upright), each side grown by margin."""
     xyz = np.asarray(xyz, np.float64).reshape(-1, np.shape(xyz)[-1])
     boxes = np.asarray(boxes, np.float64)
-    boxes = boxes.reshape(-1, boxes.shape[-1] if boxes.ndim > 1 else max(boxes.size, 1))
+    if boxes.ndim == 1:
+        boxes = boxes[None] if boxes.size else boxes.reshape(0, 9)
     if len(boxes) == 0:
         return np.zeros((len(xyz), 0), bool)
     d = xyz[:, None, :3] - boxes[None, :, :3]
@@ -169,7 +170,8 @@ def generate_frame(seed: int, index: int, sensor: SensorConfig | None = None,
 
 def scene_for_config(config, scene: SceneConfig | None = None) -> SceneConfig:
     """The scene config for a model config: its point-cloud range and its classes (which the generator
-    must know)."""
+    must know). Objects are placed up to 6 m beyond the range (at most the default placement radius), so
+    a smaller range gets the same object counts, more densely."""
     scene = scene or SceneConfig()
     if config is None:
         return scene
@@ -178,8 +180,10 @@ def scene_for_config(config, scene: SceneConfig | None = None) -> SceneConfig:
     if unknown:
         raise UserError(f"config {config.name}: the synthetic generator cannot make class(es) {unknown} "
                         f"(it knows {list(CLASSES)})")
-    return replace(scene, point_cloud_range=list(config.voxel.point_cloud_range),
-                   classes=[c for c in CLASSES if c in names])
+    r = [float(v) for v in config.voxel.point_cloud_range]
+    reach = max(abs(r[0]), abs(r[1]), abs(r[3]), abs(r[4])) + 6.0
+    return replace(scene, point_cloud_range=r, classes=[c for c in CLASSES if c in names],
+                   placement_radius=min(scene.placement_radius, reach))
 
 
 def _file_mode() -> int:

@@ -40,7 +40,8 @@ class SceneConfig:
     counts: dict[str, list[int]] = field(
         default_factory=lambda: {"car": [5, 25], "truck": [0, 4], "pedestrian": [0, 15], "cyclist": [0, 6]}
     )
-    placement_radius: float = 58.0  # objects are placed within this distance of the sensor
+    placement_radius: float = 58.0  # labelled objects are placed within this distance of the sensor
+    clutter_radius: float = 58.0  # poles, trees, bushes, clutter within this distance (walls a bit beyond)
     max_vehicle_speed: float = 15.0  # m/s
     ego_max_speed: float = 12.0  # m/s
     cross_road_prob: float = 0.5
@@ -494,7 +495,7 @@ def sample_layout(rng: np.random.Generator, scene: SceneConfig, sensor_height: f
     back = ego_speed * window
     fp.add((-back / 2, 0.0), (2.4 + back / 2 + 0.3, 1.0 + 0.3), 0.0)
     fp_tall = _Footprints()
-    static = _sample_static(rng, roads, ground, fp, fp_tall, scene.placement_radius)
+    static = _sample_static(rng, roads, ground, fp, fp_tall, scene.clutter_radius)
 
     cls, xy, heading, speed, dims = [], [], [], [], []
     parts_rows: list[tuple] = []
