@@ -98,3 +98,13 @@ def test_bad_checkpoint_and_config_are_one_line_errors(tiny_run, tmp_path, capsy
     assert "does not fit the model (synthetic_small)" in err and "\n" not in err
     assert main(["infer", "-c", "no_such_config", "-p", "x.pth", "--points", "y"]) == 2
     assert "no_such_config: no such config" in capsys.readouterr().err
+
+
+def test_metrics_json_is_strict(tiny_run, tmp_path):
+    """NaN metrics (e.g. AOE of a class without true positives) are written as null, not NaN."""
+    out = tmp_path / "m.json"
+    assert main(["eval", "-c", "tiny", "-p", str(tiny_run / "tiny.pth"), "--data", str(tiny_run / "data"),
+                 "--out", str(out), "--quiet"]) == 0
+    text = out.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
