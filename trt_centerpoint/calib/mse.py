@@ -1,0 +1,52 @@
+"""MSE amax search over a calibration histogram, on the histogram's own device (CPU included).
+
+pytorch-quantization 2.1.3's ``HistogramCalibrator.compute_amax("mse")`` moves the histogram to the GPU
+with ``.cuda()``, so it fails on CPU-only machines. This computes the same thing: for every candidate
+amax = bin centre i (i = start_bin, start_bin + stride, ...), fake-quantize all bin centres with that
+amax (scale = 127 / amax, round half to even, clamp to [-127, 127]: the library's MSE search uses
+``fake_tensor_quant``'s narrow range, irrelevant here because centres are >= 0), and weight the squared
+error by the bin counts; the amax with the smallest mean error wins (the first one on ties). The
+library loops over candidates one at a time; here they go in chunks, with the same float32 element
+operations, so the errors (and the chosen amax) are the same numbers (tests compare with the library).
+"""
+
+from __future__ import annotations
+
+import torch
+
+_EPSILON = 1.0 / (1 << 24)  # the library treats amax at or below this as zero
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def mse_amax(hist: torch.Tensor, bin_edges: torch.Tensor, num_bits: int = 8, unsigned: bool = False,
+             stride: int = 1, start_bin: int = 128) -> torch.Tensor | None:
+    """The amax (0-d float32 tensor, on `hist`'s device) minimising the histogram's quantization MSE.
+
+    `hist` has B counts, `bin_edges` B + 1 edges (as ``HistogramCalibrator`` keeps them). Returns None
+    for an empty histogram, like the library.
+    """
+    if hist is None or bin_edges is None:
+        return None
+    hist = torch.as_tensor(hist)
+    device = hist.device
+    # The library converts counts to int then float32, and edges to float32.
+    counts = hist.to(torch.int32).to(torch.float32)
+    edges = torch.as_tensor(bin_edges).to(device=device, dtype=torch.float32)
+    centers = (edges[1:] + edges[:-1]) / 2
+    candidates = torch.arange(start_bin, centers.numel(), stride, device=device)
+    if candidates.numel() == 0:
+        raise ValueError(f"histogram has {centers.numel()} bins, fewer than start_bin={start_bin}")
+    max_bound = torch.tensor(2.0 ** (num_bits - 1 + int(unsigned)) - 1.0, device=device)
+    min_bound = torch.zeros((), device=device) if unsigned else -max_bound
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, centers.numel()))
+    errors = []
+    for start in range(0, candidates.numel(), chunk):
+        amax = centers[candidates[start:start + chunk]].unsqueeze(1)
+        scale = max_bound / amax
+        zero = amax <= _EPSILON
+        scale = torch.where(zero, torch.zeros_like(scale), scale)
+        quant = torch.clamp((centers.unsqueeze(0) * scale).round_(), min_bound, max_bound)
+        quant = quant / torch.where(zero, torch.ones_like(scale), scale)
+        errors.append(((quant - centers.unsqueeze(0)) ** 2 * counts.unsqueeze(0)).mean(dim=1))
+    best = int(torch.argmin(torch.cat(errors)).item())
+    return centers[candidates[best]].clone()
