@@ -44,7 +44,6 @@ Determinism: everything in a frame is drawn from `numpy.random.default_rng([seed
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -325,23 +324,3 @@ def read_labels(path) -> dict:
             raise UserError(f"{path}: name {i} must be a non-empty string, got {name!r}")
     return {"boxes": out_boxes, "names": list(names)}
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Write a synthetic labelled LiDAR dataset.")
-    parser.add_argument("out")
-    parser.add_argument("--frames", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--config", default=None, help="model config (name or YAML) for range and classes")
-    args = parser.parse_args(argv)
-    config = None
-    if args.config:
-        from trt_centerpoint.config import load_config
-
-        config = load_config(args.config)
-    meta = write_dataset(args.out, args.frames, args.seed, config)
-    print(json.dumps(meta["stats"]))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

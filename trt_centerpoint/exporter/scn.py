@@ -37,7 +37,6 @@ SCN_OUTPUT = "bev"
 SCN_OPSET = ("ai.onnx", 11)
 SCN_IR_VERSION = 6
 DEFAULT_MAX_VOXELS = 160000  # det3d's test-time max_voxels, used for fallback bounds when none is given
-ACTIVATION_NAMES = {"relu": "ReLU", "none": "None"}
 
 __all__ = ["SCN_INPUT", "SCN_OUTPUT", "ScnExport", "ScnExportError", "export_scn"]
 
