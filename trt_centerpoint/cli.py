@@ -74,6 +74,60 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ptq(args: argparse.Namespace) -> int:
+    from trt_centerpoint.calib.ptq import run_ptq
+    from trt_centerpoint.calib.quantize import DEFAULT_SKIP
+
+    skip = DEFAULT_SKIP if args.skip is None else args.skip
+    meta = run_ptq(args.config, args.checkpoint, args.calib_data, args.out, num_frames=args.num_frames,
+                   method=args.method, skip=skip, percentile=args.percentile, bn_fused=not args.no_fuse_bn,
+                   device=args.device, progress=not args.quiet)
+    print(f"quantized {len(meta['quantized_layers'])} layers ({meta['num_quantizers']} quantizers), "
+          f"skipped {', '.join(meta['skip']) or 'nothing'}; amax {meta['amax_method']} over "
+          f"{meta['num_frames']} frames ({meta['num_frames_empty']} empty)")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_engine(args: argparse.Namespace) -> int:
+    from trt_centerpoint.engine.trt_build import build_engine
+    from trt_centerpoint.engine.trt_inspect import format_counts
+
+    result = build_engine(args.onnx, args.out, workspace_mb=args.workspace, timing_cache=args.timing_cache,
+                          fp16_io=args.fp16_io)
+    print(f"built {result.engine} in {result.seconds:.1f} s ({result.settings.describe()}); "
+          f"{format_counts(result.summary)}")
+    for path in (result.engine, result.layers, result.log, result.timing_cache):
+        if path:
+            print(f"wrote {path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from trt_centerpoint.exporter.stage import run_export
+
+    record = run_export(args.config, args.checkpoint, args.out, calib_data=args.calib_data,
+                        max_frames=args.max_frames, margin=args.bound_margin)
+    for name, digest in record["outputs"].items():
+        print(f"wrote {args.out}/{name} (sha256 {digest[:12]})")
+    print(f"wrote {args.out}/manifest.json (stage export)")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from trt_centerpoint.exporter.lint import lint_file
+
+    failed = False
+    for path in args.files:
+        kind, lines = lint_file(path)
+        for line in lines:
+            print(line)
+        if not lines:
+            print(f"{path}: ok ({kind})")
+        failed = failed or bool(lines)
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trt-centerpoint",
@@ -119,9 +173,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write metrics JSON here")
     p.add_argument("--dump-detections", help="write all detections (detection JSON) here")
     p.add_argument("--backend", default="torch", choices=["torch"], help="what runs the model (default torch)")
-    p.add_argument("--precision", default="fp32", choices=["fp32"], help="numeric precision (default fp32)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
+                   help="numeric precision (default fp32); int8: fake-quant PyTorch, --checkpoint is a `ptq` output")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("ptq", help="post-training quantization: fold BN, insert quantizers, calibrate, save ptq.pth")
+    _add_model_args(p)
+    p.add_argument("--calib-data", required=True, help="a point-cloud file or folder of them (.bin / .npy, or DIR/points/)")
+    p.add_argument("--num-frames", type=int, default=100,
+                   help="calibration frames, spread evenly over the folder (default 100; all if fewer)")
+    p.add_argument("--method", default="mse", choices=["mse", "percentile", "entropy", "max"],
+                   help="activation amax method (default mse); weights always use their per-channel max")
+    p.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default 99.99)")
+    p.add_argument("--skip", nargs="*", metavar="PATTERN",
+                   help="module-path glob patterns to leave in float; replaces the default "
+                        "(backbone.conv_input* backbone.conv1.0.*); `--skip` alone quantizes everything")
+    p.add_argument("--no-fuse-bn", action="store_true", help="keep BatchNorm unfolded (default: fold into convs)")
+    p.add_argument("--device", default="cpu", help="where calibration runs (default cpu; e.g. cuda)")
+    p.add_argument("--out", required=True, help="quantized checkpoint to write (ptq.pth)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_ptq)
+    p = sub.add_parser("engine", help="build a TensorRT engine from an exported ONNX (needs TensorRT and a GPU)")
+    p.add_argument("--onnx", required=True, help="exported ONNX, e.g. rpn_head.int8.onnx (explicit Q/DQ)")
+    p.add_argument("--out", required=True,
+                   help="engine to write, e.g. rpn_head.int8.plan (also writes <stem>.build.log and <stem>.layers.json)")
+    p.add_argument("--workspace", type=int, default=2048, metavar="MB",
+                   help="builder workspace memory pool limit in MiB (default 2048)")
+    p.add_argument("--timing-cache", metavar="FILE", help="tactic timing cache: loaded if it exists, saved after the build")
+    p.add_argument("--fp16-io", action="store_true",
+                   help="the engine takes / returns FP16: the ONNX's float inputs and outputs must already be FLOAT16")
+    p.set_defaults(func=cmd_engine)
+    p = sub.add_parser("export", help="export scn.fp16.onnx (libspconv) + rpn_head.fp32.onnx, validated, with manifest.json")
+    _add_model_args(p)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--calib-data", help="point-cloud file or folder: per-layer output_bound statistics and validation "
+                                        "frames (without it: safe-bound fallback, synthetic validation frames)")
+    p.add_argument("--max-frames", type=int, default=16, help="frames used from --calib-data, spread evenly (default 16)")
+    p.add_argument("--bound-margin", type=float, default=1.5,
+                   help="output_bound = observed max active voxels x this (default 1.5)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("check", help="lint exported ONNX files (scn: what libspconv's parser accepts); exit 1 on findings")
+    p.add_argument("files", nargs="+", metavar="FILE.onnx")
+    p.set_defaults(func=cmd_check)
     return parser
 
 

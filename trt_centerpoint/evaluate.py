@@ -24,13 +24,18 @@ from trt_centerpoint.model.decode import Detections
 
 Detector = Callable[[np.ndarray], Detections]
 BACKENDS = ("torch",)
-PRECISIONS = ("fp32",)
+PRECISIONS = ("fp32", "int8")  # int8: fake-quant PyTorch from a `trt-centerpoint ptq` checkpoint
 
 
 def make_detector(cfg: ModelConfig, checkpoint: str | Path, backend: str = "torch", precision: str = "fp32") -> Detector:
     if backend not in BACKENDS or precision not in PRECISIONS:
         raise UserError(f"--backend {backend} --precision {precision}: available: {BACKENDS} x {PRECISIONS}")
-    model = load_model(cfg, checkpoint)
+    if precision == "int8":
+        from trt_centerpoint.calib.ptq import load_quantized_model
+
+        model = load_quantized_model(checkpoint, expect_config=cfg)
+    else:
+        model = load_model(cfg, checkpoint)
     return lambda points: model.detect([torch.from_numpy(points)])[0]
 
 

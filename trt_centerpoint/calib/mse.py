@@ -36,17 +36,18 @@ def mse_amax(hist: torch.Tensor, bin_edges: torch.Tensor, num_bits: int = 8, uns
     candidates = torch.arange(start_bin, centers.numel(), stride, device=device)
     if candidates.numel() == 0:
         raise ValueError(f"histogram has {centers.numel()} bins, fewer than start_bin={start_bin}")
-    max_bound = torch.tensor(2.0 ** (num_bits - 1 + int(unsigned)) - 1.0, device=device)
-    min_bound = torch.zeros((), device=device) if unsigned else -max_bound
+    max_bound = 2.0 ** (num_bits - 1 + int(unsigned)) - 1.0
+    min_bound = 0.0 if unsigned else -max_bound
     chunk = max(1, _CHUNK_ELEMENTS // max(1, centers.numel()))
+    row, weights = centers.unsqueeze(0), counts.unsqueeze(0)
     errors = []
     for start in range(0, candidates.numel(), chunk):
         amax = centers[candidates[start:start + chunk]].unsqueeze(1)
-        scale = max_bound / amax
         zero = amax <= _EPSILON
-        scale = torch.where(zero, torch.zeros_like(scale), scale)
-        quant = torch.clamp((centers.unsqueeze(0) * scale).round_(), min_bound, max_bound)
-        quant = quant / torch.where(zero, torch.ones_like(scale), scale)
-        errors.append(((quant - centers.unsqueeze(0)) ** 2 * counts.unsqueeze(0)).mean(dim=1))
+        scale = torch.where(zero, torch.zeros_like(amax), max_bound / amax)
+        # In place, element for element the library's float32 ops: x * scale, round, clamp, / scale.
+        quant = (row * scale).round_().clamp_(min_bound, max_bound)
+        quant.div_(torch.where(zero, torch.ones_like(scale), scale))
+        errors.append(quant.sub_(row).square_().mul_(weights).mean(dim=1))
     best = int(torch.argmin(torch.cat(errors)).item())
     return centers[candidates[best]].clone()

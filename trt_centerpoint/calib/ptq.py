@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from trt_centerpoint import __version__
-from trt_centerpoint.calib.calibrate import METHODS, calibrate, iter_points, select_calibration_files
+from trt_centerpoint.calib.calibrate import METHODS, CalibrationError, calibrate, iter_points, select_calibration_files
 from trt_centerpoint.calib.compat import iter_quantizers, library_version, quiet_library_logs, register_amax_buffers
 from trt_centerpoint.calib.fuse_bn import fuse_bn
 from trt_centerpoint.calib.quantize import DEFAULT_SKIP, quantize_model
@@ -34,7 +34,7 @@ def library_versions() -> dict[str, str]:
 
     return {
         "trt_centerpoint": __version__,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "pytorch_quantization": library_version(),
         "spconv": str(getattr(spconv, "__version__", "unknown")),
         "python": platform.python_version(),
@@ -60,7 +60,7 @@ def run_ptq(config: str | Path | ModelConfig, checkpoint: str | Path, calib_data
     share one histogram calibrator per activation.
     """
     if method not in METHODS:
-        raise CheckpointError(f"--method {method}: unknown amax method (one of {', '.join(METHODS)})")
+        raise CalibrationError(f"--method {method}: unknown amax method (one of {', '.join(METHODS)})")
     cfg = config if isinstance(config, ModelConfig) else load_config(config)
     files = select_calibration_files(calib_data, num_frames)
     input_calib = "max" if method == "max" else "histogram"

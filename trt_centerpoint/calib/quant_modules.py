@@ -163,6 +163,23 @@ def quantize_linear(module: nn.Linear, input_calib: str = "histogram") -> nn.Mod
 # --- residual add and concat: one shared input quantizer --------------------------------------------
 
 
+def quantize_shared(quantizer: TensorQuantizer, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Apply one quantizer to several tensors; in calibration mode it collects them as ONE tensor.
+
+    Collecting them together matters for the histogram calibrator: its bin width is fixed by the first
+    tensor it sees, so collecting a small-range input before a large-range one would grow the histogram
+    ten-fold or more (and the MSE search is quadratic in the bin count). Same data, one range.
+    """
+    if not (quantizer._if_calib and not quantizer._disabled):
+        return [quantizer(t) for t in tensors]
+    quantizer._calibrator.collect(torch.cat([t.detach().reshape(-1) for t in tensors]))
+    quantizer._if_calib = False
+    try:
+        return [quantizer(t) for t in tensors]
+    finally:
+        quantizer._if_calib = True
+
+
 class QuantAdd(nn.Module):
     """Residual add whose two inputs share ONE quantizer (one scale), as SEED.md / CUDA-CenterPoint do.
 
@@ -179,7 +196,8 @@ class QuantAdd(nn.Module):
         return self._input_quantizer
 
     def forward(self, x: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
-        return self._input_quantizer(x) + self._input_quantizer(identity)
+        x, identity = quantize_shared(self._input_quantizer, [x, identity])
+        return x + identity
 
 
 class QuantConcat(nn.Module):
@@ -196,4 +214,5 @@ class QuantConcat(nn.Module):
         return self._input_quantizer
 
     def forward(self, tensors: list[torch.Tensor]) -> torch.Tensor:
-        return torch.cat([self._input_quantizer(t) for t in tensors], dim=self.dim)
+        return torch.cat(quantize_shared(self._input_quantizer, list(tensors)), dim=self.dim)
+

@@ -11,8 +11,8 @@ SparseConvolution), and it has no BatchNorm op. After `fuse_backbone`:
   the ReLU after the Add is the only one that stays a module (and a `Relu` node in the ONNX).
 
 The fused model is for inference only (spconv asserts in training mode when `act_type` is set).
-BN folding: no BN-fusion utility existed in `trt_centerpoint/calib/` when this was written, so a minimal
-private one (`_fold_bn`) lives here; it works on the [out, kz, ky, kx, in] weight layout.
+BN folding is calibration's `trt_centerpoint.calib.fuse_bn.fuse_bn` (BN -> Identity, paths kept), so the
+float and the INT8 exports fold BN the same way; this module adds the ReLU fusion on top.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import copy
 import torch
 from torch import nn
 
+from trt_centerpoint.calib.fuse_bn import fuse_bn, has_batchnorm
 from trt_centerpoint.model.spconv_compat import import_spconv
 
 spconv = import_spconv()
@@ -30,31 +31,12 @@ from cumm import tensorview as tv  # noqa: E402  (installed with spconv)
 RELU = tv.gemm.Activation.ReLU
 NO_ACT = tv.gemm.Activation.None_
 
-__all__ = ["FusedBasicBlock", "fuse_backbone", "is_sparse_conv", "RELU", "NO_ACT"]
+__all__ = ["FusedBasicBlock", "fuse_backbone", "fusion_summary", "is_sparse_conv", "RELU", "NO_ACT"]
 
 
 def is_sparse_conv(module: nn.Module) -> bool:
     """True for spconv's SparseConvolution and its subclasses (quantized convs included)."""
     return isinstance(module, spconv.conv.SparseConvolution)
-
-
-@torch.no_grad()
-def _fold_bn(conv: nn.Module, bn: nn.BatchNorm1d) -> None:
-    """conv <- BN(conv): scale the output channels (axis 0 of [out, k..., in]) and set the bias."""
-    if bn.running_mean is None or bn.running_var is None:
-        raise ValueError("cannot fold a BatchNorm without running statistics")
-    std = torch.sqrt(bn.running_var.double() + bn.eps)
-    gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(std)
-    beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(std)
-    scale = gamma / std
-    weight = conv.weight.double() * scale.view(-1, *([1] * (conv.weight.dim() - 1)))
-    bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(std)
-    bias = (bias - bn.running_mean.double()) * scale + beta
-    conv.weight.copy_(weight.to(conv.weight.dtype))
-    if conv.bias is None:
-        conv.bias = nn.Parameter(bias.to(conv.weight.dtype))
-    else:
-        conv.bias.copy_(bias.to(conv.bias.dtype))
 
 
 def _ensure_bias(conv: nn.Module) -> None:
@@ -97,17 +79,15 @@ def _is_basic_block(module: nn.Module) -> bool:
 def _fuse_block(block: nn.Module) -> FusedBasicBlock:
     conv1, conv2 = block.conv1, block.conv2
     for conv, bn in ((conv1, block.bn1), (conv2, block.bn2)):
-        if isinstance(bn, nn.BatchNorm1d):
-            _fold_bn(conv, bn)
-        elif not isinstance(bn, nn.Identity):
-            raise ValueError(f"residual block: expected BatchNorm1d or Identity after a conv, got {type(bn).__name__}")
+        if not isinstance(bn, nn.Identity):
+            raise ValueError(f"residual block: BatchNorm not folded (found {type(bn).__name__} after a conv)")
         _ensure_bias(conv)
     _set_relu(conv1)
     return FusedBasicBlock(conv1, conv2, block.add)
 
 
 def _fuse_sequential(seq: nn.Module) -> None:
-    """In place: conv [BN] [ReLU] runs -> conv(act) + Identity placeholders; blocks -> FusedBasicBlock."""
+    """In place: conv [Identity...] ReLU -> conv(act=ReLU) + Identity; residual blocks -> FusedBasicBlock."""
     children = list(seq._modules.items())
     i = 0
     while i < len(children):
@@ -116,12 +96,6 @@ def _fuse_sequential(seq: nn.Module) -> None:
             seq._modules[name] = _fuse_block(module)
         elif is_sparse_conv(module):
             j = i + 1
-            while j < len(children) and isinstance(children[j][1], nn.Identity):
-                j += 1
-            if j < len(children) and isinstance(children[j][1], nn.BatchNorm1d):
-                _fold_bn(module, children[j][1])
-                seq._modules[children[j][0]] = nn.Identity()
-                j += 1
             while j < len(children) and isinstance(children[j][1], nn.Identity):
                 j += 1
             if j < len(children) and isinstance(children[j][1], nn.ReLU):
@@ -141,7 +115,20 @@ def fuse_backbone(backbone: nn.Module) -> nn.Module:
     convs, BN, ReLU and residual blocks (e.g. a calibrated copy whose BN is already folded).
     """
     fused = copy.deepcopy(backbone).eval()
+    fuse_bn(fused)
+    if has_batchnorm(fused):
+        raise ValueError("a BatchNorm is left after BN folding (not directly after a conv)")
     for module in list(fused.modules()):
         if isinstance(module, spconv.SparseSequential):
             _fuse_sequential(module)
     return fused
+
+
+def fusion_summary(original: nn.Module, fused: nn.Module) -> str:
+    """One line for the export log: what folding and fusion changed."""
+    bns = sum(isinstance(m, nn.BatchNorm1d) for m in original.modules())
+    convs = [m for m in fused.modules() if is_sparse_conv(m)]
+    relu_convs = sum(m.act_type == RELU for m in convs)
+    kept = sum(isinstance(m, FusedBasicBlock) for m in fused.modules())
+    return (f"fuse_bn_relu: {bns} BatchNorm folded into {len(convs)} sparse convs, {relu_convs} ReLU fused into "
+            f"conv activations, {kept} ReLU kept after residual Add")

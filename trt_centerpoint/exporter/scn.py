@@ -28,6 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from trt_centerpoint import __version__
+from trt_centerpoint.errors import UserError
 from trt_centerpoint.exporter.int8_spec import AddQuant, ConvQuant, Int8SpecError, check_amax
 from trt_centerpoint.exporter.output_bound import LayerBound, plan_output_bounds
 from trt_centerpoint.exporter.walk import SparseOp, walk_backbone
@@ -36,12 +37,13 @@ SCN_INPUT = "voxels"
 SCN_OUTPUT = "bev"
 SCN_OPSET = ("ai.onnx", 11)
 SCN_IR_VERSION = 6
+FP16_MAX = 65504.0
 DEFAULT_MAX_VOXELS = 160000  # det3d's test-time max_voxels, used for fallback bounds when none is given
 
 __all__ = ["SCN_INPUT", "SCN_OUTPUT", "ScnExport", "ScnExportError", "export_scn"]
 
 
-class ScnExportError(ValueError):
+class ScnExportError(UserError):
     """The backbone cannot be written in the dialect (a weight overflows FP16, a range is missing)."""
 
 
@@ -57,11 +59,10 @@ class ScnExport:
 
 def _fp16_initializer(tensor, name: str) -> TensorProto:
     array = tensor.detach().cpu().double().numpy()
-    half = array.astype(np.float16)
-    if not np.isfinite(half).all():
-        worst = float(np.abs(array).max())
-        raise ScnExportError(f"{name}: values up to {worst:.4g} do not fit FP16 (max 65504)")
-    return numpy_helper.from_array(half, name)  # raw_data, as libspconv's parser requires
+    worst = float(np.abs(array).max()) if array.size else 0.0
+    if not worst <= FP16_MAX:  # also catches NaN
+        raise ScnExportError(f"{name}: values up to {worst:.4g} do not fit FP16 (max {FP16_MAX:g})")
+    return numpy_helper.from_array(array.astype(np.float16), name)  # raw_data, as libspconv's parser requires
 
 
 def _ints(values) -> list[int]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -29,45 +28,21 @@ from onnx import numpy_helper
 
 from trt_centerpoint.errors import UserError
 from trt_centerpoint.exporter.fuse_relu import NO_ACT, RELU
+from trt_centerpoint.exporter.lint_common import attributes, text
+from trt_centerpoint.exporter.lint_scn import DIALECT_OPS
+from trt_centerpoint.exporter.onnx_io import load_onnx
 from trt_centerpoint.model.spconv_compat import import_spconv
 
 spconv = import_spconv()
 
-DIALECT_OPS = frozenset({"SparseConvolution", "Add", "QuantAdd", "Relu", "ScatterDense", "Reshape", "Transpose"})
 _ACTIVATIONS = {"ReLU": RELU, "None": NO_ACT, "": NO_ACT}
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
-__all__ = ["DIALECT_OPS", "OutputBoundWarning", "ScnRunner", "load_onnx"]
+__all__ = ["OutputBoundWarning", "ScnRunner"]
 
 
 class OutputBoundWarning(UserWarning):
     """A conv produced more active voxels than its output_bound: libspconv would drop the excess."""
-
-
-def load_onnx(source) -> tuple[onnx.ModelProto, str]:
-    """(model, name for messages) from a path, bytes or a ModelProto; unreadable files are UserErrors."""
-    if isinstance(source, onnx.ModelProto):
-        return source, "<model>"
-    if isinstance(source, (bytes, bytearray)):
-        try:
-            return onnx.load_from_string(bytes(source)), "<bytes>"
-        except Exception as exc:  # protobuf raises its own DecodeError
-            raise UserError(f"<bytes>: not an ONNX model ({type(exc).__name__})") from None
-    path = Path(source)
-    if not path.is_file():
-        raise UserError(f"{path}: no such ONNX file")
-    try:
-        return onnx.load(str(path)), str(path)
-    except Exception as exc:
-        raise UserError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
-
-
-def _attrs(node: onnx.NodeProto) -> dict:
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass
@@ -96,7 +71,7 @@ class ScnRunner:
         self.initializers = {t.name: t for t in self.model.graph.initializer}
         self.convs = {n.name: self._build_conv(n) for n in self.model.graph.node if n.op_type == "SparseConvolution"}
         first = next(n for n in self.model.graph.node if n.op_type == "SparseConvolution")
-        self.input_spatial_shape = [int(v) for v in _attrs(first).get("input_spatial_shape", [])]
+        self.input_spatial_shape = [int(v) for v in attributes(first).get("input_spatial_shape", [])]
 
     # --- loading -----------------------------------------------------------------------------------
 
@@ -105,32 +80,32 @@ class ScnRunner:
 
     def _check_dialect(self) -> None:
         ops = [n.op_type for n in self.model.graph.node]
-        foreign = sorted(set(ops) - DIALECT_OPS)
+        foreign = sorted(set(ops) - set(DIALECT_OPS))
         if foreign or "SparseConvolution" not in ops or "ScatterDense" not in ops:
             found = ", ".join(sorted(set(ops))[:6]) or "no nodes"
             raise self._fail(f"not a libspconv scn ONNX (needs SparseConvolution ... ScatterDense; found {found})")
         for node in self.model.graph.node:
-            if _text(_attrs(node).get("precision", "fp16")) == "int8":
+            if text(attributes(node).get("precision", "fp16")) == "int8":
                 raise self._fail(f"node {node.name} is int8: the reference runner executes FP32 / FP16 files only so far")
 
     def _weight(self, node: onnx.NodeProto, index: int) -> torch.Tensor:
         if len(node.input) <= index or node.input[index] not in self.initializers:
             raise self._fail(f"node {node.name}: input {index} is not an initializer")
         array = numpy_helper.to_array(self.initializers[node.input[index]])
-        return torch.from_numpy(np.ascontiguousarray(array)).to(self.dtype)
+        return torch.from_numpy(np.array(array, copy=True)).to(self.dtype)
 
     def _build_conv(self, node: onnx.NodeProto) -> _Conv:
-        a = _attrs(node)
+        a = attributes(node)
         try:
             ndim, cin, cout = int(a["ndim"]), int(a["in_channels"]), int(a["out_channels"])
             kernel, stride = list(a["kernel_size"]), list(a["stride"])
             padding, dilation = list(a["padding"]), list(a["dilation"])
-            subm, act = bool(a["subm"]), _ACTIVATIONS[_text(a["activation"])]
+            subm, act = bool(a["subm"]), _ACTIVATIONS[text(a["activation"])]
         except KeyError as exc:
             raise self._fail(f"node {node.name}: missing or unsupported attribute {exc}") from None
         if a.get("transposed", 0) or a.get("inverse", 0) or ndim != 3:
             raise self._fail(f"node {node.name}: only 3-D, non-transposed, non-inverse convs are supported")
-        rulebook = _text(a.get("rulebook", "")) or None
+        rulebook = text(a.get("rulebook", "")) or None
         module = spconv.conv.SparseConvolution(
             ndim, cin, cout, kernel, stride, padding, dilation, bias=True, subm=subm,
             indice_key=rulebook, act_type=act, dtype=self.dtype)
@@ -159,8 +134,11 @@ class ScnRunner:
         }
         self.counts, self.overflows = {}, {}
         for node in graph.node:
-            args = [tensors[name] for name in node.input if name in tensors]
-            tensors[node.output[0]] = self._step(node, args)
+            names = node.input[:1] if node.op_type == "SparseConvolution" else node.input
+            undefined = [name for name in names if name not in tensors]
+            if undefined:
+                raise self._fail(f"node {node.name}: input {undefined[0]!r} is not produced before it")
+            tensors[node.output[0]] = self._step(node, [tensors[name] for name in names])
         out = tensors[graph.output[0].name]
         out = out.float() if isinstance(out, torch.Tensor) else out.features.float()
         if keep:
@@ -187,10 +165,10 @@ class ScnRunner:
         if op == "Relu":
             x = args[0]
             return x.replace_feature(torch.relu(x.features)) if isinstance(x, spconv.SparseConvTensor) else torch.relu(x)
-        a = _attrs(node)
+        a = attributes(node)
         if op == "ScatterDense":
             x = args[0]
-            if _text(a.get("format", "zyx")) != "zyx":
+            if text(a.get("format", "zyx")) != "zyx":
                 raise self._fail(f"node {node.name}: only format 'zyx' is supported")
             if [int(v) for v in a.get("input_spatial_shape", x.spatial_shape)] != list(x.spatial_shape):
                 raise self._fail(f"node {node.name}: input_spatial_shape {list(a['input_spatial_shape'])} "

@@ -1,0 +1,118 @@
+"""Per-layer precision of a built engine, from the engine inspector's JSON (pure functions, no TensorRT).
+
+``IEngineInspector.get_engine_information(LayerInformationFormat.JSON)`` of an engine built with
+``ProfilingVerbosity.DETAILED`` gives ``{"Layers": [{...}, ...], ...}``. Each layer lists its ``Inputs`` and
+``Outputs``; the tensor's type is in
+
+* ``"Format/Datatype"`` on TensorRT 10.x, a phrase such as ``"Channel major FP16 format where channel % 8 == 0"``
+  or ``"Thirty-two wide channel vectorized row major Int8 format"``;
+* ``"DataType"`` (with a separate ``"Format"``) on TensorRT 11.x, e.g. ``"Int8"``, ``"Half"``, ``"Float"``.
+
+Both are read. A layer's precision is the lowest floating / quantized type among its input activations
+(INT8 < FP8 < FP16 = BF16 < FP32; integer shape tensors do not count), or among its outputs when it has no
+such input: an INT8 convolution that writes FP32 counts as INT8, the reformat that quantizes an FP32 tensor
+counts as FP32. Without DETAILED verbosity the layers are bare names and every precision is ``UNKNOWN``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+
+# token in the inspector's text -> precision name; first recognised token wins
+_TOKENS = {
+    "int8": "INT8", "uint8": "UINT8", "int4": "INT4", "int32": "INT32", "int64": "INT64", "bool": "BOOL",
+    "fp8": "FP8", "e4m3": "FP8", "fp4": "FP4",
+    "fp16": "FP16", "half": "FP16",
+    "bf16": "BF16", "bfloat16": "BF16",
+    "fp32": "FP32", "float": "FP32", "float32": "FP32",
+}
+# activation precisions, lowest first; the others (INT32 shape tensors, BOOL) never decide a layer's precision
+_RANK = {"INT4": 0, "FP4": 0, "INT8": 1, "UINT8": 1, "FP8": 1, "FP16": 2, "BF16": 2, "FP32": 3}
+MAIN_PRECISIONS = ("INT8", "FP16", "FP32")
+
+
+def tensor_dtype(tensor) -> str:
+    """The precision of one inspector tensor entry (dict), or 'UNKNOWN'."""
+    if not isinstance(tensor, dict):
+        return "UNKNOWN"
+    for key in ("DataType", "Datatype", "Format/Datatype", "Format"):
+        text = tensor.get(key)
+        if isinstance(text, str):
+            for token in re.findall(r"[a-z0-9]+", text.lower()):
+                if token in _TOKENS:
+                    return _TOKENS[token]
+    return "UNKNOWN"
+
+
+def layer_precision(input_dtypes: list[str], output_dtypes: list[str]) -> str:
+    for dtypes in (input_dtypes, output_dtypes):
+        ranked = [d for d in dtypes if d in _RANK]
+        if ranked:
+            return min(ranked, key=_RANK.__getitem__)
+    return "UNKNOWN"
+
+
+def _layers(info) -> list:
+    if isinstance(info, (str, bytes)):
+        info = json.loads(info)
+    if isinstance(info, dict):
+        layers = info.get("Layers", [])
+    elif isinstance(info, list):
+        layers = info
+    else:
+        raise ValueError(f"engine information is neither JSON text, a dict nor a list: {type(info).__name__}")
+    out = []
+    for layer in layers:
+        if isinstance(layer, str):  # LAYER_NAMES_ONLY verbosity: a bare name, or JSON text of one layer
+            try:
+                layer = json.loads(layer)
+            except ValueError:
+                layer = {"Name": layer}
+        out.append(layer if isinstance(layer, dict) else {"Name": str(layer)})
+    return out
+
+
+def _is_reformat(layer: dict) -> bool:
+    kind = str(layer.get("LayerType", ""))
+    return kind.lower() == "reformat" or str(layer.get("Name", "")).startswith("Reformatting CopyNode")
+
+
+def summarize_layers(info) -> dict:
+    """Per-layer precision summary of inspector JSON (text or parsed).
+
+    Returns ``{"num_layers", "counts": {"INT8": n, "FP16": n, "FP32": n, ...}, "reformat_layers",
+    "detailed", "layers": [{"name", "type", "precision", "inputs", "outputs", "tactic"}]}``; ``counts``
+    always has the three main keys.
+    """
+    rows = []
+    for layer in _layers(info):
+        inputs = [tensor_dtype(t) for t in layer.get("Inputs", []) or []]
+        outputs = [tensor_dtype(t) for t in layer.get("Outputs", []) or []]
+        rows.append({
+            "name": str(layer.get("Name", "")),
+            "type": str(layer.get("LayerType", layer.get("ParameterType", ""))),
+            "precision": layer_precision(inputs, outputs),
+            "inputs": inputs,
+            "outputs": outputs,
+            "tactic": layer.get("TacticName", layer.get("Tactic")),
+            "reformat": _is_reformat(layer),
+        })
+    counts = Counter(r["precision"] for r in rows)
+    ordered = {p: counts.pop(p, 0) for p in MAIN_PRECISIONS}
+    ordered.update(sorted(counts.items()))
+    return {
+        "num_layers": len(rows),
+        "counts": ordered,
+        "reformat_layers": sum(r["reformat"] for r in rows),
+        "detailed": any(r["inputs"] or r["outputs"] for r in rows),
+        "layers": rows,
+    }
+
+
+def format_counts(summary: dict) -> str:
+    """'42 layers: 30 INT8, 8 FP16, 4 FP32' (other precisions appended when present)."""
+    counts = summary.get("counts", {})
+    parts = [f"{n} {p}" for p, n in counts.items() if n or p in MAIN_PRECISIONS]
+    return f"{summary.get('num_layers', 0)} layers: " + ", ".join(parts)

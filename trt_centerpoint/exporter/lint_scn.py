@@ -1,0 +1,311 @@
+"""Rules for scn files: what libspconv's ONNX parser accepts (REFERENCE section 2), checked without a GPU.
+
+Each rule is a function `ModelProto -> list[Finding]`; `SCN_RULES` is the ordered list `lint.py` runs.
+A finding names the node (or initializer / graph) and says what is wrong and, where it helps, the fix.
+"""
+
+from __future__ import annotations
+
+import math
+
+import onnx
+from onnx import AttributeProto, TensorProto
+
+from trt_centerpoint.exporter.lint_common import Finding, attributes, text
+
+A = AttributeProto
+DIALECT_OPS = ("SparseConvolution", "Add", "QuantAdd", "Relu", "ScatterDense", "Reshape", "Transpose")
+ACTIVATIONS = ("ReLU", "None")
+PRECISIONS = ("int8", "fp16")
+
+CONV_REQUIRED = {
+    "ndim": A.INT, "input_spatial_shape": A.INTS, "output_spatial_shape": A.INTS, "in_channels": A.INT,
+    "out_channels": A.INT, "kernel_size": A.INTS, "stride": A.INTS, "padding": A.INTS, "dilation": A.INTS,
+    "output_padding": A.INTS, "transposed": A.INT, "inverse": A.INT, "groups": A.INT, "subm": A.INT,
+    "rulebook": A.STRING, "activation": A.STRING, "output_bound": A.INT, "input_shape": A.INTS,
+    "output_shape": A.INTS,
+}
+CONV_OPTIONAL = {"input_dynamic_range": A.FLOAT, "weight_dynamic_ranges": A.FLOATS, "precision": A.STRING,
+                 "output_precision": A.STRING, "fixed_launch_points": A.INT}
+ADD_OPTIONAL = {"input0_dynamic_range": A.FLOAT, "input1_dynamic_range": A.FLOAT, "precision": A.STRING,
+                "output_precision": A.STRING, "fixed_launch_points": A.INT}
+SCATTER_REQUIRED = {"input_spatial_shape": A.INTS, "format": A.STRING, "output_shape": A.INTS}
+SCATTER_OPTIONAL = {"input_dynamic_range": A.FLOAT, "output_layout": A.STRING, "fixed_launch_points": A.INT}
+DIMS_REQUIRED = {"dims": A.INTS}
+SPEC = {  # op type -> (required, optional)
+    "SparseConvolution": (CONV_REQUIRED, CONV_OPTIONAL),
+    "Add": ({}, ADD_OPTIONAL),
+    "QuantAdd": ({}, ADD_OPTIONAL),
+    "Relu": ({}, {}),
+    "ScatterDense": (SCATTER_REQUIRED, SCATTER_OPTIONAL),
+    "Reshape": (DIMS_REQUIRED, {}),
+    "Transpose": (DIMS_REQUIRED, {}),
+}
+TYPE_NAMES = {A.INT: "int", A.INTS: "ints", A.FLOAT: "float", A.FLOATS: "floats", A.STRING: "string"}
+
+__all__ = ["DIALECT_OPS", "SCN_RULES"]
+
+
+def _node(node: onnx.NodeProto) -> str:
+    return node.name or f"<unnamed {node.op_type}>"
+
+
+def rule_header(model: onnx.ModelProto) -> list[Finding]:
+    versions = {o.domain or "ai.onnx": o.version for o in model.opset_import}
+    if versions.get("ai.onnx") != 11:
+        return [Finding("header", f"opset import ai.onnx {versions.get('ai.onnx', 'missing')}, the scn dialect uses 11")]
+    return []
+
+
+def rule_io(model: onnx.ModelProto) -> list[Finding]:
+    g, out = model.graph, []
+    for kind, values, rank in (("input", g.input, 2), ("output", g.output, 4)):
+        if len(values) != 1:
+            out.append(Finding("graph", f"{len(values)} graph {kind}s, libspconv takes exactly one"))
+            continue
+        t = values[0].type.tensor_type
+        if t.elem_type != TensorProto.FLOAT16:
+            out.append(Finding(f"{kind} {values[0].name}", f"{TensorProto.DataType.Name(t.elem_type)}, must be FLOAT16"))
+        if len(t.shape.dim) != rank:
+            out.append(Finding(f"{kind} {values[0].name}", f"rank {len(t.shape.dim)}, expected {rank}"))
+    return out
+
+
+def rule_ops(model: onnx.ModelProto) -> list[Finding]:
+    return [Finding(_node(n), f"unsupported operator {n.op_type!r} (libspconv accepts {', '.join(DIALECT_OPS)})")
+            for n in model.graph.node if n.op_type not in DIALECT_OPS]
+
+
+def rule_names(model: onnx.ModelProto) -> list[Finding]:
+    seen, out = set(), []
+    for n in model.graph.node:
+        if not n.name:
+            out.append(Finding(f"<unnamed {n.op_type}>", "node without a name"))
+        elif n.name in seen:
+            out.append(Finding(n.name, "node name used twice"))
+        seen.add(n.name)
+    return out
+
+
+def rule_initializers(model: onnx.ModelProto) -> list[Finding]:
+    out = []
+    for t in model.graph.initializer:
+        where = f"initializer {t.name}"
+        if t.data_type != TensorProto.FLOAT16:
+            out.append(Finding(where, f"{TensorProto.DataType.Name(t.data_type)}, libspconv's parser takes FLOAT16 only"))
+        elif len(t.raw_data) != 2 * math.prod(t.dims):
+            out.append(Finding(where, f"raw_data holds {len(t.raw_data)} bytes, {2 * math.prod(t.dims)} expected "
+                                      "(libspconv reads FP16 raw_data only)"))
+    return out
+
+
+def rule_attributes(model: onnx.ModelProto) -> list[Finding]:
+    """Required attributes present with the right types; no attribute of a known name with a wrong type."""
+    out = []
+    for n in model.graph.node:
+        if n.op_type not in SPEC:
+            continue
+        required, optional = SPEC[n.op_type]
+        have = {a.name: a.type for a in n.attribute}
+        for name, kind in required.items():
+            if name not in have:
+                out.append(Finding(_node(n), f"missing required attribute {name!r} ({TYPE_NAMES[kind]})"))
+        for name, kind in {**required, **optional}.items():
+            if name in have and have[name] != kind:
+                out.append(Finding(_node(n), f"attribute {name!r} is {TYPE_NAMES.get(have[name], have[name])}, "
+                                             f"must be {TYPE_NAMES[kind]}"))
+    return out
+
+
+def _check_range(node: str, name: str, value, out: list[Finding], positive: bool = False) -> None:
+    if not math.isfinite(value):
+        out.append(Finding(node, f"{name} is {value} (must be finite)"))
+    elif value < 0 or (positive and value == 0):
+        out.append(Finding(node, f"{name} is {value} (must be {'> 0' if positive else '>= 0'})"))
+
+
+def rule_values(model: onnx.ModelProto) -> list[Finding]:
+    """Attribute values libspconv can use: geometry lengths, activation, precision, finite ranges."""
+    out = []
+    for n in model.graph.node:
+        a, where = attributes(n), _node(n)
+        for key in ("precision", "output_precision"):
+            if key in a and text(a[key]) not in PRECISIONS:
+                out.append(Finding(where, f"{key} {text(a[key])!r} (must be one of {', '.join(PRECISIONS)})"))
+        int8 = text(a.get("precision", "")) == "int8"
+        if n.op_type == "SparseConvolution":
+            ndim = a.get("ndim", 3)
+            for key in ("input_spatial_shape", "output_spatial_shape", "kernel_size", "stride", "padding", "dilation"):
+                if key in a and isinstance(a[key], list) and len(a[key]) != ndim:
+                    out.append(Finding(where, f"{key} has {len(a[key])} values, ndim is {ndim}"))
+            if "activation" in a and text(a["activation"]) not in ACTIVATIONS:
+                out.append(Finding(where, f"activation {text(a['activation'])!r} (must be one of {', '.join(ACTIVATIONS)})"))
+            if a.get("groups", 1) != 1:
+                out.append(Finding(where, f"groups {a['groups']} (libspconv supports 1)"))
+            if isinstance(a.get("output_bound"), int) and a["output_bound"] <= 0:
+                out.append(Finding(where, f"output_bound {a['output_bound']} (must be > 0)"))
+            if "input_dynamic_range" in a:
+                _check_range(where, "input_dynamic_range", a["input_dynamic_range"], out, positive=int8)
+            if "weight_dynamic_ranges" in a:
+                ranges, cout = a["weight_dynamic_ranges"], a.get("out_channels")
+                if isinstance(cout, int) and len(ranges) != cout:
+                    out.append(Finding(where, f"weight_dynamic_ranges has {len(ranges)} values, out_channels is {cout} "
+                                              "(one per output channel)"))
+                bad = [i for i, v in enumerate(ranges) if not math.isfinite(v) or v < 0]
+                if bad:
+                    out.append(Finding(where, f"weight_dynamic_ranges[{bad[0]}] is {ranges[bad[0]]} "
+                                              f"({len(bad)} value(s) not finite and >= 0)"))
+            if int8:
+                for key in ("input_dynamic_range", "weight_dynamic_ranges"):
+                    if key not in a:
+                        out.append(Finding(where, f"precision int8 without {key} (not calibrated)"))
+        elif n.op_type in ("Add", "QuantAdd"):
+            for key in ("input0_dynamic_range", "input1_dynamic_range"):
+                if key in a:
+                    _check_range(where, key, a[key], out, positive=int8)
+                elif int8:
+                    out.append(Finding(where, f"precision int8 without {key} (not calibrated)"))
+        elif n.op_type == "ScatterDense":
+            if "format" in a and text(a["format"]) not in ("zyx", "xyz"):
+                out.append(Finding(where, f"format {text(a['format'])!r} (must be 'zyx' or 'xyz')"))
+            if "input_dynamic_range" in a:
+                _check_range(where, "input_dynamic_range", a["input_dynamic_range"], out)
+    return out
+
+
+def rule_relu_after_conv(model: onnx.ModelProto) -> list[Finding]:
+    producer = {o: n for n in model.graph.node for o in n.output}
+    out = []
+    for n in model.graph.node:
+        src = producer.get(n.input[0]) if n.op_type == "Relu" and n.input else None
+        if src is not None and src.op_type == "SparseConvolution":
+            out.append(Finding(_node(n), f"Relu right after SparseConvolution {_node(src)}: libspconv takes no Relu "
+                                         f"after a conv; fuse it ({_node(src)} activation 'ReLU')"))
+    return out
+
+
+def rule_conv_weights(model: onnx.ModelProto) -> list[Finding]:
+    inits = {t.name: t for t in model.graph.initializer}
+    out = []
+    for n in model.graph.node:
+        if n.op_type != "SparseConvolution":
+            continue
+        a, where = attributes(n), _node(n)
+        if len(n.input) != 3:
+            out.append(Finding(where, f"{len(n.input)} inputs, libspconv reads (x, weight, bias)"))
+            continue
+        cin, cout, k = a.get("in_channels"), a.get("out_channels"), a.get("kernel_size")
+        for index, role in ((1, "weight"), (2, "bias")):
+            t = inits.get(n.input[index])
+            if t is None:
+                out.append(Finding(where, f"{role} {n.input[index]!r} is not an initializer"))
+                continue
+            want = [cout] if role == "bias" else [cout, *(k or []), cin]
+            if None not in want and list(t.dims) != want:
+                out.append(Finding(where, f"{role} {t.name} has shape {list(t.dims)}, expected {want} "
+                                          "([out, kz, ky, kx, in] / [out])"))
+    return out
+
+
+def _conv_out_spatial(a: dict, spatial: list[int]) -> list[int]:
+    if a.get("subm"):
+        return list(spatial)
+    return [(n + 2 * p - d * (k - 1) - 1) // s + 1
+            for n, k, s, p, d in zip(spatial, a["kernel_size"], a["stride"], a["padding"], a["dilation"])]
+
+
+def rule_dataflow(model: onnx.ModelProto) -> list[Finding]:
+    """Inputs defined before use; spatial shapes and channels chain from the input to ScatterDense."""
+    g, out = model.graph, []
+    known: dict[str, tuple] = {}  # tensor -> ("sparse", spatial, channels) | ("dense", shape)
+    for value in g.input:
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+        known[value.name] = ("sparse", None, dims[-1] if dims else None)
+    rulebooks: dict[str, tuple] = {}
+    for n in g.node:
+        a, where = attributes(n), _node(n)
+        data = n.input[:1] if n.op_type == "SparseConvolution" else n.input
+        undefined = [name for name in data if name not in known]
+        if undefined:
+            out.append(Finding(where, f"input {undefined[0]!r} is not produced by an earlier node or the graph input"))
+            continue
+        ins = [known[name] for name in data]
+        try:
+            result = _flow(n, a, where, ins, out, rulebooks)
+        except (KeyError, TypeError, ValueError):  # attributes missing / mistyped: reported by other rules
+            result = None
+        for name in n.output:
+            known[name] = result if result is not None else ("unknown",)
+    for value in g.output:
+        if value.name not in known:
+            out.append(Finding(f"output {value.name}", "not produced by any node"))
+            continue
+        got = known[value.name]
+        dims = [d.dim_value for d in value.type.tensor_type.shape.dim]
+        if got[0] == "dense" and dims and list(got[1]) != dims:
+            out.append(Finding(f"output {value.name}", f"declared {dims}, the graph computes {list(got[1])}"))
+    return out
+
+
+def _flow(n, a, where, ins, out, rulebooks):
+    if any(i[0] == "unknown" for i in ins):  # an earlier finding already covers it
+        return None
+    kind = ins[0][0]
+    if n.op_type == "SparseConvolution":
+        if kind != "sparse":
+            out.append(Finding(where, "input is not a sparse tensor"))
+            return None
+        _, spatial, channels = ins[0]
+        declared = list(a["input_spatial_shape"])
+        if spatial is not None and declared != list(spatial):
+            out.append(Finding(where, f"input_spatial_shape {declared}, but its input has spatial shape {list(spatial)}"))
+        if channels is not None and a["in_channels"] != channels:
+            out.append(Finding(where, f"in_channels {a['in_channels']}, but its input has {channels} channels"))
+        expected = _conv_out_spatial(a, declared)
+        if list(a["output_spatial_shape"]) != expected:
+            out.append(Finding(where, f"output_spatial_shape {list(a['output_spatial_shape'])}, the conv geometry "
+                                      f"gives {expected}"))
+        book = text(a.get("rulebook", ""))
+        if book:
+            key = (declared, a.get("subm"), list(a["kernel_size"]))
+            if rulebooks.setdefault(book, key) != key:
+                out.append(Finding(where, f"rulebook {book!r} is shared with a conv of other shape / kind / kernel"))
+        return ("sparse", expected, a["out_channels"])
+    if n.op_type in ("Add", "QuantAdd"):
+        if len(ins) != 2 or any(i[0] != "sparse" for i in ins):
+            out.append(Finding(where, "Add needs two sparse inputs"))
+            return None
+        if ins[0][1:] != ins[1][1:] and None not in (ins[0][1], ins[1][1]):
+            out.append(Finding(where, f"adds tensors of spatial shape / channels {list(ins[0][1])}/{ins[0][2]} and "
+                                      f"{list(ins[1][1])}/{ins[1][2]}"))
+        return ins[0]
+    if n.op_type == "Relu":
+        return ins[0]
+    if n.op_type == "ScatterDense":
+        if kind != "sparse":
+            out.append(Finding(where, "input is not a sparse tensor"))
+            return None
+        _, spatial, channels = ins[0]
+        declared = list(a["input_spatial_shape"])
+        if spatial is not None and declared != list(spatial):
+            out.append(Finding(where, f"input_spatial_shape {declared}, but its input has spatial shape {list(spatial)}"))
+        shape = list(a["output_shape"])
+        if len(shape) != 2 + len(declared) or shape[1] != channels or shape[2:] != declared:
+            out.append(Finding(where, f"output_shape {shape}, expected [B, {channels}, *{declared}]"))
+        return ("dense", shape)
+    dims = list(a["dims"])
+    if kind != "dense":
+        out.append(Finding(where, f"{n.op_type} of a sparse tensor (only after ScatterDense)"))
+        return None
+    if n.op_type == "Reshape":
+        if math.prod(dims) != math.prod(ins[0][1]):
+            out.append(Finding(where, f"dims {dims} ({math.prod(dims)} values) do not fit {list(ins[0][1])}"))
+        return ("dense", dims)
+    if sorted(dims) != list(range(len(ins[0][1]))):
+        out.append(Finding(where, f"dims {dims} is not a permutation of {len(ins[0][1])} axes"))
+        return None
+    return ("dense", [ins[0][1][d] for d in dims])
+
+
+SCN_RULES = [rule_header, rule_io, rule_ops, rule_names, rule_initializers, rule_attributes, rule_values,
+             rule_relu_after_conv, rule_conv_weights, rule_dataflow]

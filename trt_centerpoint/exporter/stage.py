@@ -1,0 +1,187 @@
+"""The `export` stage: float checkpoint -> validated `scn.fp16.onnx` + `rpn_head.fp32.onnx` + `manifest.json`.
+
+Order (nothing is written until every file passed its checks):
+1. load config + checkpoint (a quantized checkpoint is refused until the INT8 export exists);
+2. frames: from `--calib-data` (up to `max_frames`, evenly spread) for the output_bound statistics and
+   for validation; without it, bounds fall back to the safe bound and validation uses synthetic frames;
+3. fuse BN + ReLU, export scn, lint it, run it in the reference runner vs the PyTorch backbone;
+4. export rpn_head (graphsurgeon passes), lint, checker + shape inference + ONNX Runtime vs PyTorch on
+   the BEV maps of the same frames;
+5. write both files atomically, then record the stage "export" in the build folder's `manifest.json`
+   (`trt_centerpoint.manifest`: input hashes, parameters, output hashes, library versions; `extra` holds
+   the pass log, the output_bound plan, validation figures and the frames used).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trt_centerpoint.config import ModelConfig, config_to_dict, load_config
+from trt_centerpoint.errors import UserError
+from trt_centerpoint.exporter.fuse_relu import fuse_backbone, fusion_summary
+from trt_centerpoint.exporter.lint import lint_model
+from trt_centerpoint.exporter.output_bound import DEFAULT_MARGIN, observe_active_voxels, plan_output_bounds
+from trt_centerpoint.exporter.rpn_head import export_rpn_head, validate_rpn_head
+from trt_centerpoint.exporter.scn import SCN_INPUT, SCN_OUTPUT, export_scn
+from trt_centerpoint.exporter.scn_runner import ScnRunner
+from trt_centerpoint.exporter.validate import ValidationError, validate_scn
+from trt_centerpoint.exporter.walk import walk_backbone
+from trt_centerpoint.fileio import atomic_write_bytes
+from trt_centerpoint.manifest import Manifest, file_sha256, tree_sha256
+
+SCN_FILE = "scn.fp16.onnx"
+RPN_HEAD_FILE = "rpn_head.fp32.onnx"
+DEFAULT_MAX_FRAMES = 16
+VALIDATION_FRAMES = 2  # the reference runner and PyTorch each run the backbone once per frame
+
+STAGE = "export"
+
+__all__ = ["DEFAULT_MAX_FRAMES", "RPN_HEAD_FILE", "SCN_FILE", "STAGE", "run_export"]
+
+
+def _sha256_json(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _refuse_quantized(checkpoint: Path) -> None:
+    from trt_centerpoint.model.checkpoint import read_checkpoint
+
+    ckpt = read_checkpoint(checkpoint)
+    meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), dict) else {}
+    ranges = [k for k in ckpt["state_dict"] if k.endswith("_amax")]
+    if ranges or str(meta.get("format", "")).endswith(".ptq"):
+        raise UserError(f"{checkpoint}: a quantized checkpoint ({len(ranges)} calibrated ranges): the INT8 export "
+                        "(scn.int8.onnx, rpn_head.int8.onnx) is not available yet; export the float checkpoint")
+
+
+def _pick(files: list[Path], count: int) -> list[Path]:
+    if len(files) <= count:
+        return files
+    return [files[int(i)] for i in np.linspace(0, len(files) - 1, count).round()]
+
+
+def _calib_frames(model, cfg: ModelConfig, calib_data, max_frames: int) -> tuple[list, dict]:
+    from trt_centerpoint.data.points import list_point_files, read_points
+
+    files = _pick(list_point_files(calib_data), max_frames)
+    frames, used = [], []
+    for f in files:
+        points = read_points(f, cfg.voxel.num_point_features).points
+        voxels = model.voxelize([torch.from_numpy(points)])
+        if voxels.num_voxels:
+            frames.append((voxels.features, voxels.coords))
+            used.append({"name": f.name, "voxels": voxels.num_voxels})
+    if not frames:
+        raise UserError(f"{calib_data}: no frame has a point inside the config's point_cloud_range")
+    return frames, {"path": str(calib_data), "frames": used}
+
+
+def _synthetic_frames(model, cfg: ModelConfig, count: int) -> list:
+    """Validation frames when no data was given: the synthetic generator's scenes (seed 0)."""
+    from trt_centerpoint.data.synth import generate_frame, scene_for_config
+
+    try:
+        scene = scene_for_config(cfg)
+    except UserError:  # classes the generator cannot make: any scene will do for validation
+        scene = None
+    frames = []
+    for index in range(count):
+        points, _ = generate_frame(0, index, scene=scene)
+        voxels = model.voxelize([torch.from_numpy(points[:, : cfg.voxel.num_point_features].copy())])
+        if voxels.num_voxels:
+            frames.append((voxels.features, voxels.coords))
+    return frames
+
+
+def _require_clean(name: str, model) -> list[str]:
+    findings = [f.line(name) for f in lint_model(model)]
+    if findings:
+        raise ValidationError(f"{findings[0]} ({len(findings)} lint finding(s))")
+    return findings
+
+
+@torch.no_grad()
+def run_export(config: str | Path | ModelConfig, checkpoint: str | Path, out: str | Path,
+               calib_data: str | Path | None = None, max_frames: int = DEFAULT_MAX_FRAMES,
+               margin: float = DEFAULT_MARGIN, log: Callable[[str], None] = print) -> dict:
+    """Export, validate and write the float deployment files; returns the stage's manifest record as a dict."""
+    from trt_centerpoint.model.centerpoint import load_model
+
+    start = time.perf_counter()
+
+    cfg = config if isinstance(config, ModelConfig) else load_config(config)
+    checkpoint, out = Path(checkpoint), Path(out)
+    if max_frames < 1:
+        raise UserError(f"--max-frames must be >= 1, got {max_frames}")
+    _refuse_quantized(checkpoint)
+    model = load_model(cfg, checkpoint)
+
+    if calib_data is not None:
+        frames, calib_record = _calib_frames(model, cfg, calib_data, max_frames)
+    else:
+        frames, calib_record = _synthetic_frames(model, cfg, VALIDATION_FRAMES), None
+    validation_frames = frames[:VALIDATION_FRAMES]
+
+    # --- sparse backbone -> scn.fp16.onnx
+    fused = fuse_backbone(model.backbone)
+    fusion_line = fusion_summary(model.backbone, fused)
+    log(fusion_line)
+    ops = walk_backbone(fused)
+    observed = observe_active_voxels(fused, ops, frames) if calib_record else None
+    plan = plan_output_bounds(ops, cfg.voxel.max_voxels, observed, margin)
+    log(f"output_bound: {'observed max x %.2f' % margin if observed else 'safe fallback (no --calib-data)'}; "
+        + ", ".join(f"{p}={b.bound}" for p, b in plan.items()))
+    scn = export_scn(fused, output_bounds={p: b.bound for p, b in plan.items()}, max_voxels=cfg.voxel.max_voxels)
+    scn_bytes = scn.to_bytes()
+    _require_clean(SCN_FILE, scn.model)
+    runner = ScnRunner(scn_bytes, precision="fp32")
+    scn_figures = validate_scn(runner, model.backbone, validation_frames) if validation_frames else {}
+    if scn_figures:
+        log(f"{SCN_FILE}: reference runner vs PyTorch backbone on {scn_figures['frames']} frame(s): "
+            f"cosine {scn_figures['min_cosine']:.7f}, max abs error {scn_figures['max_abs_error']:.3g}")
+
+    # --- RPN + head -> rpn_head.fp32.onnx
+    rpn = export_rpn_head(model, cfg)
+    for report in rpn.passes:
+        log(f"{RPN_HEAD_FILE}: {report.line()}")
+    _require_clean(RPN_HEAD_FILE, rpn.model)
+    bevs = [model.backbone(f, c, 1) for f, c in validation_frames] or [torch.zeros(1, cfg.bev_channels, *cfg.bev_shape)]
+    rpn_figures = validate_rpn_head(rpn, model, bevs)
+    log(f"{RPN_HEAD_FILE}: ONNX Runtime vs PyTorch on {rpn_figures['frames']} BEV map(s): "
+        f"max abs error {rpn_figures['max_abs_error']:.3g}")
+    rpn_bytes = rpn.to_bytes()
+
+    # --- write
+    manifest = Manifest(out)  # read first: a broken manifest fails before anything is written
+    atomic_write_bytes(out / SCN_FILE, scn_bytes)
+    atomic_write_bytes(out / RPN_HEAD_FILE, rpn_bytes)
+    inputs = {"checkpoint": file_sha256(checkpoint), "config": _sha256_json(config_to_dict(cfg))}
+    if calib_data is not None:
+        inputs["calib_data"] = tree_sha256(calib_data)
+    params = {"config": cfg.name, "max_frames": max_frames, "bound_margin": margin, "precision": "float"}
+    extra = {
+        "checkpoint": str(checkpoint),
+        "calib_data": calib_record,
+        "passes": {SCN_FILE: [fusion_line], RPN_HEAD_FILE: [r.as_dict() for r in rpn.passes]},
+        "output_bounds": {"margin": margin, "source": "calib_data" if observed else "fallback",
+                          "layers": {p: b.as_dict() for p, b in plan.items()}},
+        "validation": {SCN_FILE: scn_figures, RPN_HEAD_FILE: rpn_figures},
+        "artifacts": {
+            SCN_FILE: {"format": "libspconv-scn", "opset": 11, "precision": "fp16",
+                       "inputs": {SCN_INPUT: ["num_voxels", cfg.voxel.num_point_features]},
+                       "outputs": {SCN_OUTPUT: [1, cfg.bev_channels, *cfg.bev_shape]},
+                       "node_paths": scn.node_paths},
+            RPN_HEAD_FILE: {"format": "onnx", "opset": 17, "precision": "fp32",
+                            "inputs": {"input": [1, cfg.bev_channels, *cfg.bev_shape]},
+                            "outputs": rpn.output_names},
+        },
+    }
+    record = manifest.record(STAGE, inputs, params, [SCN_FILE, RPN_HEAD_FILE], time.perf_counter() - start, extra)
+    return {**vars(record), "versions": manifest.versions}
