@@ -44,7 +44,8 @@ def mse_amax(hist: torch.Tensor, bin_edges: torch.Tensor, num_bits: int = 8, uns
     for start in range(0, candidates.numel(), chunk):
         amax = centers[candidates[start:start + chunk]].unsqueeze(1)
         zero = amax <= _EPSILON
-        scale = torch.where(zero, torch.zeros_like(amax), max_bound / amax)
+        # A true division, as the library does (`127.0 / tensor` would be reciprocal * 127: other bits).
+        scale = torch.where(zero, torch.zeros_like(amax), torch.full_like(amax, max_bound) / amax)
         # In place, element for element the library's float32 ops: x * scale, round, clamp, / scale.
         quant = (row * scale).round_().clamp_(min_bound, max_bound)
         quant.div_(torch.where(zero, torch.ones_like(scale), scale))

@@ -51,18 +51,16 @@ def prepare_model(cfg: ModelConfig, skip=DEFAULT_SKIP, input_calib: str = "histo
     return model, quantize_model(model, skip=skip, input_calib=input_calib)
 
 
-def run_ptq(config: str | Path | ModelConfig, checkpoint: str | Path, calib_data: str | Path, out: str | Path,
-            num_frames: int | None = DEFAULT_NUM_FRAMES, method: str = "mse", skip=DEFAULT_SKIP,
-            percentile: float = 99.99, bn_fused: bool = True, device: str = "cpu", progress: bool = True) -> dict:
-    """Calibrate `checkpoint` on frames of `calib_data` and write the quantized checkpoint to `out`.
+def ptq_model(cfg: ModelConfig, checkpoint: str | Path, files: list[Path], method: str = "mse", skip=DEFAULT_SKIP,
+              percentile: float = 99.99, bn_fused: bool = True, device: str = "cpu",
+              progress: bool = True) -> tuple[nn.Module, dict]:
+    """Load `checkpoint`, (fold BN,) quantize and calibrate on the point files `files`.
 
-    Returns the saved ``meta``. ``method="max"`` gives activations a max calibrator; the other methods
-    share one histogram calibrator per activation.
+    Returns the calibrated model (on `device`) and the ``meta`` to save with it. ``method="max"`` gives
+    activations a max calibrator; the other methods use one histogram calibrator per activation.
     """
     if method not in METHODS:
         raise CalibrationError(f"--method {method}: unknown amax method (one of {', '.join(METHODS)})")
-    cfg = config if isinstance(config, ModelConfig) else load_config(config)
-    files = select_calibration_files(calib_data, num_frames)
     input_calib = "max" if method == "max" else "histogram"
     skip = list(skip)
     model = load_model(cfg, checkpoint)
@@ -80,18 +78,29 @@ def run_ptq(config: str | Path | ModelConfig, checkpoint: str | Path, calib_data
         "activation_calibrator": input_calib,
         "amax_method": method,
         "percentile": float(percentile) if method == "percentile" else None,
-        "calib_data": str(calib_data),
         "num_frames": result.frames_used,
         "num_frames_empty": result.frames_empty,
         "quantized_layers": swapped,
         "num_quantizers": len(result.amax),
         "versions": library_versions(),
     }
-    save_quantized_model(model.cpu(), out, meta)
+    return model, meta
+
+
+def run_ptq(config: str | Path | ModelConfig, checkpoint: str | Path, calib_data: str | Path, out: str | Path,
+            num_frames: int | None = DEFAULT_NUM_FRAMES, method: str = "mse", skip=DEFAULT_SKIP,
+            percentile: float = 99.99, bn_fused: bool = True, device: str = "cpu", progress: bool = True) -> dict:
+    """`trt-centerpoint ptq`: calibrate on `num_frames` frames of `calib_data`, write `out`; returns meta."""
+    cfg = config if isinstance(config, ModelConfig) else load_config(config)
+    files = select_calibration_files(calib_data, num_frames)
+    model, meta = ptq_model(cfg, checkpoint, files, method, skip, percentile, bn_fused, device, progress)
+    meta["calib_data"] = str(calib_data)
+    save_quantized_model(model, out, meta)
     return meta
 
 
 def save_quantized_model(model: nn.Module, path: str | Path, meta: dict) -> None:
+    """Write ``{"state_dict", "meta"}`` atomically (CPU tensors; loadable with weights_only=True)."""
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     atomic_torch_save({"state_dict": state, "meta": meta}, path)
 

@@ -202,7 +202,11 @@ class QuantAdd(nn.Module):
 
 class QuantConcat(nn.Module):
     """Channel concat whose inputs share one quantizer: TensorRT concatenates INT8 tensors only when
-    every input has the same scale (REFERENCE section 4)."""
+    every input has the same scale (REFERENCE section 4).
+
+    Its inputs are calibrated as one tensor, i.e. the values of the concat's output: the next conv's
+    input quantizer sees the same values and gets the same amax, so its fake quant is then a no-op.
+    """
 
     def __init__(self, input_calib: str = "histogram", dim: int = 1):
         super().__init__()

@@ -12,8 +12,6 @@ and counted. Every problem with a file is a `UserError` whose one-line message n
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from trt_centerpoint.errors import UserError
+from trt_centerpoint.fileio import atomic_write_bytes
 
 __all__ = [
     "POINT_SUFFIXES",
@@ -35,8 +34,6 @@ __all__ = [
 
 POINT_SUFFIXES = (".bin", ".npy")
 _FEATURE_NAMES = ["x", "y", "z", "intensity", "time lag"]
-_UMASK = os.umask(0)  # read once: mkstemp creates 0600 files, written files get the usual mode instead
-os.umask(_UMASK)
 
 
 @dataclass(frozen=True)
@@ -197,18 +194,4 @@ def write_points_bin(path: str | Path, points) -> Path:
     arr = np.asarray(points)
     if arr.ndim != 2:
         raise ValueError(f"points must be a 2-D array [N, F], got shape {arr.shape}")
-    data = np.ascontiguousarray(arr, dtype="<f4")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.tobytes())
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    return atomic_write_bytes(path, np.ascontiguousarray(arr, dtype="<f4").tobytes())

@@ -44,11 +44,8 @@ Determinism: everything in a frame is drawn from `numpy.random.default_rng([seed
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -58,6 +55,7 @@ import numpy as np
 from trt_centerpoint.data.synth_scene import CLASSES, Layout, SceneConfig, sample_layout
 from trt_centerpoint.data.synth_sensor import SensorConfig, Sweep, cast_sweep
 from trt_centerpoint.errors import UserError
+from trt_centerpoint.fileio import atomic_write_bytes
 
 __all__ = [
     "CLASSES",
@@ -185,26 +183,6 @@ def scene_for_config(config, scene: SceneConfig | None = None) -> SceneConfig:
                    placement_radius=min(scene.placement_radius, reach))
 
 
-def _file_mode() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and os.replace, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, _file_mode())  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _labels_json(labels: dict) -> bytes:
     return (json.dumps({"boxes": labels["boxes"], "names": labels["names"]}) + "\n").encode()
 
@@ -246,8 +224,8 @@ def write_dataset(out_dir, frames: int, seed: int, config=None, progress: bool =
                       unit="frame"):
         points, labels = generate_frame(seed, index, sensor, scene)
         stem = f"{seed:04d}_{index:06d}"
-        _atomic_write(out / "points" / f"{stem}.bin", np.ascontiguousarray(points[:, :features]).tobytes())
-        _atomic_write(out / "labels" / f"{stem}.json", _labels_json(labels))
+        atomic_write_bytes(out / "points" / f"{stem}.bin", np.ascontiguousarray(points[:, :features]).tobytes())
+        atomic_write_bytes(out / "labels" / f"{stem}.json", _labels_json(labels))
         n_points.append(len(points))
         for name in labels["names"]:
             per_class[name] = per_class.get(name, 0) + 1
@@ -276,7 +254,7 @@ def write_dataset(out_dir, frames: int, seed: int, config=None, progress: bool =
             "seconds": round(seconds, 3),
         },
     }
-    _atomic_write(out / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
+    atomic_write_bytes(out / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
     readme = (
         f"# Synthetic LiDAR frames ({GENERATOR_VERSION})\n\n"
         f"{frames} frames from seed {seed}, made by `trt_centerpoint.data.synth`.\n\n"
@@ -286,7 +264,7 @@ def write_dataset(out_dir, frames: int, seed: int, config=None, progress: bool =
         "current LiDAR frame; yaw = heading - pi/2 (w spans x at yaw 0); velocity over ground in m/s.\n"
         "- `meta.json`: generator version, seed, sensor and scene settings, classes, label counts.\n"
     )
-    _atomic_write(out / "README.md", readme.encode())
+    atomic_write_bytes(out / "README.md", readme.encode())
     return meta
 
 

@@ -270,7 +270,8 @@ def _flow(n, a, where, ins, out, rulebooks):
             key = (declared, a.get("subm"), list(a["kernel_size"]))
             if rulebooks.setdefault(book, key) != key:
                 out.append(Finding(where, f"rulebook {book!r} is shared with a conv of other shape / kind / kernel"))
-        return ("sparse", expected, a["out_channels"])
+        # downstream checks use the declared shape: one wrong node gives findings on that node only
+        return ("sparse", list(a["output_spatial_shape"]), a["out_channels"])
     if n.op_type in ("Add", "QuantAdd"):
         if len(ins) != 2 or any(i[0] != "sparse" for i in ins):
             out.append(Finding(where, "Add needs two sparse inputs"))

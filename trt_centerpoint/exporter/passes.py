@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import onnx
 import onnx_graphsurgeon as gs
 
-__all__ = ["PassError", "PassReport", "cleanup_toposort", "fold_constants", "name_and_order_outputs", "run_passes"]
+__all__ = ["PassError", "PassReport", "cleanup_toposort", "fold_constants", "infer_shapes", "name_and_order_outputs",
+           "run_passes"]
 
 
 class PassError(ValueError):
@@ -57,6 +58,35 @@ def fold_constants(graph: gs.Graph) -> PassReport:
                       f"removed {_describe_removed(before, after)}")
 
 
+def _is_static(shape) -> bool:
+    return shape is not None and all(isinstance(d, int) and d >= 0 for d in shape)
+
+
+def infer_shapes(graph: gs.Graph) -> PassReport:
+    """Give the graph outputs the shapes ONNX shape inference derives (strict mode).
+
+    Why: the TorchScript exporter leaves symbolic output dims where ZeroPad2d's pads were computed at run
+    time; after folding they are constants, and TensorRT and CUDA-CenterPoint's buffer sizing read the
+    static shapes from the file.
+    """
+    count = len(graph.nodes)
+    symbolic = [t.name for t in graph.outputs if not _is_static(t.shape)]
+    for tensor in graph.outputs:
+        tensor.shape = None  # let inference fill them in (a stale symbolic dim would win the merge)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(gs.export_onnx(graph), strict_mode=True)
+    except onnx.shape_inference.InferenceError as exc:
+        raise PassError(f"shape inference failed: {str(exc).strip().splitlines()[0]}") from None
+    shapes = {v.name: v.type.tensor_type.shape.dim for v in inferred.graph.output}
+    for tensor in graph.outputs:
+        tensor.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in shapes[tensor.name]]
+    still = [t.name for t in graph.outputs if not _is_static(t.shape)]
+    if still:
+        raise PassError(f"outputs without a static shape after inference: {', '.join(still)}")
+    return PassReport("infer_shapes", count, count,
+                      f"{len(graph.outputs)} outputs static ({len(symbolic)} were symbolic)")
+
+
 def name_and_order_outputs(graph: gs.Graph, names: list[str]) -> PassReport:
     """Make the graph outputs exactly `names`, in that order.
 
@@ -87,7 +117,10 @@ def cleanup_toposort(graph: gs.Graph) -> PassReport:
                       f"removed {_describe_removed(before, after)}; sorted")
 
 
-def run_passes(model: onnx.ModelProto, passes: list[Callable[[gs.Graph], PassReport]]) -> tuple[onnx.ModelProto, list[PassReport]]:
+Pass = Callable[[gs.Graph], PassReport]
+
+
+def run_passes(model: onnx.ModelProto, passes: list[Pass]) -> tuple[onnx.ModelProto, list[PassReport]]:
     """Import `model` into graphsurgeon, run `passes` in order, export; returns (model, reports)."""
     graph = gs.import_onnx(model)
     reports = [p(graph) for p in passes]

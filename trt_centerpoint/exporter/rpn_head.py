@@ -7,11 +7,16 @@ pytorch-quantization's Q/DQ export also needs, so FP32 and INT8 files come from 
 BatchNorm is folded into the convs by the exporter (eval mode, constant folding).
 
 Validation (`validate_rpn_head`): onnx.checker full check, strict shape inference, and ONNX Runtime
-against PyTorch on given BEV inputs (max abs error <= `RPN_HEAD_TOLERANCE` per output).
+against PyTorch FP32 on given BEV inputs: per output, max abs error <= `RPN_HEAD_TOLERANCE` (1e-4) times
+max(1, max |output|). The scale matters only for outputs beyond 1 in magnitude: FP32 itself cannot do
+better there (a partly trained sample model has outputs up to ~200, where PyTorch FP32 differs from a
+float64 run of the same model by ~1.5e-4, and ONNX Runtime from PyTorch by ~2e-4). The figures keep the
+plain max abs error and PyTorch FP32's own error against float64 for context.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import io
 import warnings
@@ -23,7 +28,8 @@ import torch
 from torch import nn
 
 from trt_centerpoint.config import ModelConfig
-from trt_centerpoint.exporter.passes import PassReport, cleanup_toposort, fold_constants, name_and_order_outputs, run_passes
+from trt_centerpoint.exporter.passes import (PassReport, cleanup_toposort, fold_constants, infer_shapes,
+                                             name_and_order_outputs, run_passes)
 from trt_centerpoint.exporter.validate import ValidationError
 
 RPN_HEAD_INPUT = "input"
@@ -81,7 +87,7 @@ def export_rpn_head(model: nn.Module, cfg: ModelConfig) -> RpnHeadExport:
         torch.onnx.export(wrapper, (dummy,), buffer, dynamo=False, opset_version=RPN_HEAD_OPSET,
                           input_names=[RPN_HEAD_INPUT], output_names=names, do_constant_folding=True)
     exported = onnx.load_from_string(buffer.getvalue())
-    passes = [fold_constants, functools.partial(name_and_order_outputs, names=names), cleanup_toposort]
+    passes = [fold_constants, functools.partial(name_and_order_outputs, names=names), cleanup_toposort, infer_shapes]
     out, reports = run_passes(exported, passes)
     out.producer_name = "trt-centerpoint"
     return RpnHeadExport(out, names, reports)
@@ -105,19 +111,26 @@ def validate_rpn_head(exported: RpnHeadExport, model: nn.Module, inputs: list[to
     if got_names != exported.output_names:
         raise ValidationError(f"rpn_head: outputs {got_names}, expected {exported.output_names}")
     wrapper = RpnHeadModule(model).eval()
+    exact = copy.deepcopy(wrapper).double()
     worst = {name: 0.0 for name in exported.output_names}
+    scaled = dict(worst)
+    fp32_vs_fp64 = 0.0
     for x in inputs:
         with torch.no_grad():
             ref = wrapper(x.float())
+            ref64 = exact(x.double())
         got = session.run(None, {RPN_HEAD_INPUT: x.float().numpy()})
-        for name, r, g in zip(exported.output_names, ref, got):
-            worst[name] = max(worst[name], float(np.abs(r.numpy() - g).max()))
-    max_abs = max(worst.values()) if worst else 0.0
-    figures = {"frames": len(inputs), "max_abs_error": max_abs, "per_output_max_abs_error": worst,
-               "tolerance": tolerance}
-    if max_abs > tolerance:
-        bad = max(worst, key=worst.get)
-        raise ValidationError(f"rpn_head: ONNX Runtime differs from PyTorch by {max_abs:.3g} on {bad} "
-                              f"(tolerance {tolerance})")
+        for name, r, r64, g in zip(exported.output_names, ref, ref64, got):
+            err = float(np.abs(r.numpy() - g).max())
+            worst[name] = max(worst[name], err)
+            scaled[name] = max(scaled[name], err / max(1.0, float(r.abs().max())))
+            fp32_vs_fp64 = max(fp32_vs_fp64, float((r.double() - r64).abs().max()))
+    figures = {"frames": len(inputs), "max_abs_error": max(worst.values(), default=0.0),
+               "max_scaled_error": max(scaled.values(), default=0.0), "per_output_max_abs_error": worst,
+               "pytorch_fp32_vs_fp64_max_abs": fp32_vs_fp64, "tolerance": tolerance}
+    bad = max(scaled, key=scaled.get) if scaled else None
+    if bad is not None and scaled[bad] > tolerance:
+        raise ValidationError(f"rpn_head: ONNX Runtime differs from PyTorch by {worst[bad]:.3g} on {bad} "
+                              f"({scaled[bad]:.3g} relative to max(1, |{bad}|), tolerance {tolerance})")
     exported.validation = figures
     return figures

@@ -145,7 +145,7 @@ def run_export(config: str | Path | ModelConfig, checkpoint: str | Path, out: st
     scn_figures = validate_scn(runner, model.backbone, validation_frames) if validation_frames else {}
     if scn_figures:
         log(f"{SCN_FILE}: reference runner vs PyTorch backbone on {scn_figures['frames']} frame(s): "
-            f"cosine {scn_figures['min_cosine']:.7f}, max abs error {scn_figures['max_abs_error']:.3g}")
+            f"cosine {scn_figures['min_cosine']:.8f}, max abs error {scn_figures['max_abs_error']:.3g}")
 
     # --- RPN + head -> rpn_head.fp32.onnx
     rpn = export_rpn_head(model, cfg)
@@ -155,7 +155,8 @@ def run_export(config: str | Path | ModelConfig, checkpoint: str | Path, out: st
     bevs = [model.backbone(f, c, 1) for f, c in validation_frames] or [torch.zeros(1, cfg.bev_channels, *cfg.bev_shape)]
     rpn_figures = validate_rpn_head(rpn, model, bevs)
     log(f"{RPN_HEAD_FILE}: ONNX Runtime vs PyTorch on {rpn_figures['frames']} BEV map(s): "
-        f"max abs error {rpn_figures['max_abs_error']:.3g}")
+        f"max abs error {rpn_figures['max_abs_error']:.3g} ({rpn_figures['max_scaled_error']:.3g} relative to "
+        f"max(1, |output|); PyTorch FP32 vs float64: {rpn_figures['pytorch_fp32_vs_fp64_max_abs']:.3g})")
     rpn_bytes = rpn.to_bytes()
 
     # --- write

@@ -9,10 +9,8 @@ is refused rather than executed.
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import torch
 from torch import nn
 
 from trt_centerpoint.errors import UserError
+from trt_centerpoint.fileio import atomic_path
 
 SPCONV1_TO_2 = (4, 0, 1, 2, 3)  # [kz, ky, kx, in, out] -> [out, kz, ky, kx, in]
 MAX_LISTED_KEYS = 5
@@ -130,16 +129,8 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> dict:
 
 def atomic_torch_save(obj, path: str | Path) -> None:
     """torch.save to a temporary file in the same folder, then rename: no half-written checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, meta: dict | None = None, half: bool = False) -> None:
