@@ -79,6 +79,12 @@ def cmd_ptq(args: argparse.Namespace) -> int:
     from trt_centerpoint.calib.quantize import DEFAULT_SKIP
 
     skip = DEFAULT_SKIP if args.skip is None else args.skip
+    if getattr(args, "skip_from", None):  # a sensitivity.json's proposed list, plus any explicit --skip
+        from trt_centerpoint.calib.sensitivity import read_skip_list
+        from trt_centerpoint.config import load_config
+
+        from_file = read_skip_list(args.skip_from, expect_config=load_config(args.config))
+        skip = list(dict.fromkeys([*(args.skip or []), *from_file]))
     meta = run_ptq(args.config, args.checkpoint, args.calib_data, args.out, num_frames=args.num_frames,
                    method=args.method, skip=skip, percentile=args.percentile, bn_fused=not args.no_fuse_bn,
                    device=args.device, progress=not args.quiet)
@@ -86,6 +92,46 @@ def cmd_ptq(args: argparse.Namespace) -> int:
           f"skipped {', '.join(meta['skip']) or 'nothing'}; amax {meta['amax_method']} over "
           f"{meta['num_frames']} frames ({meta['num_frames_empty']} empty)")
     print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_qat(args: argparse.Namespace) -> int:
+    import os
+
+    from trt_centerpoint.calib.qat import QATOptions, run_qat
+
+    opts = QATOptions(objective=args.objective, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      seed=args.seed, augment=not args.no_augment, num_frames=args.num_frames,
+                      teacher=args.teacher, device=args.device)
+    _, meta = run_qat(args.checkpoint, args.data, args.out, opts, progress=not args.quiet)
+    qat = meta["qat"]
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
+        last = qat["history"][-1] if qat["history"] else {}
+        print(f"QAT ({qat['objective']}) {qat['epochs']} epoch(s) on {qat['frames']} frames x {qat['world_size']} "
+              f"process(es), final loss {last.get('loss', float('nan')):.4f}")
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    import time
+
+    from trt_centerpoint.calib.sensitivity import run_sensitivity
+
+    start = time.perf_counter()
+    doc = run_sensitivity(args.config, args.checkpoint, args.calib_data, args.out, data=args.data,
+                          num_frames=args.num_frames, eval_frames=args.eval_frames, budget=args.budget,
+                          method=args.method, seed=args.seed, progress=not args.quiet)
+    name = doc["metric"]
+    print(f"{len(doc['layers'])} layers, {doc['frames']} frames, {name}: FP32 {doc['reference']['metric']:.6f}, "
+          f"all quantized {doc['all_quantized']['metric']:.6f} ({time.perf_counter() - start:.1f} s)")
+    for row in doc["layers"][: args.show]:
+        print(f"  {row['rank']:>3}  {row['name']:<40} drop {row['drop']:+.3e}  recovery {row['recovery']:+.3e}")
+    if doc["budget"] is not None:
+        b = doc["budget"]
+        print(f"budget {b['value']:g}: {'met' if b['met'] else 'NOT met'}; skip {', '.join(b['skip']) or 'nothing'}")
+    for stem in ("json", "md", "png"):
+        print(f"wrote {args.out}/sensitivity.{stem}")
     return 0
 
 
@@ -189,11 +235,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip", nargs="*", metavar="PATTERN",
                    help="module-path glob patterns to leave in float; replaces the default "
                         "(backbone.conv_input* backbone.conv1.0.*); `--skip` alone quantizes everything")
+    p.add_argument("--skip-from", metavar="SENSITIVITY_JSON",
+                   help="leave in float the skip list proposed by `sensitivity --budget` (its sensitivity.json), "
+                        "together with any --skip patterns; replaces the default skip list")
     p.add_argument("--no-fuse-bn", action="store_true", help="keep BatchNorm unfolded (default: fold into convs)")
     p.add_argument("--device", default="cpu", help="where calibration runs (default cpu; e.g. cuda)")
     p.add_argument("--out", required=True, help="quantized checkpoint to write (ptq.pth)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_ptq)
+
+    p = sub.add_parser("qat", help="quantization-aware fine-tuning of a ptq.pth (supervised or distillation; torchrun-ready)")
+    p.add_argument("--checkpoint", "-p", required=True, help="quantized checkpoint from `ptq` (or `qat`)")
+    p.add_argument("--data", required=True,
+                   help="supervised: labeled folder (points/, labels/); distill: any point-cloud folder")
+    p.add_argument("--objective", default="supervised", choices=["supervised", "distill"],
+                   help="supervised: CenterPoint loss on labels; distill: match the FP32 teacher (no labels)")
+    p.add_argument("--teacher", help="distill: FP32 checkpoint (default: the ptq file's source checkpoint)")
+    p.add_argument("--epochs", type=int, default=2, help="default 2")
+    p.add_argument("--lr", type=float, default=1e-4, help="one-cycle maximum learning rate (default 1e-4)")
+    p.add_argument("--batch-size", type=int, default=2, help="frames per step and process (default 2)")
+    p.add_argument("--num-frames", type=int, help="use this many frames, spread evenly (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-augment", action="store_true", help="no flip / rotation / scale augmentation")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: one GPU per local rank)")
+    p.add_argument("--out", required=True, help="quantized checkpoint to write (qat.pth, same format as ptq.pth)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_qat)
+
+    p = sub.add_parser("sensitivity", help="per-layer INT8 sensitivity: rank layers, propose a skip list (--budget)")
+    _add_model_args(p)
+    p.add_argument("--calib-data", required=True, help="point-cloud file or folder to calibrate on (once, all layers)")
+    p.add_argument("--data", help="labeled folder (points/, labels/): metric mAP; without it: output fidelity "
+                                  "vs FP32 on the calibration frames (heatmap cosine, SNR)")
+    p.add_argument("--num-frames", type=int, default=16,
+                   help="calibration frames, spread evenly over the folder (default 16; all if fewer)")
+    p.add_argument("--eval-frames", type=int, help="frames evaluated per configuration, spread evenly (default all)")
+    p.add_argument("--budget", type=float,
+                   help="propose the smallest skip list with mAP drop <= B (with --data) or 1 - cosine <= B")
+    p.add_argument("--method", default="mse", choices=["mse", "percentile", "entropy", "max"],
+                   help="activation amax method (default mse)")
+    p.add_argument("--seed", type=int, default=0, help="torch / numpy seed (frames are picked deterministically)")
+    p.add_argument("--show", type=int, default=10, help="most sensitive layers printed (default 10)")
+    p.add_argument("--out", required=True, help="output folder: sensitivity.json, sensitivity.md, sensitivity.png")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_sensitivity)
     p = sub.add_parser("engine", help="build a TensorRT engine from an exported ONNX (needs TensorRT and a GPU)")
     p.add_argument("--onnx", required=True, help="exported ONNX, e.g. rpn_head.int8.onnx (explicit Q/DQ)")
     p.add_argument("--out", required=True,

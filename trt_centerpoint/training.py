@@ -47,6 +47,28 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarr
     return [order[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)] or [order]
 
 
+def one_cycle(optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int):
+    """det3d's one-cycle schedule (40 % warm-up from max_lr / 10, momentum 0.95 -> 0.85); shared with QAT."""
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=0.4,
+        div_factor=10.0, base_momentum=0.85, max_momentum=0.95,
+    )
+
+
+def load_batch(frames, idx, rng: np.random.Generator | None = None):
+    """Frames `idx` of `frames` (items (stem, points, boxes, names)) -> (point tensors, boxes, names),
+    each frame augmented with `rng` (flip / rotate / scale) unless it is None; shared with QAT."""
+    clouds, boxes, names = [], [], []
+    for i in idx:
+        _, pts, bxs, nms = frames[int(i)]
+        if rng is not None:
+            pts, bxs = augment_frame(pts, bxs, rng)
+        clouds.append(torch.from_numpy(np.ascontiguousarray(pts, np.float32)))
+        boxes.append(bxs)
+        names.append(nms)
+    return clouds, boxes, names
+
+
 def train(cfg: ModelConfig, data: str | Path, out: str | Path, opts: TrainOptions,
           init: str | Path | None = None, resume: bool = True, progress: bool = True) -> dict:
     """Train `cfg` on `data` (synth layout) and save a det3d-layout checkpoint at `out`; returns a summary."""
@@ -60,10 +82,7 @@ def train(cfg: ModelConfig, data: str | Path, out: str | Path, opts: TrainOption
         load_checkpoint(model, init)
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr / 10, weight_decay=opts.weight_decay)
     steps_per_epoch = len(_batches(len(frames), opts.batch_size, np.random.default_rng(0)))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=opts.lr, total_steps=opts.epochs * steps_per_epoch, pct_start=0.4,
-        div_factor=10.0, base_momentum=0.85, max_momentum=0.95,
-    )
+    scheduler = one_cycle(optimizer, opts.lr, opts.epochs * steps_per_epoch)
     start_epoch, history = 0, []
     sp = state_path(out)
     if resume and sp.is_file():
@@ -83,14 +102,7 @@ def train(cfg: ModelConfig, data: str | Path, out: str | Path, opts: TrainOption
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{opts.epochs}", unit="batch", disable=not progress)
         sums = {"loss": 0.0, "hm": 0.0, "loc": 0.0}
         for idx in bar:
-            clouds, boxes, names = [], [], []
-            for i in idx:
-                _, pts, bxs, nms = frames[int(i)]
-                if opts.augment:
-                    pts, bxs = augment_frame(pts, bxs, rng)
-                clouds.append(torch.from_numpy(np.ascontiguousarray(pts, np.float32)))
-                boxes.append(bxs)
-                names.append(nms)
+            clouds, boxes, names = load_batch(frames, idx, rng if opts.augment else None)
             voxels = model.voxelize(clouds)
             preds = model(voxels.features, voxels.coords, len(clouds))
             loss, parts = centerpoint_loss(preds, build_targets(cfg, boxes, names))
