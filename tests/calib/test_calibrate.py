@@ -57,6 +57,20 @@ def test_concat_and_its_consumer_get_one_scale(calibrated):
     assert torch.equal(conv_q(once), once)
 
 
+def test_identical_histograms_are_searched_once(calibrated, monkeypatch):
+    from trt_centerpoint.calib import calibrate as calibrate_module
+
+    model, _ = calibrated
+    calls = []
+    real = calibrate_module._histogram_amax
+    monkeypatch.setattr(calibrate_module, "_histogram_amax", lambda *a: calls.append(1) or real(*a))
+    amax = compute_amax(model, method="mse")
+    inputs = [n for n in amax if n.endswith("_input_quantizer")]
+    heads = [n for n in inputs if n.startswith("bbox_head.tasks.") and n.endswith(".0._input_quantizer")]
+    assert len(heads) == 12 and len({amax[n][0] for n in heads}) == 1  # all read the shared conv's output
+    assert len(calls) <= len(inputs) - len(heads) + 1
+
+
 def test_weight_amax_is_the_per_channel_max(calibrated):
     model, _ = calibrated
     sparse = model.backbone.conv3[3].conv2

@@ -17,7 +17,7 @@ from pytorch_quantization.calib import histogram as lib_histogram
 from trt_centerpoint.calib import mse as mse_module
 from trt_centerpoint.calib.calibrate import CalibrationError, calibration_mode, check_amax, collect
 from trt_centerpoint.calib.compat import iter_quantizers
-from trt_centerpoint.calib.mse import mse_amax
+from trt_centerpoint.calib.mse import merge_bins, mse_amax
 from trt_centerpoint.calib.ptq import prepare_model
 
 from calib_helpers import frame_points, make_tiny_model
@@ -109,3 +109,22 @@ def test_all_zero_histogram_gives_zero_amax_which_is_refused():
     assert float(amax) == float(library_mse(hist, edges)[0]) == 0.0
     with pytest.raises(CalibrationError, match="neck.x._input_quantizer: calibrated amax is 0"):
         check_amax("neck.x._input_quantizer", amax, is_weight=False)
+
+
+def test_merge_bins_sums_adjacent_bins_of_a_grown_histogram():
+    gen = torch.Generator().manual_seed(3)
+    hist, edges = _histogram([torch.rand(5000, generator=gen), torch.rand(5000, generator=gen) * 9.3])
+    assert hist.numel() > 10000  # grown: the second batch had a 9x larger maximum
+    merged, merged_edges, factor = merge_bins(hist, edges, max_bins=4096)
+    assert factor == -(-hist.numel() // 4096) and merged.numel() <= 4096
+    assert merged.numel() * factor >= hist.numel() > (merged.numel() - 1) * factor
+    padded = torch.cat([hist, hist.new_zeros(merged.numel() * factor - hist.numel())])
+    assert torch.equal(merged, padded.view(-1, factor).sum(1)) and merged.sum() == hist.sum() == 10000
+    assert torch.equal(merged_edges[:-1], edges[::factor][: merged.numel()])
+    widths = merged_edges[1:] - merged_edges[:-1]
+    assert torch.allclose(widths, widths[0].expand_as(widths), rtol=1e-3)  # still uniform (float32 edges)
+    ref_amax, ref_errors = library_mse(merged, merged_edges)
+    amax, errors = ours_mse(merged, merged_edges)
+    assert torch.equal(errors, ref_errors) and float(amax) == float(ref_amax)
+    same = merge_bins(hist, edges, max_bins=hist.numel())
+    assert same[0] is hist and same[2] == 1

@@ -7,20 +7,27 @@ import zlib
 
 import pytest
 import torch
+from calib_helpers import make_tiny_model
 
 from trt_centerpoint import cli
 from trt_centerpoint.calib.calibrate import select_calibration_files, set_amax
 from trt_centerpoint.calib.compat import iter_quantizers
 from trt_centerpoint.calib.ptq import load_quantized_model, read_ptq_meta
 from trt_centerpoint.calib.quantize import quantizable_layers
-from trt_centerpoint.calib.sensitivity import (FidelityMetric, SensitivityError, analyze, calibrated_model,
-                                               fidelity_frames, layer_quantizers, read_skip_list, run_sensitivity)
+from trt_centerpoint.calib.sensitivity import (
+    FidelityMetric,
+    SensitivityError,
+    analyze,
+    calibrated_model,
+    fidelity_frames,
+    layer_quantizers,
+    read_skip_list,
+    run_sensitivity,
+)
 from trt_centerpoint.config import load_config
 from trt_centerpoint.model.centerpoint import CenterPoint
 from trt_centerpoint.model.checkpoint import save_checkpoint
 from trt_centerpoint.report.plots import bar_chart
-
-from calib_helpers import make_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +140,10 @@ def test_map_metric_with_labels(tmp_path, tiny_cfg, float_ckpt, tiny_data):
                           budget=0.0, progress=False, plot=False)
     assert doc["metric"] == "mAP" and doc["frames"] == 2 and len(doc["frame_ids"]) == 2
     assert 0.0 <= doc["reference"]["metric"] <= 1.0
+    assert doc["reference"]["cosine"] == 1.0 and doc["reference"]["snr_db"] == 200.0
+    assert all(0.5 < r["only_this_detail"]["cosine"] <= 1.0 for r in doc["layers"])
+    keys = [(-r["drop"], -r["recovery"], r["only_this_detail"]["cosine"]) for r in doc["layers"]]
+    assert keys == sorted(keys)
     assert doc["budget"]["met"]  # budget 0 is always reachable (at worst every layer in float)
     assert doc["budget"]["loss"] <= 0.0
     assert (tmp_path / "sensitivity.md").read_text().count("mAP (only this)") == 1

@@ -4,6 +4,10 @@ Steps (SEED.md): (1) calibration mode: fake quant off, calibrators on; (2) forwa
 amax: activations from their histogram with ``mse`` (default), ``percentile`` or ``entropy`` (or the
 running max with ``max``), weights from their per-channel max; (4) quant on, calibrators off.
 
+Histograms longer than ``mse.MAX_SEARCH_BINS`` are merged before the quadratic mse / entropy searches,
+and quantizers with identical histograms (the head branches all read the shared conv's output) share one
+search.
+
 Every amax is checked: NaN / infinite, or zero for an activation, is a ``CalibrationError`` naming the
 quantizer. A weight channel whose weights are all zero (amax 0; e.g. a BN with gamma 0 folded in) is a
 warned fallback instead: its amax becomes the largest amax of the layer's other channels (any positive
@@ -24,7 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from trt_centerpoint.calib.compat import iter_quantizers, quiet_library_logs
-from trt_centerpoint.calib.mse import mse_amax
+from trt_centerpoint.calib.mse import merge_bins, mse_amax
 from trt_centerpoint.data.points import list_point_files, read_points
 from trt_centerpoint.errors import UserError
 
@@ -105,29 +109,60 @@ def collect(model: nn.Module, frames: Iterable[torch.Tensor], total: int | None 
     return used, empty
 
 
-def _calibrator_amax(name: str, quantizer, method: str, percentile: float) -> torch.Tensor:
+def _histogram_amax(calib, method: str, percentile: float) -> torch.Tensor | None:
+    from pytorch_quantization.calib import HistogramCalibrator
+
+    hist, edges = calib._calib_hist, calib._calib_bin_edges
+    if hist is None:
+        return None
+    if method == "max":  # the histogram's top edge: the largest |value| seen (up to one bin width)
+        return torch.as_tensor(edges)[-1].float()
+    if method == "percentile":  # O(bins): the library's own code, on the full histogram
+        with quiet_library_logs():
+            return calib.compute_amax(method, percentile=percentile)
+    hist, edges, _ = merge_bins(hist, edges)  # mse / entropy are quadratic in the bin count (mse.py)
+    if method == "mse":
+        return mse_amax(hist, edges, calib._num_bits, calib._unsigned)
+    merged = HistogramCalibrator(calib._num_bits, None, calib._unsigned)
+    merged._calib_hist, merged._calib_bin_edges = hist, edges
+    with quiet_library_logs():
+        return merged.compute_amax(method)
+
+
+class _SearchCache:
+    """Quantizers that see the same tensor (every head branch reads the shared conv's output) collect
+    identical histograms: search each distinct histogram once."""
+
+    def __init__(self) -> None:
+        self._done: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+
+    def amax(self, calib, method: str, percentile: float) -> torch.Tensor | None:
+        if calib._calib_hist is None:
+            return None
+        hist, edges = torch.as_tensor(calib._calib_hist), torch.as_tensor(calib._calib_bin_edges)
+        for h, e, amax in self._done:
+            if h.shape == hist.shape and torch.equal(h, hist) and torch.equal(e, edges):
+                return amax
+        amax = _histogram_amax(calib, method, percentile)
+        if amax is not None:
+            amax = torch.as_tensor(amax, dtype=torch.float32).to(hist.device)
+        self._done.append((hist, edges, amax))
+        return amax
+
+
+def _calibrator_amax(name: str, quantizer, method: str, percentile: float, cache: _SearchCache) -> torch.Tensor:
     from pytorch_quantization.calib import HistogramCalibrator, MaxCalibrator
 
     calib = quantizer._calibrator
     if isinstance(calib, MaxCalibrator):
         amax = calib.compute_amax()
     elif isinstance(calib, HistogramCalibrator):
-        if calib._calib_hist is None:
-            amax = None
-        elif method == "mse":
-            amax = mse_amax(calib._calib_hist, calib._calib_bin_edges, calib._num_bits, calib._unsigned)
-        elif method == "max":  # the histogram's top edge: the largest |value| seen (up to one bin width)
-            amax = torch.as_tensor(calib._calib_bin_edges)[-1].float()
-        else:
-            with quiet_library_logs():
-                amax = calib.compute_amax(method, percentile=percentile)
-            if amax is not None:
-                amax = torch.as_tensor(amax, dtype=torch.float32).to(torch.as_tensor(calib._calib_hist).device)
+        amax = cache.amax(calib, method, percentile)
     else:
         raise CalibrationError(f"{name}: unsupported calibrator {type(calib).__name__}")
     if amax is None:
         raise CalibrationError(f"{name}: saw no data during calibration (its layer never ran)")
-    return torch.as_tensor(amax, dtype=torch.float32).detach()
+    return torch.as_tensor(amax, dtype=torch.float32).detach().clone()
 
 
 def check_amax(name: str, amax: torch.Tensor, is_weight: bool) -> torch.Tensor:
@@ -162,11 +197,11 @@ def compute_amax(model: nn.Module, method: str = "mse", percentile: float = 99.9
     """Set every calibrated quantizer's amax from its calibrator; returns {quantizer path: amax values}."""
     if method not in METHODS:
         raise CalibrationError(f"unknown amax method {method!r} (one of {', '.join(METHODS)})")
-    result = {}
+    result, cache = {}, _SearchCache()
     for name, quantizer in iter_quantizers(model):
         if getattr(quantizer, "_calibrator", None) is None or quantizer._disabled:
             continue
-        amax = _calibrator_amax(name, quantizer, method, percentile)
+        amax = _calibrator_amax(name, quantizer, method, percentile, cache)
         amax = check_amax(name, amax, is_weight=name.endswith("weight_quantizer"))
         set_amax(quantizer, amax)
         result[name] = [float(v) for v in amax.flatten().tolist()]

@@ -43,7 +43,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from trt_centerpoint.calib.calibrate import CalibrationError, calibrate, iter_points, select_calibration_files
+from trt_centerpoint.calib.calibrate import (
+    CalibrationError,
+    calibrate,
+    iter_points,
+    select_calibration_files,
+)
 from trt_centerpoint.calib.compat import iter_quantizers, quiet_library_logs
 from trt_centerpoint.calib.ptq import library_versions, prepare_model
 from trt_centerpoint.config import ModelConfig, config_to_dict, load_config
@@ -154,6 +159,33 @@ def _head_vectors(preds: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, t
     return hm.double(), everything.double()
 
 
+class _Fidelity:
+    """Accumulates heatmap cosine and all-output SNR of one configuration against stored references."""
+
+    def __init__(self):
+        self.dot = self.ref_sq = self.out_sq = self.signal = self.noise = 0.0
+
+    def add(self, preds: list[dict[str, torch.Tensor]], ref: tuple[torch.Tensor, torch.Tensor]) -> None:
+        hm, allv = _head_vectors(preds)
+        ref_hm, ref_all = ref
+        self.dot += float(hm @ ref_hm)
+        self.ref_sq += float(ref_hm @ ref_hm)
+        self.out_sq += float(hm @ hm)
+        self.signal += float(ref_all @ ref_all)
+        self.noise += float(((allv - ref_all) ** 2).sum())
+
+    def result(self) -> dict:
+        cosine = self.dot / math.sqrt(self.ref_sq * self.out_sq) if self.ref_sq > 0 and self.out_sq > 0 else 0.0
+        cosine = min(cosine, 1.0)
+        if self.noise <= 0:
+            snr = SNR_CAP_DB
+        elif self.signal <= 0:
+            snr = -SNR_CAP_DB
+        else:
+            snr = min(SNR_CAP_DB, 10.0 * math.log10(self.signal / self.noise))
+        return {"cosine": cosine, "snr_db": snr}
+
+
 class FidelityMetric:
     """Cosine of sigmoid(hm) (the metric) and SNR (dB) of all head outputs, vs the float reference."""
 
@@ -174,32 +206,25 @@ class FidelityMetric:
         return 1.0 - value
 
     def __call__(self) -> dict:
-        dot = ref_sq = out_sq = signal = noise = 0.0
+        acc = _Fidelity()
         for (_, preds), ref in zip(self.runner.outputs(), self.reference):
-            if ref is None:
-                continue
-            hm, allv = _head_vectors(preds)
-            ref_hm, ref_all = ref
-            dot += float(hm @ ref_hm)
-            ref_sq += float(ref_hm @ ref_hm)
-            out_sq += float(hm @ hm)
-            signal += float(ref_all @ ref_all)
-            noise += float(((allv - ref_all) ** 2).sum())
-        cosine = dot / math.sqrt(ref_sq * out_sq) if ref_sq > 0 and out_sq > 0 else 0.0
-        cosine = min(cosine, 1.0)
-        snr = SNR_CAP_DB if noise <= 0 else min(SNR_CAP_DB, 10.0 * math.log10(signal / noise)) if signal > 0 else -SNR_CAP_DB
-        return {"metric": cosine, "cosine": cosine, "snr_db": snr}
+            if ref is not None:
+                acc.add(preds, ref)
+        fid = acc.result()
+        return {"metric": fid["cosine"], **fid}
 
 
 class MapMetric:
-    """nuScenes-style mAP of the decoded detections on labeled frames."""
+    """nuScenes-style mAP of the decoded detections on labeled frames (the metric), with the heatmap
+    cosine / SNR vs FP32 on the same frames as details (they break ties when mAP does not move)."""
 
     name = "mAP"
-    description = "nuScenes-style mAP on labeled frames"
+    description = "nuScenes-style mAP on labeled frames (details: heatmap cosine / SNR vs FP32 on them)"
 
     def __init__(self, runner: _Runner, groups: dict[str, list], cfg: ModelConfig, ground_truth: dict):
         self.runner, self.cfg, self.ground_truth = runner, cfg, ground_truth
         set_quantized(groups, ())
+        self.reference = None
         self._reference = self()
 
     def reference_value(self) -> dict:
@@ -213,10 +238,19 @@ class MapMetric:
         from trt_centerpoint.model.decode import Detections, decode
 
         predictions = {}
-        for frame, preds in self.runner.outputs():
+        refs = [] if self.reference is None else None
+        acc = _Fidelity()
+        for i, (frame, preds) in enumerate(self.runner.outputs()):
+            if refs is not None:
+                refs.append(None if preds is None else _head_vectors(preds))
+            if preds is not None:
+                acc.add(preds, refs[i] if refs is not None else self.reference[i])
             dets = Detections.empty(self.cfg.class_names) if preds is None else decode(preds, self.cfg)[0]
             predictions[frame.key] = dets.to_json_list()
-        return {"metric": float(evaluate(predictions, self.ground_truth, self.cfg.class_names)["mAP"])}
+        if refs is not None:
+            self.reference = refs
+        mean_ap = float(evaluate(predictions, self.ground_truth, self.cfg.class_names)["mAP"])
+        return {"metric": mean_ap, "mAP": mean_ap, **acc.result()}
 
 
 # --- the analysis ------------------------------------------------------------------------------------
@@ -272,7 +306,9 @@ def analyze(model: nn.Module, metric_factory: Callable[[_Runner, dict], object],
                 "all_but_this_detail": all_but[layer],
                 "_index": index,
             })
-        rows.sort(key=lambda r: (-r["drop"], -r["recovery"], r["_index"]))
+        # ties (e.g. mAP that does not move) fall back to the heatmap cosine, then to module order
+        rows.sort(key=lambda r: (-r["drop"], -r["recovery"], r["only_this_detail"].get("cosine", 0.0),
+                                 r["_index"]))
         for rank, row in enumerate(rows, 1):
             row["rank"] = rank
             del row["_index"]
@@ -376,7 +412,7 @@ def run_sensitivity(config: str | Path | ModelConfig, checkpoint: str | Path, ca
     model, calib = calibrated_model(cfg, checkpoint, files, method=method, progress=progress)
     if data is not None:
         frames, truth = labeled_frames(model, data, cfg, eval_frames)
-        factory = lambda runner, groups: MapMetric(runner, groups, cfg, truth)  # noqa: E731
+        factory = lambda runner, groups: MapMetric(runner, groups, cfg, truth)
         used = [f.key for f in frames]
     else:
         eval_files = files if eval_frames is None or eval_frames >= len(files) else \
@@ -422,19 +458,22 @@ def markdown_report(doc: dict) -> str:
                  f"{r['drop']:.3e}", f"{r['recovery']:.3e}", f"{r['only_this_detail']['snr_db']:.2f}",
                  f"{r['all_but_this_detail']['snr_db']:.2f}"] for r in doc["layers"]]
     else:
-        headers = ["rank", "layer", "kind", f"{name} (only this)", f"{name} (all but this)", "drop", "recovery"]
+        headers = ["rank", "layer", "kind", f"{name} (only this)", f"{name} (all but this)", "drop", "recovery",
+                   "1 - cos (only this)", "SNR dB (only this)"]
         rows = [[r["rank"], f"`{r['name']}`", r["kind"], f"{r['only_this']:.4f}", f"{r['all_but_this']:.4f}",
-                 f"{r['drop']:+.4f}", f"{r['recovery']:+.4f}"] for r in doc["layers"]]
+                 f"{r['drop']:+.4f}", f"{r['recovery']:+.4f}", f"{1 - r['only_this_detail']['cosine']:.3e}",
+                 f"{r['only_this_detail']['snr_db']:.2f}"] for r in doc["layers"]]
     lines = [
         f"# Quantization sensitivity: {doc['config']['name']}",
         "",
-        f"Metric: {doc['metric_description']}; {doc['frames']} frames; amax {doc['method']['amax_method']} "
-        f"from {doc['calib_frames']} calibration frames; seed {doc['seed']}.",
+        (f"Metric: {doc['metric_description']}; {doc['frames']} frames; amax {doc['method']['amax_method']} "
+         f"from {doc['calib_frames']} calibration frames; seed {doc['seed']}."),
         "",
         f"- FP32 reference: {name} {ref:.6f}",
         f"- all layers quantized: {name} {allq:.6f}"
         + (f" (1 - cos {1 - allq:.3e}, SNR {doc['all_quantized']['snr_db']:.2f} dB)" if fidelity else
-           f" (drop {ref - allq:+.4f})"),
+           f" (drop {ref - allq:+.4f}; 1 - cos {1 - doc['all_quantized']['cosine']:.3e}, "
+           f"SNR {doc['all_quantized']['snr_db']:.2f} dB)"),
         "- *drop* = reference - only-this; *recovery* = all-but-this - all-quantized. Most sensitive first.",
     ]
     if doc.get("budget"):

@@ -58,7 +58,7 @@ def _plain_bar_png(n: int, series: dict[str, list[float]], height: int = 300) ->
     for j in range(n):
         for i in range(k):
             left = 4 + j * (k * bar + 4) + i * bar
-            h = int(round(abs(values[i, j]) / span * (zero - 4)))
+            h = round(abs(values[i, j]) / span * (zero - 4))
             top, bottom = (zero - h, zero) if values[i, j] >= 0 else (zero + 1, zero + 1 + h)
             img[top:bottom, left:left + bar - 1] = _COLORS[i % len(_COLORS)]
     return encode_png(img)
