@@ -305,7 +305,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_library_warnings() -> None:
+    """Hide known, harmless warnings of our dependencies (spconv's dense(), torch.fx) from users."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing")
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_library_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
