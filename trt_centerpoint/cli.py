@@ -234,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default 99.99)")
     p.add_argument("--skip", nargs="*", metavar="PATTERN",
                    help="module-path glob patterns to leave in float; replaces the default "
-                        "(backbone.conv_input* backbone.conv1.0.*); `--skip` alone quantizes everything")
+                        "(backbone.conv_input* backbone.conv1.0.* bbox_head.tasks.*.reg.3); `--skip` alone "
+                        "quantizes everything")
     p.add_argument("--skip-from", metavar="SENSITIVITY_JSON",
                    help="leave in float the skip list proposed by `sensitivity --budget` (its sensitivity.json), "
                         "together with any --skip patterns; replaces the default skip list")

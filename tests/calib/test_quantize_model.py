@@ -44,9 +44,12 @@ def test_default_skip_keeps_input_conv_and_first_block_float(tiny_cfg):
     assert isinstance(model.neck.deblocks[1][0], quant_nn.QuantConvTranspose2d)
     assert isinstance(model.neck.concat, qm.QuantConcat)
     assert isinstance(model.bbox_head.tasks[1].hm[3], quant_nn.QuantConv2d)
+    assert isinstance(model.bbox_head.tasks[1].reg[0], quant_nn.QuantConv2d)
+    assert type(model.bbox_head.tasks[1].reg[3]) is torch.nn.Conv2d  # the centre-offset output stays float
     everything = quantizable_layers(CenterPoint(tiny_cfg))
     assert sorted(swapped) == sorted(n for n in everything if not is_skipped(n, DEFAULT_SKIP))
-    assert len(everything) - len(swapped) == 4  # conv_input.0, conv1.0.conv1 / conv2 / add
+    # conv_input.0, conv1.0.conv1 / conv2 / add, one reg.3 per task
+    assert len(everything) - len(swapped) == 4 + len(tiny_cfg.head.tasks)
     # det3d names are unchanged; nothing new in the state dict until calibration sets amax
     assert [n for n, _ in model.named_parameters()] == float_params
     assert set(model.state_dict()) == float_keys

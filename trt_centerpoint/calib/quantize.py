@@ -25,7 +25,10 @@ from trt_centerpoint.model.backbone import ResidualAdd
 from trt_centerpoint.model.rpn import Concat
 
 # CUDA-CenterPoint keeps the input conv and the first residual block in FP16: INT8 there costs accuracy.
-DEFAULT_SKIP = ("backbone.conv_input*", "backbone.conv1.0.*")
+# CUDA-CenterPoint leaves the whole head in FP16; we quantize it except the conv that predicts the
+# sub-cell centre offset ("reg"): on the sample model (2 m BEV cells) quantizing its input alone cost
+# 4.7 mAP points (0.740 -> 0.693, all localisation), while everything else together costs < 0.1.
+DEFAULT_SKIP = ("backbone.conv_input*", "backbone.conv1.0.*", "bbox_head.tasks.*.reg.3")
 
 
 def _converter(module: nn.Module):
