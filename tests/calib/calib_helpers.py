@@ -36,3 +36,38 @@ def run_model(model, points):
     with torch.no_grad():
         preds = model(voxels.features, voxels.coords, 1)
     return {f"{i}.{k}": v for i, task in enumerate(preds) for k, v in task.items()}
+
+
+def assert_reload_is_bit_exact(model, path, data_dir, work_dir) -> None:
+    """Reload the quantized checkpoint `path` in a fresh process and compare its outputs with `model`'s,
+    both at one thread (so the comparison can be exact)."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref = [run_model(model, p) for p in frame_points(data_dir)]
+    finally:
+        torch.set_num_threads(threads)
+    out_file = Path(work_dir) / "reloaded_outputs.pt"
+    script = textwrap.dedent(f"""
+        import sys, torch
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from calib_helpers import frame_points, run_model
+        from trt_centerpoint.calib.ptq import load_quantized_model
+        model = load_quantized_model({str(path)!r})
+        torch.save([run_model(model, p) for p in frame_points({str(data_dir)!r})], {str(out_file)!r})
+    """)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", script], cwd=repo, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = torch.load(out_file, weights_only=True)
+    assert len(out) == len(ref) > 0
+    for a, b in zip(out, ref):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -3,7 +3,6 @@
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from trt_centerpoint.model.checkpoint import save_checkpoint
 from trt_centerpoint.model.loss import centerpoint_loss
 from trt_centerpoint.model.targets import build_targets
 
-from calib_helpers import frame_points, make_tiny_model, run_model
+from calib_helpers import assert_reload_is_bit_exact, frame_points, make_tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -95,27 +94,7 @@ def test_runs_are_seeded(tmp_path, ckpts, tiny_data):
 
 def test_reload_in_a_new_process_is_bit_exact(supervised_run, tmp_path, tiny_data):
     model, _, path = supervised_run
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        ref = [run_model(model, p) for p in frame_points(tiny_data)]
-    finally:
-        torch.set_num_threads(threads)
-    script = textwrap.dedent(f"""
-        import sys, torch
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from calib_helpers import frame_points, run_model
-        from trt_centerpoint.calib.ptq import load_quantized_model
-        model = load_quantized_model({str(path)!r})
-        torch.save([run_model(model, p) for p in frame_points({str(tiny_data)!r})], {str(tmp_path / "out.pt")!r})
-    """)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = torch.load(tmp_path / "out.pt", weights_only=True)
-    assert len(out) == len(ref) == 3
-    for a, b in zip(out, ref):
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_reload_is_bit_exact(model, path, tiny_data, tmp_path)
 
 
 def test_cli_qat_then_eval_int8(tmp_path, ckpts, tiny_data, capsys):
