@@ -38,6 +38,15 @@ class TrainOptions:
     half: bool = False  # store the final checkpoint in FP16
 
 
+def optimizer_step(loss: torch.Tensor, model: torch.nn.Module, optimizer, scheduler, grad_clip: float) -> None:
+    """One update: backward, clip the gradient norm (det3d clips at 35), step optimizer and schedule."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+
+
 def state_path(out: Path) -> Path:
     return out.with_name(out.name + ".state.pth")
 
@@ -108,11 +117,7 @@ def train(cfg: ModelConfig, data: str | Path, out: str | Path, opts: TrainOption
             loss, parts = centerpoint_loss(preds, build_targets(cfg, boxes, names))
             if not torch.isfinite(loss):
                 raise RuntimeError(f"loss is {float(loss.detach())} at epoch {epoch + 1}: lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
-            optimizer.step()
-            scheduler.step()
+            optimizer_step(loss, model, optimizer, scheduler, opts.grad_clip)
             value = float(loss.detach())
             sums["loss"] += value
             sums["hm"] += parts["hm"]

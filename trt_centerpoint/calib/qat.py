@@ -61,7 +61,7 @@ from trt_centerpoint.errors import UserError
 from trt_centerpoint.model.centerpoint import load_model
 from trt_centerpoint.model.loss import centerpoint_loss
 from trt_centerpoint.model.targets import build_targets
-from trt_centerpoint.training import load_batch, one_cycle
+from trt_centerpoint.training import load_batch, one_cycle, optimizer_step
 
 OBJECTIVES = ("supervised", "distill")
 DEFAULT_LR = 1e-4
@@ -261,11 +261,7 @@ def _run(checkpoint, data, out: Path, opts: QATOptions, ctx: DistContext, progre
             value = [v / ctx.world_size for v in value]
             if not math.isfinite(value[0]):
                 raise RuntimeError(f"QAT loss is {value[0]} at epoch {epoch + 1}: lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(student.parameters(), opts.grad_clip)
-            optimizer.step()
-            scheduler.step()
+            optimizer_step(loss, student, optimizer, scheduler, opts.grad_clip)
             sums += value
             done += 1
             bar.set_postfix(loss=f"{value[0]:.4g}", hm=f"{value[1]:.4g}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
