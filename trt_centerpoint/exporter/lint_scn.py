@@ -247,18 +247,26 @@ def rule_dataflow(model: onnx.ModelProto) -> list[Finding]:
     return out
 
 
+def _sparse_input(first, a, where, out):
+    """(declared input_spatial_shape, channels) of a node fed by a sparse tensor; None if it is not one."""
+    if first[0] != "sparse":
+        out.append(Finding(where, "input is not a sparse tensor"))
+        return None
+    _, spatial, channels = first
+    declared = list(a["input_spatial_shape"])
+    if spatial is not None and declared != list(spatial):
+        out.append(Finding(where, f"input_spatial_shape {declared}, but its input has spatial shape {list(spatial)}"))
+    return declared, channels
+
+
 def _flow(n, a, where, ins, out, rulebooks):
     if any(i[0] == "unknown" for i in ins):  # an earlier finding already covers it
         return None
-    kind = ins[0][0]
     if n.op_type == "SparseConvolution":
-        if kind != "sparse":
-            out.append(Finding(where, "input is not a sparse tensor"))
+        checked = _sparse_input(ins[0], a, where, out)
+        if checked is None:
             return None
-        _, spatial, channels = ins[0]
-        declared = list(a["input_spatial_shape"])
-        if spatial is not None and declared != list(spatial):
-            out.append(Finding(where, f"input_spatial_shape {declared}, but its input has spatial shape {list(spatial)}"))
+        declared, channels = checked
         if channels is not None and a["in_channels"] != channels:
             out.append(Finding(where, f"in_channels {a['in_channels']}, but its input has {channels} channels"))
         expected = _conv_out_spatial(a, declared)
@@ -283,13 +291,10 @@ def _flow(n, a, where, ins, out, rulebooks):
     if n.op_type == "Relu":
         return ins[0]
     if n.op_type == "ScatterDense":
-        if kind != "sparse":
-            out.append(Finding(where, "input is not a sparse tensor"))
+        checked = _sparse_input(ins[0], a, where, out)
+        if checked is None:
             return None
-        _, spatial, channels = ins[0]
-        declared = list(a["input_spatial_shape"])
-        if spatial is not None and declared != list(spatial):
-            out.append(Finding(where, f"input_spatial_shape {declared}, but its input has spatial shape {list(spatial)}"))
+        declared, channels = checked
         shape = list(a["output_shape"])
         if len(shape) != 2 + len(declared) or shape[1] != channels or shape[2:] != declared:
             out.append(Finding(where, f"output_shape {shape}, expected [B, {channels}, *{declared}]"))
