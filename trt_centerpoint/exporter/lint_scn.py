@@ -300,7 +300,7 @@ def _flow(n, a, where, ins, out, rulebooks):
             out.append(Finding(where, f"output_shape {shape}, expected [B, {channels}, *{declared}]"))
         return ("dense", shape)
     dims = list(a["dims"])
-    if kind != "dense":
+    if ins[0][0] != "dense":
         out.append(Finding(where, f"{n.op_type} of a sparse tensor (only after ScatterDense)"))
         return None
     if n.op_type == "Reshape":
