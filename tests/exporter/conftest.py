@@ -52,3 +52,18 @@ def frames(model, cfg, data_dir):
         out.append((voxels.features, voxels.coords))
     assert all(len(f) > 500 for f, _ in out)
     return out
+
+
+@pytest.fixture(scope="session")
+def qmodel(model, cfg, data_dir):
+    """The tiny model with BN folded, quantized (default skip list) and calibrated (mse) on the frames."""
+    import copy
+
+    from trt_centerpoint.calib.calibrate import calibrate, iter_points, select_calibration_files
+    from trt_centerpoint.calib.ptq import prepare_model
+    from trt_centerpoint.calib.quantize import DEFAULT_SKIP
+
+    quantized, _ = prepare_model(cfg, DEFAULT_SKIP, "histogram", True, model=copy.deepcopy(model))
+    files = select_calibration_files(data_dir)
+    calibrate(quantized, iter_points(files, cfg.voxel.num_point_features), method="mse", progress=False)
+    return quantized.eval()

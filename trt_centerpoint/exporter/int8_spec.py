@@ -13,12 +13,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from trt_centerpoint.errors import UserError
+
 PRECISIONS = ("int8", "fp16")
 
 __all__ = ["PRECISIONS", "AddQuant", "ConvQuant", "Int8SpecError", "check_amax"]
 
 
-class Int8SpecError(ValueError):
+class Int8SpecError(UserError, ValueError):
     """A range or precision that libspconv cannot take (NaN, wrong length, unknown precision)."""
 
 

@@ -1,5 +1,10 @@
 """Rules for scn files: what libspconv's ONNX parser accepts (REFERENCE section 2), checked without a GPU.
 
+A file with QuantizeLinear / DequantizeLinear nodes is the Q/DQ form (`scn.int8.qdq.onnx`, for a
+plugin-based TensorRT path, not for libspconv): it is held to the same rules, except opset >= 13, INT8
+weight initializers behind a per-output-channel DequantizeLinear, float32 scales / int8 zero points, and
+int8 layers taking their ranges from Q/DQ inputs instead of attributes.
+
 Each rule is a function `ModelProto -> list[Finding]`; `SCN_RULES` is the ordered list `lint.py` runs.
 A finding names the node (or initializer / graph) and says what is wrong and, where it helps, the fix.
 """
@@ -15,6 +20,7 @@ from trt_centerpoint.exporter.lint_common import Finding, attributes, text
 
 A = AttributeProto
 DIALECT_OPS = ("SparseConvolution", "Add", "QuantAdd", "Relu", "ScatterDense", "Reshape", "Transpose")
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 ACTIVATIONS = ("ReLU", "None")
 PRECISIONS = ("int8", "fp16")
 
@@ -43,7 +49,17 @@ SPEC = {  # op type -> (required, optional)
 }
 TYPE_NAMES = {A.INT: "int", A.INTS: "ints", A.FLOAT: "float", A.FLOATS: "floats", A.STRING: "string"}
 
-__all__ = ["DIALECT_OPS", "SCN_RULES"]
+__all__ = ["DIALECT_OPS", "QDQ_OPS", "SCN_RULES", "is_qdq"]
+
+
+def is_qdq(model: onnx.ModelProto) -> bool:
+    """True for the Q/DQ form of a scn file."""
+    return any(n.op_type in QDQ_OPS for n in model.graph.node)
+
+
+def _dq_sources(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    """Tensor -> the DequantizeLinear node producing it."""
+    return {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
 
 
 def _node(node: onnx.NodeProto) -> str:
@@ -52,6 +68,11 @@ def _node(node: onnx.NodeProto) -> str:
 
 def rule_header(model: onnx.ModelProto) -> list[Finding]:
     versions = {o.domain or "ai.onnx": o.version for o in model.opset_import}
+    if is_qdq(model):
+        if not versions.get("ai.onnx", 0) >= 13:
+            return [Finding("header", f"opset import ai.onnx {versions.get('ai.onnx', 'missing')}: Q/DQ with "
+                                      "per-axis scales needs >= 13")]
+        return []
     if versions.get("ai.onnx") != 11:
         return [Finding("header", f"opset import ai.onnx {versions.get('ai.onnx', 'missing')}, the scn dialect uses 11")]
     return []
@@ -72,8 +93,9 @@ def rule_io(model: onnx.ModelProto) -> list[Finding]:
 
 
 def rule_ops(model: onnx.ModelProto) -> list[Finding]:
+    allowed = DIALECT_OPS + (QDQ_OPS if is_qdq(model) else ())
     return [Finding(_node(n), f"unsupported operator {n.op_type!r} (libspconv accepts {', '.join(DIALECT_OPS)})")
-            for n in model.graph.node if n.op_type not in DIALECT_OPS]
+            for n in model.graph.node if n.op_type not in allowed]
 
 
 def rule_names(model: onnx.ModelProto) -> list[Finding]:
@@ -89,8 +111,20 @@ def rule_names(model: onnx.ModelProto) -> list[Finding]:
 
 def rule_initializers(model: onnx.ModelProto) -> list[Finding]:
     out = []
+    qdq_inputs = {i for n in model.graph.node if n.op_type in QDQ_OPS for i in n.input}
     for t in model.graph.initializer:
         where = f"initializer {t.name}"
+        if t.name in qdq_inputs:  # Q/DQ form: INT8 weights, float32 scales, int8 zero points
+            if t.data_type not in (TensorProto.INT8, TensorProto.FLOAT):
+                out.append(Finding(where, f"{TensorProto.DataType.Name(t.data_type)} in a Q/DQ node, "
+                                          "expected INT8 codes / zero points or FLOAT scales"))
+            elif t.data_type == TensorProto.FLOAT:
+                values = onnx.numpy_helper.to_array(t)
+                if not (values > 0).all() or not math.isfinite(float(values.max(initial=0.0))):
+                    out.append(Finding(where, "Q/DQ scale not finite and > 0"))
+            elif t.name.endswith("zero_point") and onnx.numpy_helper.to_array(t).any():
+                out.append(Finding(where, "non-zero zero point (TensorRT INT8 is symmetric)"))
+            continue
         if t.data_type != TensorProto.FLOAT16:
             out.append(Finding(where, f"{TensorProto.DataType.Name(t.data_type)}, libspconv's parser takes FLOAT16 only"))
         elif len(t.raw_data) != 2 * math.prod(t.dims):
@@ -127,6 +161,7 @@ def _check_range(node: str, name: str, value, out: list[Finding], positive: bool
 def rule_values(model: onnx.ModelProto) -> list[Finding]:
     """Attribute values libspconv can use: geometry lengths, activation, precision, finite ranges."""
     out = []
+    qdq, dq = is_qdq(model), _dq_sources(model)
     for n in model.graph.node:
         a, where = attributes(n), _node(n)
         for key in ("precision", "output_precision"):
@@ -155,14 +190,22 @@ def rule_values(model: onnx.ModelProto) -> list[Finding]:
                 if bad:
                     out.append(Finding(where, f"weight_dynamic_ranges[{bad[0]}] is {ranges[bad[0]]} "
                                               f"({len(bad)} value(s) not finite and >= 0)"))
-            if int8:
+            if int8 and qdq:
+                for index, role in ((0, "input features"), (1, "weight")):
+                    if len(n.input) > index and n.input[index] not in dq:
+                        out.append(Finding(where, f"precision int8 but its {role} {n.input[index]!r} are not a "
+                                                  "DequantizeLinear output"))
+            elif int8:
                 for key in ("input_dynamic_range", "weight_dynamic_ranges"):
                     if key not in a:
                         out.append(Finding(where, f"precision int8 without {key} (not calibrated)"))
         elif n.op_type in ("Add", "QuantAdd"):
-            for key in ("input0_dynamic_range", "input1_dynamic_range"):
+            for index, key in enumerate(("input0_dynamic_range", "input1_dynamic_range")):
                 if key in a:
                     _check_range(where, key, a[key], out, positive=int8)
+                elif int8 and qdq:
+                    if len(n.input) > index and n.input[index] not in dq:
+                        out.append(Finding(where, f"precision int8 but input {index} is not a DequantizeLinear output"))
                 elif int8:
                     out.append(Finding(where, f"precision int8 without {key} (not calibrated)"))
         elif n.op_type == "ScatterDense":
@@ -184,8 +227,23 @@ def rule_relu_after_conv(model: onnx.ModelProto) -> list[Finding]:
     return out
 
 
+def _check_weight_dq(node: onnx.NodeProto, inits: dict, cout, where: str, out: list[Finding]):
+    """The INT8 weight initializer behind a DequantizeLinear (per output channel, axis 0); None if broken."""
+    codes = inits.get(node.input[0])
+    scale = inits.get(node.input[1]) if len(node.input) > 1 else None
+    if codes is None or scale is None or codes.data_type != TensorProto.INT8:
+        out.append(Finding(where, f"weight DequantizeLinear {_node(node)} must read an INT8 initializer and a scale"))
+        return None
+    axis = attributes(node).get("axis", 1)
+    if list(scale.dims) != [cout] or axis != 0:
+        out.append(Finding(where, f"weight scale of shape {list(scale.dims)} on axis {axis}: one scale per output "
+                                  f"channel ([{cout}], axis 0) expected"))
+    return codes
+
+
 def rule_conv_weights(model: onnx.ModelProto) -> list[Finding]:
     inits = {t.name: t for t in model.graph.initializer}
+    dq = _dq_sources(model)
     out = []
     for n in model.graph.node:
         if n.op_type != "SparseConvolution":
@@ -197,6 +255,10 @@ def rule_conv_weights(model: onnx.ModelProto) -> list[Finding]:
         cin, cout, k = a.get("in_channels"), a.get("out_channels"), a.get("kernel_size")
         for index, role in ((1, "weight"), (2, "bias")):
             t = inits.get(n.input[index])
+            if t is None and role == "weight" and n.input[index] in dq:
+                t = _check_weight_dq(dq[n.input[index]], inits, cout, where, out)
+                if t is None:
+                    continue
             if t is None:
                 out.append(Finding(where, f"{role} {n.input[index]!r} is not an initializer"))
                 continue
@@ -222,9 +284,13 @@ def rule_dataflow(model: onnx.ModelProto) -> list[Finding]:
         dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
         known[value.name] = ("sparse", None, dims[-1] if dims else None)
     rulebooks: dict[str, tuple] = {}
+    constants = {t.name for t in g.initializer}
     for n in g.node:
         a, where = attributes(n), _node(n)
-        data = n.input[:1] if n.op_type == "SparseConvolution" else n.input
+        if n.op_type in QDQ_OPS and n.input and n.input[0] in constants:  # a Q/DQ of a weight
+            constants.update(n.output)
+            continue
+        data = n.input[:1] if n.op_type in ("SparseConvolution",) + QDQ_OPS else n.input
         undefined = [name for name in data if name not in known]
         if undefined:
             out.append(Finding(where, f"input {undefined[0]!r} is not produced by an earlier node or the graph input"))
@@ -262,6 +328,8 @@ def _sparse_input(first, a, where, out):
 def _flow(n, a, where, ins, out, rulebooks):
     if any(i[0] == "unknown" for i in ins):  # an earlier finding already covers it
         return None
+    if n.op_type in QDQ_OPS:  # quantizing features keeps their shape
+        return ins[0]
     if n.op_type == "SparseConvolution":
         checked = _sparse_input(ins[0], a, where, out)
         if checked is None:

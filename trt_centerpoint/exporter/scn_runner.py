@@ -13,7 +13,14 @@ Semantics:
   dense [B, C, D, H, W]; Reshape / Transpose on the dense tensor.
 - precision "fp32": FP16 weights and FP16-rounded input features (the file's input type) computed in
   FP32, the accuracy reference; "fp16": everything in float16 (works on CPU in spconv 2.3.8, slower).
-- INT8 (`precision` "int8" on a node) is not executed yet: a clear UserError.
+- INT8, `scn.int8.onnx`: a node with `precision` "int8" fake-quantizes its inputs with its dynamic
+  ranges (a conv: input features per tensor, weights per output channel; an add: each input with its
+  range) as `fake_quant.py` defines it (scale = amax / 127, ONNX Q/DQ arithmetic), then computes in
+  float. `output_precision` changes nothing here: the exporter sets it to int8 only where every consumer
+  quantizes the output with one range anyway (`scn_quant.py`).
+- INT8, `scn.int8.qdq.onnx`: QuantizeLinear / DequantizeLinear nodes run on the sparse features with
+  ONNX semantics; Q/DQ chains over initializers (INT8 weights + DequantizeLinear) are evaluated once at
+  load. Both INT8 forms therefore execute bit-identically.
 """
 
 from __future__ import annotations
@@ -27,9 +34,10 @@ import torch
 from onnx import numpy_helper
 
 from trt_centerpoint.errors import UserError
+from trt_centerpoint.exporter.fake_quant import dequantize_linear, fake_quant, quantize_linear
 from trt_centerpoint.exporter.fuse_relu import NO_ACT, RELU
 from trt_centerpoint.exporter.lint_common import attributes, text
-from trt_centerpoint.exporter.lint_scn import DIALECT_OPS
+from trt_centerpoint.exporter.lint_scn import DIALECT_OPS, QDQ_OPS
 from trt_centerpoint.exporter.onnx_io import load_onnx
 from trt_centerpoint.model.spconv_compat import import_spconv
 
@@ -50,6 +58,7 @@ class _Conv:
     node: str
     module: torch.nn.Module
     output_bound: int | None
+    input_amax: float | None = None  # int8 layer: fake-quantize the input features with this range
 
 
 @dataclass
@@ -69,6 +78,8 @@ class ScnRunner:
         self.dtype = _DTYPES[self.precision]
         self._check_dialect()
         self.initializers = {t.name: t for t in self.model.graph.initializer}
+        self.producers = {o: n for n in self.model.graph.node for o in n.output}
+        self.constants: dict[str, torch.Tensor] = {}
         self.convs = {n.name: self._build_conv(n) for n in self.model.graph.node if n.op_type == "SparseConvolution"}
         first = next(n for n in self.model.graph.node if n.op_type == "SparseConvolution")
         self.input_spatial_shape = [int(v) for v in attributes(first).get("input_spatial_shape", [])]
@@ -80,19 +91,46 @@ class ScnRunner:
 
     def _check_dialect(self) -> None:
         ops = [n.op_type for n in self.model.graph.node]
-        foreign = sorted(set(ops) - set(DIALECT_OPS))
+        foreign = sorted(set(ops) - set(DIALECT_OPS) - set(QDQ_OPS))
         if foreign or "SparseConvolution" not in ops or "ScatterDense" not in ops:
             found = ", ".join(sorted(set(ops))[:6]) or "no nodes"
             raise self._fail(f"not a libspconv scn ONNX (needs SparseConvolution ... ScatterDense; found {found})")
-        for node in self.model.graph.node:
-            if text(attributes(node).get("precision", "fp16")) == "int8":
-                raise self._fail(f"node {node.name} is int8: the reference runner executes FP32 / FP16 files only so far")
+
+    def _constant(self, name: str, where: str) -> torch.Tensor | None:
+        """An initializer, or a Q/DQ chain over initializers evaluated once (float32); None if neither."""
+        if name in self.constants:
+            return self.constants[name]
+        if name in self.initializers:
+            array = numpy_helper.to_array(self.initializers[name])
+            value = torch.from_numpy(np.array(array, copy=True))
+        elif name in self.producers and self.producers[name].op_type in QDQ_OPS:
+            node = self.producers[name]
+            args = [self._constant(i, where) for i in node.input]
+            if any(a is None for a in args):
+                return None
+            value = self._qdq(node, args[0], args[1:])
+        else:
+            return None
+        self.constants[name] = value
+        return value
+
+    def _qdq(self, node: onnx.NodeProto, x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+        """QuantizeLinear / DequantizeLinear (int8, zero point 0) on a dense tensor."""
+        scale = params[0].float().numpy()
+        if len(params) > 1 and bool(params[1].ne(0).any()):
+            raise self._fail(f"node {node.name}: non-zero zero point (symmetric int8 only)")
+        axis = int(attributes(node).get("axis", 1)) if scale.ndim else None
+        if node.op_type == "QuantizeLinear":
+            return quantize_linear(x.float(), scale, axis)
+        if x.dtype != torch.int8:
+            raise self._fail(f"node {node.name}: DequantizeLinear of a {x.dtype} tensor (int8 expected)")
+        return dequantize_linear(x, scale, axis)
 
     def _weight(self, node: onnx.NodeProto, index: int) -> torch.Tensor:
-        if len(node.input) <= index or node.input[index] not in self.initializers:
-            raise self._fail(f"node {node.name}: input {index} is not an initializer")
-        array = numpy_helper.to_array(self.initializers[node.input[index]])
-        return torch.from_numpy(np.array(array, copy=True)).to(self.dtype)
+        value = self._constant(node.input[index], node.name) if len(node.input) > index else None
+        if value is None:
+            raise self._fail(f"node {node.name}: input {index} is not an initializer (or a Q/DQ of one)")
+        return value.float()
 
     def _build_conv(self, node: onnx.NodeProto) -> _Conv:
         a = attributes(node)
@@ -113,11 +151,19 @@ class ScnRunner:
         if tuple(weight.shape) != tuple(module.weight.shape) or tuple(bias.shape) != (cout,):
             raise self._fail(f"node {node.name}: weight {list(weight.shape)} / bias {list(bias.shape)} do not fit "
                              f"[{cout}, *{kernel}, {cin}] / [{cout}]")
+        input_amax = None
+        if text(a.get("precision", "fp16")) == "int8" and "input_dynamic_range" in a:
+            ranges = a.get("weight_dynamic_ranges")
+            if ranges is None or len(ranges) != cout:
+                raise self._fail(f"node {node.name}: int8 needs {cout} weight_dynamic_ranges, got "
+                                 f"{0 if ranges is None else len(ranges)}")
+            weight = fake_quant(weight, list(ranges), axis=0)
+            input_amax = float(a["input_dynamic_range"])
         with torch.no_grad():
-            module.weight.copy_(weight)
-            module.bias.copy_(bias)
+            module.weight.copy_(weight.to(self.dtype))
+            module.bias.copy_(bias.to(self.dtype))
         bound = a.get("output_bound")
-        return _Conv(node.name, module.eval().to(self.device), None if bound is None else int(bound))
+        return _Conv(node.name, module.eval().to(self.device), None if bound is None else int(bound), input_amax)
 
     # --- running -----------------------------------------------------------------------------------
 
@@ -134,7 +180,11 @@ class ScnRunner:
         }
         self.counts, self.overflows = {}, {}
         for node in graph.node:
+            if node.output[0] in self.constants:  # a Q/DQ chain over initializers, evaluated at load
+                continue
             names = node.input[:1] if node.op_type == "SparseConvolution" else node.input
+            if node.op_type in QDQ_OPS:
+                names = node.input[:1]
             undefined = [name for name in names if name not in tensors]
             if undefined:
                 raise self._fail(f"node {node.name}: input {undefined[0]!r} is not produced before it")
@@ -147,9 +197,22 @@ class ScnRunner:
 
     def _step(self, node: onnx.NodeProto, args: list):
         op = node.op_type
+        if op in QDQ_OPS:
+            x = args[0]
+            params = [self._constant(name, node.name) for name in node.input[1:]]
+            if any(p is None for p in params):
+                raise self._fail(f"node {node.name}: scale / zero point must be initializers")
+            if isinstance(x, spconv.SparseConvTensor):
+                return x.replace_feature(self._qdq(node, x.features, params))
+            return self._qdq(node, x, params)
         if op == "SparseConvolution":
             conv = self.convs[node.name]
-            y = conv.module(args[0])
+            x = args[0]
+            if conv.input_amax is not None:
+                x = x.replace_feature(fake_quant(x.features.float(), conv.input_amax).to(self.dtype))
+            elif x.features.dtype != self.dtype:  # the output of a DequantizeLinear (float32)
+                x = x.replace_feature(x.features.to(self.dtype))
+            y = conv.module(x)
             count = int(y.features.shape[0])
             self.counts[node.name] = count
             if conv.output_bound is not None and count > conv.output_bound:
@@ -161,7 +224,12 @@ class ScnRunner:
             a, b = args
             if a.features.shape != b.features.shape:
                 raise self._fail(f"node {node.name}: adds {list(a.features.shape)} and {list(b.features.shape)}")
-            return a.replace_feature(a.features + b.features)
+            fa, fb = a.features, b.features
+            attrs = attributes(node)
+            if text(attrs.get("precision", "fp16")) == "int8" and "input0_dynamic_range" in attrs:
+                fa = fake_quant(fa.float(), float(attrs["input0_dynamic_range"]))
+                fb = fake_quant(fb.float(), float(attrs["input1_dynamic_range"]))
+            return a.replace_feature((fa.float() + fb.float()).to(self.dtype))
         if op == "Relu":
             x = args[0]
             return x.replace_feature(torch.relu(x.features)) if isinstance(x, spconv.SparseConvTensor) else torch.relu(x)
