@@ -81,11 +81,42 @@ def test_check_fails_with_one_line_per_finding(exported, tmp_path, capsys):
     assert "not a readable ONNX model" in capsys.readouterr().err
 
 
-def test_quantized_checkpoint_is_refused_for_now(model, tmp_path, capsys):
+INT8_FILES = ["scn.int8.onnx", "scn.int8.qdq.onnx", "rpn_head.int8.onnx"]
+
+
+@pytest.fixture(scope="module")
+def exported_int8(checkpoint, data_dir, tmp_path_factory):
+    from trt_centerpoint.calib.ptq import run_ptq
+
+    work = tmp_path_factory.mktemp("export_int8")
+    run_ptq("tiny", checkpoint, data_dir, work / "ptq.pth", method="mse", progress=False)
+    out = work / "build"
+    assert main(["export", "--config", "tiny", "--checkpoint", str(work / "ptq.pth"), "--out", str(out),
+                 "--calib-data", str(data_dir)]) == 0
+    return out
+
+
+def test_int8_export_writes_validated_files(exported_int8, capsys):
+    names = sorted(p.name for p in exported_int8.iterdir())
+    assert names == sorted(["manifest.json", "rpn_head.fp32.onnx", "scn.fp16.onnx", *INT8_FILES])
+    stage = json.loads((exported_int8 / "manifest.json").read_text())["stages"]["export"]
+    assert stage["params"]["precision"] == "int8" and stage["extra"]["quantized"] is True
+    validation = stage["extra"]["validation"]
+    assert validation["scn.int8.onnx"]["min_cosine"] >= 0.9999
+    assert validation["scn.int8.qdq.onnx"]["identical_to"] == "scn.int8.onnx"
+    assert validation["rpn_head.int8.onnx"]["max_median_abs_error"] <= 1e-4
+    layers = stage["extra"]["artifacts"]["scn.int8.onnx"]["layers"]
+    assert layers["conv_input.0"]["precision"] == "fp16" and layers["conv2.0"]["precision"] == "int8"
+    files = [str(exported_int8 / n) for n in ("scn.fp16.onnx", "rpn_head.fp32.onnx", *INT8_FILES)]
+    assert main(["check", *files]) == 0
+    assert all(line.endswith(("ok (scn)", "ok (onnx)")) for line in capsys.readouterr().out.splitlines())
+
+
+def test_stray_ranges_without_ptq_meta_are_a_one_line_error(model, tmp_path, capsys):
     state = {k: v for k, v in model.state_dict().items()}
     state["backbone.conv2.0._input_quantizer._amax"] = torch.tensor(1.0)
     torch.save({"state_dict": state, "meta": {}}, tmp_path / "q.pth")
     assert main(["export", "--config", "tiny", "--checkpoint", str(tmp_path / "q.pth"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "a quantized checkpoint (1 calibrated ranges)" in err
+    assert "\n" not in err and "q.pth" in err and "_amax" in err
     assert not (tmp_path / "o").exists()

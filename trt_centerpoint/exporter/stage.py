@@ -1,19 +1,27 @@
-"""The `export` stage: float checkpoint -> validated `scn.fp16.onnx` + `rpn_head.fp32.onnx` + `manifest.json`.
+"""The `export` stage: checkpoint -> validated deployment files + `manifest.json`.
+
+A float checkpoint gives `scn.fp16.onnx` + `rpn_head.fp32.onnx`. A quantized one (`trt-centerpoint ptq` /
+`qat`) gives those (its float weights, BN folded, quantizers off) and the INT8 files `scn.int8.onnx`
+(libspconv ranges), `scn.int8.qdq.onnx` (the same graph with Q/DQ) and `rpn_head.int8.onnx` (Q/DQ).
 
 Order (nothing is written until every file passed its checks):
-1. load config + checkpoint (a quantized checkpoint is refused until the INT8 export exists);
+1. load config + checkpoint;
 2. frames: from `--calib-data` (up to `max_frames`, evenly spread) for the output_bound statistics and
    for validation; without it, bounds fall back to the safe bound and validation uses synthetic frames;
 3. fuse BN + ReLU, export scn, lint it, run it in the reference runner vs the PyTorch backbone;
 4. export rpn_head (graphsurgeon passes), lint, checker + shape inference + ONNX Runtime vs PyTorch on
    the BEV maps of the same frames;
-5. write both files atomically, then record the stage "export" in the build folder's `manifest.json`
+5. INT8 (quantized checkpoint): specs from the calibrated quantizers (`scn_quant.py`), scn.int8 lint +
+   reference runner vs the PyTorch fake-quant backbone; the Q/DQ form lint + executed bit-identically
+   to scn.int8; rpn_head.int8 lint + ONNX Runtime vs the PyTorch fake-quant head;
+6. write every file atomically, then record the stage "export" in the build folder's `manifest.json`
    (`trt_centerpoint.manifest`: input hashes, parameters, output hashes, library versions; `extra` holds
    the pass log, the output_bound plan, validation figures and the frames used).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import time
@@ -31,34 +39,54 @@ from trt_centerpoint.exporter.output_bound import DEFAULT_MARGIN, observe_active
 from trt_centerpoint.exporter.rpn_head import export_rpn_head, validate_rpn_head
 from trt_centerpoint.exporter.scn import SCN_INPUT, SCN_OUTPUT, export_scn
 from trt_centerpoint.exporter.scn_runner import ScnRunner
-from trt_centerpoint.exporter.validate import ValidationError, validate_scn
+from trt_centerpoint.exporter.validate import ValidationError, fp16_deployed_reference, validate_scn
 from trt_centerpoint.exporter.walk import walk_backbone
 from trt_centerpoint.fileio import atomic_write_bytes
 from trt_centerpoint.manifest import Manifest, file_sha256, tree_sha256
 
 SCN_FILE = "scn.fp16.onnx"
 RPN_HEAD_FILE = "rpn_head.fp32.onnx"
+SCN_INT8_FILE = "scn.int8.onnx"
+SCN_QDQ_FILE = "scn.int8.qdq.onnx"
+RPN_HEAD_INT8_FILE = "rpn_head.int8.onnx"
 DEFAULT_MAX_FRAMES = 16
 VALIDATION_FRAMES = 2  # the reference runner and PyTorch each run the backbone once per frame
 
 STAGE = "export"
 
-__all__ = ["DEFAULT_MAX_FRAMES", "RPN_HEAD_FILE", "SCN_FILE", "STAGE", "run_export"]
+__all__ = ["DEFAULT_MAX_FRAMES", "RPN_HEAD_FILE", "RPN_HEAD_INT8_FILE", "SCN_FILE", "SCN_INT8_FILE", "SCN_QDQ_FILE",
+           "STAGE", "is_quantized_checkpoint", "load_export_models", "run_export"]
 
 
 def _sha256_json(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _refuse_quantized(checkpoint: Path) -> None:
+def is_quantized_checkpoint(checkpoint: Path) -> bool:
+    """True for a `trt-centerpoint ptq` / `qat` file (meta format "trt_centerpoint.ptq")."""
     from trt_centerpoint.model.checkpoint import read_checkpoint
 
     ckpt = read_checkpoint(checkpoint)
     meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), dict) else {}
-    ranges = [k for k in ckpt["state_dict"] if k.endswith("_amax")]
-    if ranges or str(meta.get("format", "")).endswith(".ptq"):
-        raise UserError(f"{checkpoint}: a quantized checkpoint ({len(ranges)} calibrated ranges): the INT8 export "
-                        "(scn.int8.onnx, rpn_head.int8.onnx) is not available yet; export the float checkpoint")
+    return str(meta.get("format", "")).endswith(".ptq")
+
+
+def load_export_models(cfg: ModelConfig, checkpoint: Path):
+    """(float model, quantized model or None). For a quantized checkpoint the float model is a copy of it
+    with every quantizer disabled: the same (BN-folded) weights, so FP32 and INT8 files differ only by
+    quantization."""
+    from trt_centerpoint.model.centerpoint import load_model
+
+    if not is_quantized_checkpoint(checkpoint):
+        return load_model(cfg, checkpoint), None
+    from trt_centerpoint.calib.compat import iter_quantizers
+    from trt_centerpoint.calib.ptq import load_quantized_model
+
+    qmodel = load_quantized_model(checkpoint, expect_config=cfg)
+    float_model = copy.deepcopy(qmodel)
+    for _, quantizer in iter_quantizers(float_model):
+        quantizer.disable()
+    return float_model.eval(), qmodel
 
 
 def _pick(files: list[Path], count: int) -> list[Path]:
@@ -107,21 +135,76 @@ def _require_clean(name: str, model) -> list[str]:
     return findings
 
 
+def _export_int8(qmodel, cfg: ModelConfig, plan, validation_frames, log) -> tuple[dict, dict, dict]:
+    """The three INT8 files as bytes, their validation figures and pass logs (raises on any failure)."""
+    from trt_centerpoint.exporter.rpn_head_int8 import export_rpn_head_int8, validate_rpn_head_int8
+    from trt_centerpoint.exporter.scn_qdq import scn_to_qdq
+    from trt_centerpoint.exporter.scn_quant import precision_summary, scn_quant_specs
+
+    fused = fuse_backbone(qmodel.backbone)
+    specs = scn_quant_specs(walk_backbone(fused))
+    summary = precision_summary(specs)
+    log(f"{SCN_INT8_FILE}: {summary}")
+    scn = export_scn(fused, output_bounds={p: b.bound for p, b in plan.items()}, max_voxels=cfg.voxel.max_voxels,
+                     quant=specs)
+    _require_clean(SCN_INT8_FILE, scn.model)
+    runner = ScnRunner(scn.to_bytes(), precision="fp32")
+    scn_figures = validate_scn(runner, fp16_deployed_reference(fused), validation_frames)
+    fp32_weights = validate_scn(runner, qmodel.backbone, validation_frames, min_cosine=0.0)
+    scn_figures["reference"] = "PyTorch fake-quant backbone with the file's FP16 weights"
+    scn_figures["vs_fp32_weights"] = {k: fp32_weights[k] for k in ("min_cosine", "max_abs_error")}
+    log(f"{SCN_INT8_FILE}: reference runner vs PyTorch fake-quant backbone on {scn_figures['frames']} frame(s): "
+        f"cosine {scn_figures['min_cosine']:.8f} with the file's FP16 weights (max abs error "
+        f"{scn_figures['max_abs_error']:.3g}); {fp32_weights['min_cosine']:.6f} against FP32 weights "
+        "(the cost of libspconv's FP16 weight storage under INT8)")
+
+    qdq = scn_to_qdq(scn.model)
+    _require_clean(SCN_QDQ_FILE, qdq)
+    qdq_runner = ScnRunner(qdq.SerializeToString(), precision="fp32")
+    for features, coords in validation_frames:
+        if not torch.equal(qdq_runner.run(features, coords), runner.run(features, coords)):
+            raise ValidationError(f"{SCN_QDQ_FILE}: does not execute identically to {SCN_INT8_FILE}")
+    qdq_figures = {"frames": len(validation_frames), "identical_to": SCN_INT8_FILE}
+    log(f"{SCN_QDQ_FILE}: executes bit-identically to {SCN_INT8_FILE} on {len(validation_frames)} frame(s)")
+
+    rpn = export_rpn_head_int8(qmodel, cfg)
+    for report in rpn.passes:
+        log(f"{RPN_HEAD_INT8_FILE}: {report.line()}")
+    _require_clean(RPN_HEAD_INT8_FILE, rpn.model)
+    bevs = [qmodel.backbone(f, c, 1) for f, c in validation_frames]
+    rpn_figures = validate_rpn_head_int8(rpn, qmodel, bevs)
+    log(f"{RPN_HEAD_INT8_FILE}: ONNX Runtime vs PyTorch fake-quant head on {len(bevs)} BEV map(s): worst median abs "
+        f"error {rpn_figures['max_median_abs_error']:.3g}, max abs error {rpn_figures['max_abs_error']:.3g}")
+    files = {SCN_INT8_FILE: scn.to_bytes(), SCN_QDQ_FILE: qdq.SerializeToString(), RPN_HEAD_INT8_FILE: rpn.to_bytes()}
+    figures = {SCN_INT8_FILE: scn_figures, SCN_QDQ_FILE: qdq_figures, RPN_HEAD_INT8_FILE: rpn_figures}
+    info = {
+        "passes": {SCN_INT8_FILE: [summary], RPN_HEAD_INT8_FILE: [r.as_dict() for r in rpn.passes]},
+        "artifacts": {
+            SCN_INT8_FILE: {"format": "libspconv-scn", "opset": 11, "precision": "int8", "node_paths": scn.node_paths,
+                            "layers": {p: {"precision": q.precision, "output_precision": q.output_precision}
+                                       for p, q in specs.items()}},
+            SCN_QDQ_FILE: {"format": "scn-qdq", "opset": 13, "precision": "int8"},
+            RPN_HEAD_INT8_FILE: {"format": "onnx", "opset": 17, "precision": "int8",
+                                 "inputs": {"input": [1, cfg.bev_channels, *cfg.bev_shape]},
+                                 "outputs": rpn.output_names},
+        },
+    }
+    return files, figures, info
+
+
 @torch.no_grad()
 def run_export(config: str | Path | ModelConfig, checkpoint: str | Path, out: str | Path,
                calib_data: str | Path | None = None, max_frames: int = DEFAULT_MAX_FRAMES,
                margin: float = DEFAULT_MARGIN, log: Callable[[str], None] = print) -> dict:
-    """Export, validate and write the float deployment files; returns the stage's manifest record as a dict."""
-    from trt_centerpoint.model.centerpoint import load_model
-
+    """Export, validate and write the deployment files; returns the stage's manifest record as a dict."""
     start = time.perf_counter()
 
     cfg = config if isinstance(config, ModelConfig) else load_config(config)
     checkpoint, out = Path(checkpoint), Path(out)
     if max_frames < 1:
         raise UserError(f"--max-frames must be >= 1, got {max_frames}")
-    _refuse_quantized(checkpoint)
-    model = load_model(cfg, checkpoint)
+    model, qmodel = load_export_models(cfg, checkpoint)
+    log(f"{checkpoint}: {'quantized' if qmodel is not None else 'float'} checkpoint")
 
     if calib_data is not None:
         frames, calib_record = _calib_frames(model, cfg, calib_data, max_frames)
@@ -136,7 +219,7 @@ def run_export(config: str | Path | ModelConfig, checkpoint: str | Path, out: st
     ops = walk_backbone(fused)
     observed = observe_active_voxels(fused, ops, frames) if calib_record else None
     plan = plan_output_bounds(ops, cfg.voxel.max_voxels, observed, margin)
-    log(f"output_bound: {'observed max x %.2f' % margin if observed else 'safe fallback (no --calib-data)'}; "
+    log(f"output_bound: {f'observed max x {margin:.2f}' if observed else 'safe fallback (no --calib-data)'}; "
         + ", ".join(f"{p}={b.bound}" for p, b in plan.items()))
     scn = export_scn(fused, output_bounds={p: b.bound for p, b in plan.items()}, max_voxels=cfg.voxel.max_voxels)
     scn_bytes = scn.to_bytes()
@@ -157,32 +240,47 @@ def run_export(config: str | Path | ModelConfig, checkpoint: str | Path, out: st
     log(f"{RPN_HEAD_FILE}: ONNX Runtime vs PyTorch on {rpn_figures['frames']} BEV map(s): "
         f"max abs error {rpn_figures['max_abs_error']:.3g} ({rpn_figures['max_scaled_error']:.3g} relative to "
         f"max(1, |output|); PyTorch FP32 vs float64: {rpn_figures['pytorch_fp32_vs_fp64_max_abs']:.3g})")
-    rpn_bytes = rpn.to_bytes()
+    files = {SCN_FILE: scn_bytes, RPN_HEAD_FILE: rpn.to_bytes()}
+    validation = {SCN_FILE: scn_figures, RPN_HEAD_FILE: rpn_figures}
+    passes = {SCN_FILE: [fusion_line], RPN_HEAD_FILE: [r.as_dict() for r in rpn.passes]}
+    artifacts = {
+        SCN_FILE: {"format": "libspconv-scn", "opset": 11, "precision": "fp16",
+                   "inputs": {SCN_INPUT: ["num_voxels", cfg.voxel.num_point_features]},
+                   "outputs": {SCN_OUTPUT: [1, cfg.bev_channels, *cfg.bev_shape]},
+                   "node_paths": scn.node_paths},
+        RPN_HEAD_FILE: {"format": "onnx", "opset": 17, "precision": "fp32",
+                        "inputs": {"input": [1, cfg.bev_channels, *cfg.bev_shape]},
+                        "outputs": rpn.output_names},
+    }
+
+    # --- INT8 files (quantized checkpoint)
+    if qmodel is not None:
+        if not validation_frames:
+            raise UserError(f"{checkpoint}: no frame with voxels to validate the INT8 export on")
+        int8_files, int8_figures, int8_info = _export_int8(qmodel, cfg, plan, validation_frames, log)
+        files.update(int8_files)
+        validation.update(int8_figures)
+        passes.update(int8_info["passes"])
+        artifacts.update(int8_info["artifacts"])
 
     # --- write
     manifest = Manifest(out)  # read first: a broken manifest fails before anything is written
-    atomic_write_bytes(out / SCN_FILE, scn_bytes)
-    atomic_write_bytes(out / RPN_HEAD_FILE, rpn_bytes)
+    for name, data in files.items():
+        atomic_write_bytes(out / name, data)
     inputs = {"checkpoint": file_sha256(checkpoint), "config": _sha256_json(config_to_dict(cfg))}
     if calib_data is not None:
         inputs["calib_data"] = tree_sha256(calib_data)
-    params = {"config": cfg.name, "max_frames": max_frames, "bound_margin": margin, "precision": "float"}
+    params = {"config": cfg.name, "max_frames": max_frames, "bound_margin": margin,
+              "precision": "int8" if qmodel is not None else "float"}
     extra = {
         "checkpoint": str(checkpoint),
+        "quantized": qmodel is not None,
         "calib_data": calib_record,
-        "passes": {SCN_FILE: [fusion_line], RPN_HEAD_FILE: [r.as_dict() for r in rpn.passes]},
+        "passes": passes,
         "output_bounds": {"margin": margin, "source": "calib_data" if observed else "fallback",
                           "layers": {p: b.as_dict() for p, b in plan.items()}},
-        "validation": {SCN_FILE: scn_figures, RPN_HEAD_FILE: rpn_figures},
-        "artifacts": {
-            SCN_FILE: {"format": "libspconv-scn", "opset": 11, "precision": "fp16",
-                       "inputs": {SCN_INPUT: ["num_voxels", cfg.voxel.num_point_features]},
-                       "outputs": {SCN_OUTPUT: [1, cfg.bev_channels, *cfg.bev_shape]},
-                       "node_paths": scn.node_paths},
-            RPN_HEAD_FILE: {"format": "onnx", "opset": 17, "precision": "fp32",
-                            "inputs": {"input": [1, cfg.bev_channels, *cfg.bev_shape]},
-                            "outputs": rpn.output_names},
-        },
+        "validation": validation,
+        "artifacts": artifacts,
     }
-    record = manifest.record(STAGE, inputs, params, [SCN_FILE, RPN_HEAD_FILE], time.perf_counter() - start, extra)
+    record = manifest.record(STAGE, inputs, params, list(files), time.perf_counter() - start, extra)
     return {**vars(record), "versions": manifest.versions}

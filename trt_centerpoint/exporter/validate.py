@@ -7,6 +7,8 @@ the rpn_head file in ONNX Runtime against PyTorch (`rpn_head.validate_rpn_head`)
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -14,7 +16,7 @@ from trt_centerpoint.errors import UserError
 
 SCN_MIN_COSINE = 0.9999  # issue 5's bar (libspconv FP16 reached 0.99876 against PyTorch)
 
-__all__ = ["SCN_MIN_COSINE", "ValidationError", "compare_tensors", "validate_scn"]
+__all__ = ["SCN_MIN_COSINE", "ValidationError", "compare_tensors", "fp16_deployed_reference", "validate_scn"]
 
 
 class ValidationError(UserError):
@@ -50,3 +52,33 @@ def validate_scn(runner, backbone: nn.Module, batches, min_cosine: float = SCN_M
     if not worst >= min_cosine:
         raise ValidationError(f"scn: reference runner vs PyTorch backbone cosine {worst:.6f} < {min_cosine}")
     return figures
+
+
+class _Fp16Input(nn.Module):
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, features: torch.Tensor, coords: torch.Tensor, batch_size: int):
+        return self.backbone(features.half().float(), coords, batch_size)
+
+
+def fp16_deployed_reference(fused: nn.Module) -> nn.Module:
+    """A copy of a fused backbone holding exactly what a scn file holds: sparse conv weights and biases
+    rounded to FP16, FP16 input features (computation stays FP32, fake quant included).
+
+    Why: libspconv stores weights in FP16. Under INT8 that rounding is not negligible the way it is in
+    FP16: a weight or activation that moves by an FP16 ulp can cross a quantization boundary and move by
+    a whole INT8 step. Comparing the INT8 file with this reference checks the export itself (the file
+    computes the fake-quant model to ~1e-8); comparing with the FP32-weight model measures what FP16
+    weight storage costs. The export records both.
+    """
+    ref = copy.deepcopy(fused).eval()
+    with torch.no_grad():
+        for module in ref.modules():
+            if hasattr(module, "indice_key"):  # spconv convs (float and quantized)
+                for name in ("weight", "bias"):
+                    tensor = getattr(module, name, None)
+                    if tensor is not None:
+                        tensor.copy_(tensor.half().float())
+    return _Fp16Input(ref)
