@@ -1,0 +1,146 @@
+"""report.build_report: a full report, a minimal one ("not run" everywhere), the terminal table, atomicity."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from trt_centerpoint.eval.tensor_metrics import error_histogram, tensor_metrics
+from trt_centerpoint.report import build_report
+from trt_centerpoint.report.build_report import (
+    render_markdown,
+    summary_table,
+    write_report,
+)
+
+
+def _tensor(seed: int, noise: float) -> dict:
+    rng = np.random.default_rng(seed)
+    ref = rng.normal(size=200)
+    got = ref + rng.normal(scale=noise, size=200)
+    return {**tensor_metrics(ref, got), "histogram": error_histogram(ref, got, bins=12)}
+
+
+def _stages(scale: float) -> dict:
+    return {name: {"median_ms": ms * scale, "mean_ms": ms * scale * 1.01, "p90_ms": ms * scale * 1.1,
+                   "p99_ms": ms * scale * 1.3, "min_ms": ms * scale * 0.9}
+            for name, ms in (("voxelize", 1.5), ("backbone", 12.25), ("end_to_end", 20.0))}
+
+
+@pytest.fixture
+def full_data() -> dict:
+    return {
+        "title": "Tiny CenterPoint INT8",
+        "model": {"config": "configs/tiny.yaml", "checkpoint": "ckpt/model.pt", "checkpoint_sha256": "ab" * 32,
+                  "quantization": {"method": "ptq", "calib": "mse", "frames": 32}},
+        "accuracy": {"fp32": {"mAP": 0.5123, "per_class": {"car": 0.7311, "pedestrian": 0.2935}},
+                     "int8": {"mAP": 0.5049, "per_class": {"car": 0.7288, "pedestrian": 0.2810}}, "frames": 81},
+        "tensors": {"hm": _tensor(0, 0.01), "reg": _tensor(1, 0.002), "same": {**_tensor(2, 0.0), "snr_db": math.inf}},
+        "detections": {"matched_fraction": 0.9731, "frames": 81, "within_m": 0.5},
+        "per_layer": {"first_jump": "conv2_out", "criterion": "1-cos > 1e-4 and 10x",
+                      "layers": [{"tensor": "conv1_out", "op": "Conv", "cosine": 1.0, "max_abs": 0.0,
+                                  "median_abs": 0.0, "snr_db": math.inf},
+                                 {"tensor": "conv2_out", "op": "Conv", "cosine": 0.99871, "max_abs": 0.25,
+                                  "median_abs": 0.01, "snr_db": 26.3}]},
+        "latency": {"pytorch": {"fp32": _stages(1.0), "int8": _stages(0.5)}, "tensorrt": {"int8": _stages(0.1)},
+                    "meta": {"device_name": "Test CPU", "threads": 1}},
+        "artifacts": {"rpn_head.onnx": {"bytes": 2_345_678, "sha256": "0123456789abcdef" * 4},
+                      "scn.onnx": {"bytes": 512, "sha256": "fedcba9876543210" * 4}},
+        "stages": {"evaluate": {"status": "ran", "seconds": 12.5, "detail": "81 frames"},
+                   "engine": {"status": "unavailable", "seconds": 0.0, "detail": "no TensorRT"}},
+        "engine": {"available": False, "reason": "tensorrt is not installed"},
+        "sensitivity": {"png": "sensitivity.png"},
+        "versions": {"torch": "2.13.0", "onnx": "1.23.2"},
+    }
+
+
+def test_full_report(tmp_path, full_data):
+    paths = write_report(tmp_path / "out", full_data)
+    names = sorted(p.name for p in paths)
+    assert names == ["errors.png", "latency.png", "report.json", "report.md"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == names  # no temp file left
+    for png in ("errors.png", "latency.png"):
+        data = (tmp_path / "out" / png).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 1000
+    md = (tmp_path / "out" / "report.md").read_text()
+    for text in ("# Tiny CenterPoint INT8", "configs/tiny.yaml", "ckpt/model.pt", "0.5123", "0.5049", "-0.0074",
+                 "0.7311", "pedestrian", "0.9731", "`conv2_out`", "0.998710", "12.25", "6.12", "2.00x",
+                 "rpn_head.onnx", "2.2 MiB", "0123456789ab", "unavailable", "no TensorRT",
+                 "tensorrt is not installed", "(errors.png)", "(latency.png)", "(sensitivity.png)",
+                 "How to read", "pytorch/fp32", "tensorrt/int8", "Test CPU", "2.13.0", "inf"):
+        assert text in md, text
+    assert "max |x|" not in md and "`ptq`" in md
+    assert f"{full_data['tensors']['hm']['cosine']:.6f}" in md
+    assert "not run" not in md
+    loaded = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert loaded["accuracy"]["fp32"]["mAP"] == 0.5123
+    assert loaded["tensors"]["hm"]["cosine"] == pytest.approx(full_data["tensors"]["hm"]["cosine"])
+    assert loaded["tensors"]["same"]["snr_db"] is None  # inf -> null, strict JSON
+    assert loaded["latency"]["pytorch"]["int8"]["backbone"]["median_ms"] == 12.25 * 0.5
+    assert loaded["artifacts"] == full_data["artifacts"]
+    assert set(loaded) == set(full_data)  # nothing invented
+
+
+def test_minimal_report_says_not_run(tmp_path):
+    data = {"model": {"config": "configs/tiny.yaml"}}
+    paths = write_report(tmp_path, data)
+    assert sorted(p.name for p in paths) == ["report.json", "report.md"]
+    md = (tmp_path / "report.md").read_text()
+    for section in ("Accuracy: not run", "Tensor comparison: not run", "Detection agreement: not run",
+                    "Latency benchmark: not run", "Per-layer comparison: not run", "Engine: not run"):
+        assert section in md, section
+    assert json.loads((tmp_path / "report.json").read_text()) == data
+    with pytest.raises(ValueError, match="model"):
+        write_report(tmp_path / "x", {"title": "no model"})
+
+
+def test_half_missing_accuracy():
+    md = render_markdown({"model": {}, "accuracy": {"fp32": {"mAP": 0.4, "per_class": {"car": 0.6}}}})
+    assert "INT8 evaluation: not run" in md and "0.4000" in md and "| car" in md
+
+
+def test_summary_table(full_data):
+    text = summary_table(full_data)
+    for item in ("0.5123", "0.5049", "-0.0074", "pytorch/int8", "tensorrt/int8", "6.12", "rpn_head.onnx",
+                 "0123456789ab"):
+        assert item in text, item
+    worst = min(full_data["tensors"], key=lambda n: full_data["tensors"][n]["cosine"])
+    assert worst in text and "|" not in text
+    backbone = next(line for line in text.splitlines() if line.startswith("backbone"))
+    assert backbone.split() == ["backbone", "12.25", "6.12", "1.23"]
+    minimal = summary_table({"model": {}})
+    assert minimal.count("not run") == 4
+
+
+def test_failure_leaves_no_half_written_report(tmp_path, full_data, monkeypatch):
+    def boom(path, tensors):
+        raise RuntimeError("plot failed")
+
+    monkeypatch.setattr(build_report, "errors_chart", boom)
+    with pytest.raises(RuntimeError, match="plot failed"):
+        write_report(tmp_path, full_data)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert "report.md" not in left and "report.json" not in left
+    assert not [n for n in left if n.endswith(".tmp")]
+
+
+def test_failed_md_write_keeps_previous_report(tmp_path, full_data, monkeypatch):
+    write_report(tmp_path, {"model": {"config": "old"}})
+    old = (tmp_path / "report.md").read_text()
+
+    def bad_render(data, pngs=None):
+        raise RuntimeError("render failed")
+
+    monkeypatch.setattr(build_report, "render_markdown", bad_render)
+    with pytest.raises(RuntimeError):
+        write_report(tmp_path, full_data)
+    assert (tmp_path / "report.md").read_text() == old
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_pipe_in_a_cell_is_escaped():
+    md = render_markdown({"model": {}, "stages": {"export": {"status": "ran", "seconds": 1.0, "detail": "a|b"}}})
+    assert "a\\|b" in md
