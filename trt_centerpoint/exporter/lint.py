@@ -5,7 +5,7 @@ Why: libspconv's parser fails late and tersely on a GPU machine ("Invalid weight
 
 A file's kind decides its rule set: "scn" (the libspconv dialect, `lint_scn.SCN_RULES`) when it holds a
 SparseConvolution or ScatterDense, else "onnx" (standard ONNX for TensorRT: `onnx.checker` full check;
-the Q/DQ placement rules of INT8 2D files are appended to `RULES["onnx"]` when they exist).
+then the Q/DQ rules of INT8 2D files, `lint_qdq.QDQ_RULES`, which say nothing on a file without Q/DQ).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 import onnx
 
 from trt_centerpoint.exporter.lint_common import Finding
+from trt_centerpoint.exporter.lint_qdq import QDQ_RULES
 from trt_centerpoint.exporter.lint_scn import SCN_RULES
 from trt_centerpoint.exporter.onnx_io import load_onnx
 
@@ -34,7 +35,7 @@ def rule_onnx_checker(model: onnx.ModelProto) -> list[Finding]:
     return []
 
 
-RULES: dict[str, list[Rule]] = {"scn": list(SCN_RULES), "onnx": [rule_onnx_checker]}
+RULES: dict[str, list[Rule]] = {"scn": list(SCN_RULES), "onnx": [rule_onnx_checker, *QDQ_RULES]}
 
 
 def file_kind(model: onnx.ModelProto) -> str:

@@ -1,0 +1,301 @@
+"""Quantized RPN + CenterHead -> `rpn_head.int8.onnx`: standard ONNX with explicit QuantizeLinear /
+DequantizeLinear (opset 17), the form strongly typed TensorRT builds INT8 from (REFERENCE section 4).
+
+How: the calibrated model (BN folded by `prepare_model`, pytorch-quantization's QuantConv2d /
+QuantConvTranspose2d, our QuantConcat) is traced by the same TorchScript exporter as the FP32 file with
+`TensorQuantizer.use_fb_fake_quant = True`: every enabled quantizer then runs
+`torch.fake_quantize_per_{tensor,channel}_affine`, which the exporter writes as Q -> DQ with scale
+amax / 127 and an int8 zero point 0: activations per tensor, Conv2d weights per output channel (axis 0),
+ConvTranspose2d weights per input channel (axis 0 of [C_in, C_out, kh, kw], our descriptor). Layers left
+float by the skip list (`bbox_head.tasks.*.reg.3`) stay plain float convs. The exported scales are checked
+against the quantizers' amax before the passes run (`fold_constants`, `int8_weights`, `dedupe_qdq`,
+`unify_concat_scales`, `name_and_order_outputs`, `cleanup_toposort`, `infer_shapes`); inputs and outputs
+are named and ordered exactly as in the FP32 file.
+
+Validation compares ONNX Runtime with the PyTorch fake-quant head, and bars the *median* abs error per
+output, not the max: the two do not quantize by the same arithmetic. pytorch-quantization's fake quant
+computes round(x * (127 / amax)) / (127 / amax) clamped to [-127, 127] ("narrow range"), ONNX computes
+round(x / (amax / 127)) * (amax / 127) saturated to [-128, 127]. The float32 roundings of the two scale
+forms differ in the last bit, so a value lying (almost) exactly half-way between two grid points rounds
+one way in PyTorch and the other in ONNX: one int8 step (amax / 127) of difference on that element, which
+the following convs spread over a few neighbours. Such elements are rare, so the median error stays at
+float32 noise while the max error can reach a few steps. The same holds for values below -amax
+(clamped to -127 in PyTorch, -128 in ONNX). A wrong scale, axis or weight moves the median at once.
+ONNX Runtime runs with graph optimizations off: even its basic level rewrites Q/DQ graphs and then
+differs from both the file and PyTorch (tiny model, dense BEV: median 2.3e-3 instead of 3.6e-7).
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import re
+import warnings
+from collections import OrderedDict
+from contextlib import contextmanager
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from trt_centerpoint.calib.compat import iter_quantizers, quiet_library_logs
+from trt_centerpoint.config import ModelConfig
+from trt_centerpoint.exporter.passes import (
+    cleanup_toposort,
+    fold_constants,
+    infer_shapes,
+    name_and_order_outputs,
+    run_passes,
+)
+from trt_centerpoint.exporter.passes_qdq import (
+    dedupe_qdq,
+    int8_weights,
+    unify_concat_scales,
+)
+from trt_centerpoint.exporter.rpn_head import (
+    RPN_HEAD_INPUT,
+    RPN_HEAD_OPSET,
+    RpnHeadExport,
+    RpnHeadModule,
+    bev_input_shape,
+    rpn_head_output_names,
+)
+from trt_centerpoint.exporter.validate import ValidationError
+
+RPN_HEAD_INT8_TOLERANCE = 1e-4  # per output median abs error, ONNX Runtime vs PyTorch fake quant
+INT8_BOUND = 127  # scale = amax / 127 (pytorch-quantization's 8-bit bound, as TensorRT and libspconv)
+
+__all__ = ["RPN_HEAD_INT8_TOLERANCE", "export_rpn_head_int8", "polygraphy_compare", "quantizer_scales",
+           "trace_rpn_head_int8", "validate_rpn_head_int8"]
+
+
+@contextmanager
+def _fb_fake_quant():
+    """pytorch-quantization's export switch, restored whatever happens."""
+    from pytorch_quantization.nn import TensorQuantizer
+
+    previous = TensorQuantizer.use_fb_fake_quant
+    TensorQuantizer.use_fb_fake_quant = True
+    try:
+        yield
+    finally:
+        TensorQuantizer.use_fb_fake_quant = previous
+
+
+def quantizer_scales(module: nn.Module) -> dict[str, np.ndarray]:
+    """{quantizer path: float32 scales (amax / 127, flattened)} of every enabled quantizer of `module`."""
+    out = {}
+    for name, q in iter_quantizers(module):
+        if q._disabled:
+            continue
+        amax = getattr(q, "_amax", None)
+        if amax is None:
+            raise ValidationError(f"rpn_head int8: quantizer {name} has no amax (calibrate the model first)")
+        out[name] = (amax.detach().double().cpu().numpy().reshape(-1) / INT8_BOUND).astype(np.float32)
+    return out
+
+
+def _scope_to_path(node_name: str) -> str:
+    """`/neck/blocks.0/blocks.0.1/_input_quantizer/QuantizeLinear` -> `neck.blocks.0.1._input_quantizer`.
+
+    The TorchScript exporter names a node by its module scopes, each scope relative to an ancestor one
+    (a ModuleList item is `blocks.0` after `neck`, its Sequential child `blocks.0.1`); a module called
+    more than once (QuantConcat's quantizer, once per input) gets `_1`, `_2`, ... from the second call on.
+    """
+    parts: list[str] = []
+    for seg in node_name.strip("/").split("/")[:-1]:
+        seg = re.sub(r"_\d+$", "", seg) if seg.startswith("_") else seg
+        if parts and seg.startswith(parts[-1] + "."):
+            parts[-1] = seg
+        else:
+            parts.append(seg)
+    return ".".join(parts)
+
+
+def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    values = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    values[node.output[0]] = onnx.numpy_helper.to_array(a.t)
+    return values
+
+
+def check_exported_scales(model: onnx.ModelProto, wrapper: nn.Module) -> int:
+    """Every Q / DQ of the raw export has scale == its quantizer's amax / 127 and an int8 zero point 0.
+
+    Returns how many Q / DQ nodes were checked; raises ValidationError naming the first wrong one.
+    """
+    expected = quantizer_scales(wrapper)
+    values = _constant_values(model)
+    checked = 0
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        path = _scope_to_path(node.name)
+        if path not in expected:
+            raise ValidationError(f"rpn_head int8: {node.name} does not belong to an enabled quantizer ({path})")
+        scale = values.get(node.input[1])
+        zero = values.get(node.input[2]) if len(node.input) > 2 else None
+        if scale is None or zero is None:
+            raise ValidationError(f"rpn_head int8: {node.name} has a computed scale or no zero point")
+        want = expected[path]
+        if scale.reshape(-1).shape != want.shape or not np.allclose(scale.reshape(-1), want, rtol=1e-6, atol=0):
+            raise ValidationError(f"rpn_head int8: {node.name} scale {scale.reshape(-1)[:4]} != amax / 127 "
+                                  f"{want[:4]} of {path}")
+        if zero.dtype != np.int8 or np.any(zero != 0):
+            raise ValidationError(f"rpn_head int8: {node.name} zero point must be int8 0, got {zero.dtype} {zero}")
+        checked += 1
+    return checked
+
+
+def trace_rpn_head_int8(qmodel: nn.Module, cfg: ModelConfig) -> tuple[onnx.ModelProto, int]:
+    """The raw Q/DQ export of the 2D part (before any pass), its scales checked; returns (model, Q/DQ count)."""
+    wrapper = RpnHeadModule(qmodel).eval()
+    quantizer_scales(wrapper)  # refuses an uncalibrated model before tracing
+    dummy = torch.zeros(bev_input_shape(cfg))
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings(), quiet_library_logs(), _fb_fake_quant():
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # amax.item() in _fb_fake_quant
+        torch.onnx.export(wrapper, (dummy,), buffer, dynamo=False, opset_version=RPN_HEAD_OPSET,
+                          input_names=[RPN_HEAD_INPUT], output_names=rpn_head_output_names(qmodel),
+                          do_constant_folding=True)
+    exported = onnx.load_from_string(buffer.getvalue())
+    return exported, check_exported_scales(exported, wrapper)
+
+
+def export_rpn_head_int8(qmodel: nn.Module, cfg: ModelConfig) -> RpnHeadExport:
+    """Export the calibrated quantized 2D part of `qmodel` as a Q/DQ ONNX file (module doc)."""
+    names = rpn_head_output_names(qmodel)
+    exported, checked = trace_rpn_head_int8(qmodel, cfg)
+    passes = [fold_constants, int8_weights, dedupe_qdq, unify_concat_scales,
+              functools.partial(name_and_order_outputs, names=names), cleanup_toposort, infer_shapes]
+    out, reports = run_passes(exported, passes)
+    out.producer_name = "trt-centerpoint"
+    onnx.helper.set_model_props(out, {"precision": "int8", "qdq_checked": str(checked)})
+    return RpnHeadExport(out, names, reports)
+
+
+def _ort_session(model_bytes: bytes):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    # Run the graph as written. Even ORT's *basic* level rewrites Q/DQ graphs (its QDQ transformers): on a
+    # dense BEV input of the tiny model that alone moved the median error from 3.6e-7 to 2.3e-3, i.e. it
+    # would compare ORT's rewrite, not the file, with PyTorch.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def validate_rpn_head_int8(exported: RpnHeadExport, qmodel: nn.Module, bevs: list[torch.Tensor],
+                           tolerance: float = RPN_HEAD_INT8_TOLERANCE) -> dict:
+    """Checker + strict shape inference + ONNX Runtime vs the PyTorch fake-quant head on `bevs`.
+
+    Per output, over all inputs: median abs error must be <= `tolerance` (why the median: module doc);
+    max and mean abs errors are reported too. Raises ValidationError naming the worst output.
+    """
+    proto = exported.model
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ValidationError(f"rpn_head int8: {str(exc).strip().splitlines()[0]}") from None
+    session = _ort_session(exported.to_bytes())
+    got_names = [o.name for o in session.get_outputs()]
+    if got_names != exported.output_names:
+        raise ValidationError(f"rpn_head int8: outputs {got_names}, expected {exported.output_names}")
+    wrapper = RpnHeadModule(qmodel).eval()
+    diffs: dict[str, list[np.ndarray]] = {name: [] for name in exported.output_names}
+    for x in bevs:
+        with torch.no_grad(), quiet_library_logs():
+            ref = wrapper(x.float())
+        got = session.run(None, {RPN_HEAD_INPUT: x.float().numpy()})
+        for name, r, g in zip(exported.output_names, ref, got):
+            diffs[name].append(np.abs(r.numpy().astype(np.float64) - g).reshape(-1))
+    per_output = {}
+    for name, parts in diffs.items():
+        d = np.concatenate(parts)
+        per_output[name] = {"median_abs": float(np.median(d)), "max_abs": float(d.max()),
+                            "mean_abs": float(d.mean()), "differing_fraction": float(np.mean(d > 1e-5))}
+    worst = max(per_output, key=lambda n: per_output[n]["median_abs"]) if per_output else None
+    figures = {"frames": len(bevs), "tolerance": tolerance, "per_output": per_output,
+               "max_median_abs_error": per_output[worst]["median_abs"] if worst else 0.0,
+               "max_abs_error": max((v["max_abs"] for v in per_output.values()), default=0.0)}
+    if worst is not None and per_output[worst]["median_abs"] > tolerance:
+        raise ValidationError(f"rpn_head int8: ONNX Runtime differs from PyTorch fake quant on {worst}: median abs "
+                              f"error {per_output[worst]['median_abs']:.3g} > {tolerance} (max "
+                              f"{per_output[worst]['max_abs']:.3g})")
+    exported.validation = figures
+    return figures
+
+
+def _cpu_pytorch_runner(module: nn.Module, input_name: str, shape: list[int], output_names: list[str]):
+    """Polygraphy's PytRunner with its `infer_impl` replaced: 0.53.6's calls `.cuda()` on every input (no
+    CPU run) and returns (outputs, time) where the base runner expects outputs and `self.inference_time`."""
+    from polygraphy import util
+    from polygraphy.backend.pyt import PytRunner
+    from polygraphy.common import TensorMetadata
+
+    class CpuPytRunner(PytRunner):
+        @util.check_called_by("infer")
+        def infer_impl(self, feed_dict):
+            import time
+
+            device = next(self.model.parameters()).device
+            with torch.no_grad(), quiet_library_logs():
+                inputs = [torch.from_numpy(np.asarray(v, dtype=np.float32)).to(device) for v in feed_dict.values()]
+                start = time.time()
+                outputs = self.model(*inputs)
+                end = time.time()
+            self.inference_time = end - start
+            return OrderedDict((n, o.cpu().numpy()) for n, o in zip(self.output_names, outputs))
+
+    meta = TensorMetadata().add(input_name, np.float32, shape)
+    return CpuPytRunner(lambda: module, meta, output_names, name="pytorch")  # a Module is itself callable
+
+
+def polygraphy_compare(onnx_bytes: bytes, torch_module: nn.Module, bevs: list[torch.Tensor], input_name: str,
+                       output_names: list[str], atol: float, rtol: float, check_error_stat: str = "median") -> dict:
+    """Polygraphy `Comparator.run` of ONNX Runtime (`OnnxrtRunner(SessionFromOnnx)`) and PyTorch on `bevs`,
+    then `compare_accuracy` with `CompareFunc.simple(atol, rtol, check_error_stat)`.
+
+    Returns {"passed": bool, "per_output": {name: {"max_abs", "median_abs", "mean_abs", "passed"}}}: the
+    figures are the worst over the inputs. An output passes when its chosen statistic is within atol or
+    rtol (Polygraphy's rule). Use it on the FP32 file with the float model and on the INT8 file with the
+    fake-quant model (module doc: why "median" for INT8).
+    """
+    import onnxruntime as ort
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.comparator import Comparator, CompareFunc
+    from polygraphy.logger import G_LOGGER
+
+    module = torch_module.eval()
+    shape = list(bevs[0].shape) if bevs else []
+    runners = [OnnxrtRunner(SessionFromOnnx(onnx_bytes, providers=["cpu"],
+                                            graph_optimization_level=ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
+                            name="onnxrt"),
+               _cpu_pytorch_runner(module, input_name, shape, output_names)]
+    feeds = [OrderedDict([(input_name, x.float().cpu().numpy())]) for x in bevs]
+    with quiet_library_logs(), G_LOGGER.verbosity(G_LOGGER.WARNING):
+        results = Comparator.run(runners, data_loader=feeds)
+        accuracy = Comparator.compare_accuracy(
+            results, compare_func=CompareFunc.simple(atol=atol, rtol=rtol, check_error_stat=check_error_stat))
+    per_output: dict[str, dict] = {}
+    for result in accuracy:
+        for iterations in result.values():
+            for iteration in iterations:
+                for name, cmp in iteration.items():
+                    fig = per_output.setdefault(name, {"max_abs": 0.0, "median_abs": 0.0, "mean_abs": 0.0,
+                                                       "passed": True})
+                    fig["max_abs"] = max(fig["max_abs"], float(cmp.max_absdiff))
+                    fig["median_abs"] = max(fig["median_abs"], float(cmp.median_absdiff))
+                    fig["mean_abs"] = max(fig["mean_abs"], float(cmp.mean_absdiff))
+                    fig["passed"] = fig["passed"] and bool(cmp)
+    return {"passed": bool(accuracy) and set(per_output) == set(output_names), "check_error_stat": check_error_stat,
+            "atol": atol, "rtol": rtol, "iterations": len(bevs), "per_output": per_output}
