@@ -193,12 +193,86 @@ def _ort_session(model_bytes: bytes):
     return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
 
+def _call_index(node_name: str) -> int:
+    """0 for a quantizer's first call, k for the scope suffix `_k` (QuantConcat's second input: 1)."""
+    for seg in node_name.strip("/").split("/")[:-1]:
+        match = re.fullmatch(r"_\w+quantizer_(\d+)", seg)
+        if match:
+            return int(match.group(1))
+    return 0
+
+
+def _quantizer_inputs(wrapper: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], dict]:
+    """(PyTorch outputs, {(quantizer path, call index): the tensor it quantized}) for one input."""
+    seen: dict[tuple[str, int], torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    handles = []
+    for name, quantizer in iter_quantizers(wrapper):
+        def hook(_module, args, name=name):
+            index = counts.get(name, 0)
+            counts[name] = index + 1
+            seen[(name, index)] = args[0].detach().clone()
+        handles.append(quantizer.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad(), quiet_library_logs():
+            outputs = [t.detach() for t in wrapper(x.float())]
+    finally:
+        for handle in handles:
+            handle.remove()
+    return outputs, seen
+
+
+def _forced(model: onnx.ModelProto, calls: dict):
+    """A copy of `model` whose activation QuantizeLinear nodes read new graph inputs instead of the tensor
+    computed before them, and whose those tensors are extra outputs. Returns (model, {input name: (quantizer
+    path, call index)} = what to feed, {extra output name: (quantizer path, call index)} = what to check)."""
+    forced = onnx.ModelProto()
+    forced.CopyFrom(model)
+    constants = set(_constant_values(forced))
+    outputs = {o.name for o in forced.graph.output}
+    feeds, checks = {}, {}
+    for node in forced.graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[0] in constants:
+            continue
+        key = (_scope_to_path(node.name), _call_index(node.name))
+        if key not in calls:
+            continue
+        name = f"{node.name}:forced"
+        feeds[name] = key
+        if node.input[0] not in outputs and node.input[0] != RPN_HEAD_INPUT:
+            checks[node.input[0]] = key
+            outputs.add(node.input[0])
+            forced.graph.output.append(onnx.helper.make_empty_tensor_value_info(node.input[0]))
+        node.input[0] = name
+        shape = list(calls[key].shape)
+        forced.graph.input.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape))
+    return forced, feeds, checks
+
+
+def _summarise(diffs: dict[str, list[np.ndarray]]) -> dict[str, dict]:
+    out = {}
+    for name, parts in diffs.items():
+        d = np.concatenate(parts)
+        out[name] = {"median_abs": float(np.median(d)), "max_abs": float(d.max()), "mean_abs": float(d.mean()),
+                     "differing_fraction": float(np.mean(d > 1e-5))}
+    return out
+
+
 def validate_rpn_head_int8(exported: RpnHeadExport, qmodel: nn.Module, bevs: list[torch.Tensor],
                            tolerance: float = RPN_HEAD_INT8_TOLERANCE) -> dict:
     """Checker + strict shape inference + ONNX Runtime vs the PyTorch fake-quant head on `bevs`.
 
-    Per output, over all inputs: median abs error must be <= `tolerance` (why the median: module doc);
-    max and mean abs errors are reported too. Raises ValidationError naming the worst output.
+    Two runs per input:
+    - layer by layer (the gate): every activation QuantizeLinear of the file is fed the tensor PyTorch
+      quantized at that point, so each segment between quantizers runs on PyTorch's input; the tensor each
+      segment hands to the next quantizer and every head output must match PyTorch with a median abs
+      error <= `tolerance`. This isolates the file's arithmetic: two float32 convolution
+      implementations (ONNX Runtime's MLAS, PyTorch's oneDNN) round differently in the last bit, a value
+      near a rounding boundary then lands one INT8 step apart, and in a free run those flips cascade
+      through every later layer (sample model: 7 of 102400 elements at the second conv's input, ~3 % at the
+      last; hm median abs error 0.011), which says nothing about the file.
+    - free running: ONNX Runtime alone from the BEV; figures reported (`free_running`), not gated.
+    Raises ValidationError naming the worst output.
     """
     proto = exported.model
     try:
@@ -211,26 +285,38 @@ def validate_rpn_head_int8(exported: RpnHeadExport, qmodel: nn.Module, bevs: lis
     if got_names != exported.output_names:
         raise ValidationError(f"rpn_head int8: outputs {got_names}, expected {exported.output_names}")
     wrapper = RpnHeadModule(qmodel).eval()
-    diffs: dict[str, list[np.ndarray]] = {name: [] for name in exported.output_names}
+    forced_diffs: dict[str, list[np.ndarray]] = {name: [] for name in exported.output_names}
+    free_diffs: dict[str, list[np.ndarray]] = {name: [] for name in exported.output_names}
+    segment_diffs: dict[str, list[np.ndarray]] = {}
+    forced_count = 0
     for x in bevs:
-        with torch.no_grad(), quiet_library_logs():
-            ref = wrapper(x.float())
-        got = session.run(None, {RPN_HEAD_INPUT: x.float().numpy()})
-        for name, r, g in zip(exported.output_names, ref, got):
-            diffs[name].append(np.abs(r.numpy().astype(np.float64) - g).reshape(-1))
-    per_output = {}
-    for name, parts in diffs.items():
-        d = np.concatenate(parts)
-        per_output[name] = {"median_abs": float(np.median(d)), "max_abs": float(d.max()),
-                            "mean_abs": float(d.mean()), "differing_fraction": float(np.mean(d > 1e-5))}
-    worst = max(per_output, key=lambda n: per_output[n]["median_abs"]) if per_output else None
-    figures = {"frames": len(bevs), "tolerance": tolerance, "per_output": per_output,
-               "max_median_abs_error": per_output[worst]["median_abs"] if worst else 0.0,
-               "max_abs_error": max((v["max_abs"] for v in per_output.values()), default=0.0)}
-    if worst is not None and per_output[worst]["median_abs"] > tolerance:
+        ref, calls = _quantizer_inputs(wrapper, x)
+        forced_model, feeds, checks = _forced(proto, calls)
+        forced_count = len(feeds)
+        forced_session = _ort_session(forced_model.SerializeToString())
+        inputs = {RPN_HEAD_INPUT: x.float().numpy(), **{n: calls[k].numpy() for n, k in feeds.items()}}
+        forced_out = forced_session.run(exported.output_names + list(checks), inputs)
+        for diffs, got in ((forced_diffs, forced_out), (free_diffs, session.run(None, {RPN_HEAD_INPUT: inputs[RPN_HEAD_INPUT]}))):
+            for name, r, g in zip(exported.output_names, ref, got):
+                diffs[name].append(np.abs(r.numpy().astype(np.float64) - g).reshape(-1))
+        for (tensor, key), g in zip(checks.items(), forced_out[len(exported.output_names):]):
+            label = f"{key[0]}" + (f"[{key[1]}]" if key[1] else "") + " input"
+            segment_diffs.setdefault(label, []).append(np.abs(calls[key].numpy().astype(np.float64) - g).reshape(-1))
+    per_output, free = _summarise(forced_diffs), _summarise(free_diffs)
+    segments = _summarise(segment_diffs)
+    gated = {**per_output, **segments}  # every segment is gated like an output
+    worst = max(gated, key=lambda n: gated[n]["median_abs"]) if gated else None
+    figures = {"frames": len(bevs), "tolerance": tolerance, "mode": "layer by layer", "forced_quantizers": forced_count,
+               "checked_segments": len(segments), "per_output": per_output, "per_segment": segments,
+               "max_median_abs_error": gated[worst]["median_abs"] if worst else 0.0,
+               "max_abs_error": max((v["max_abs"] for v in gated.values()), default=0.0),
+               "free_running": {"per_output": free,
+                                "max_median_abs_error": max((v["median_abs"] for v in free.values()), default=0.0),
+                                "max_abs_error": max((v["max_abs"] for v in free.values()), default=0.0)}}
+    if worst is not None and gated[worst]["median_abs"] > tolerance:
         raise ValidationError(f"rpn_head int8: ONNX Runtime differs from PyTorch fake quant on {worst}: median abs "
-                              f"error {per_output[worst]['median_abs']:.3g} > {tolerance} (max "
-                              f"{per_output[worst]['max_abs']:.3g})")
+                              f"error {gated[worst]['median_abs']:.3g} > {tolerance} layer by layer (max "
+                              f"{gated[worst]['max_abs']:.3g})")
     exported.validation = figures
     return figures
 
