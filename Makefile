@@ -18,9 +18,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	$(BIN)/trt-centerpoint synth --out build/demo_data --frames 50 --seed 4242 --config synthetic_small
-	$(BIN)/trt-centerpoint eval --config synthetic_small --checkpoint samples/synthetic_small.pth \
-		--data build/demo_data --out build/metrics.json --dump-detections build/detections.json
+	$(BIN)/trt-centerpoint build --out build
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_spconv_threads.py

@@ -64,9 +64,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from trt_centerpoint.eval.ap import format_table
     from trt_centerpoint.evaluate import run_eval
 
+    if args.backend == "torch" and not args.checkpoint:
+        raise UserError("--backend torch needs --checkpoint (onnx / trt read --artifacts BUILD_DIR)")
     metrics = run_eval(load_config(args.config), args.checkpoint, args.data, out=args.out,
                        dump_detections=args.dump_detections, backend=args.backend, precision=args.precision,
-                       progress=not args.quiet)
+                       progress=not args.quiet, artifacts=args.artifacts)
     print(format_table(metrics))
     for path in (args.out, args.dump_detections):
         if path:
@@ -160,6 +162,57 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from trt_centerpoint.config import load_config
+    from trt_centerpoint.pipeline.compare_stage import COMPARE_JSON, RUN_RESULTS, run_compare
+
+    figures = run_compare(load_config(args.config), args.artifacts, args.data, out=args.out,
+                          checkpoint=args.checkpoint, max_frames=args.max_frames, save_frames=args.save_frames,
+                          progress=not args.quiet)
+    from trt_centerpoint.report.table import format_table
+
+    rows = [[name, f"{m['cosine']:.6f}", f"{m['max_abs']:.3g}", f"{m['median_abs']:.3g}", f"{m['snr_db']:.1f}"]
+            for name, m in figures["tensors"].items()]
+    print(format_table(["output", "cosine", "max abs", "median abs", "SNR dB"], rows))
+    if figures["per_layer"]["first_jump"]:
+        print(f"per layer: the error first jumps at {figures['per_layer']['first_jump']}")
+    for radius, m in figures["detections"]["int8_vs_fp32"].items():
+        print(f"INT8 vs FP32 boxes within {radius}: {m['matched_fraction']:.3f}")
+    if figures["accuracy"]:
+        a = figures["accuracy"]
+        print(f"mAP FP32 {a['fp32']['mAP']:.4f}  INT8 {a['int8']['mAP']:.4f}  ({a['delta_mAP']:+.4f})")
+    out = args.out or args.artifacts
+    print(f"wrote {out}/{COMPARE_JSON} and {out}/{RUN_RESULTS} (Polygraphy RunResults)")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from trt_centerpoint.config import load_config
+    from trt_centerpoint.pipeline.bench_stage import BENCH_JSON, BENCH_PNG, run_bench
+
+    run_bench(load_config(args.config), args.artifacts, args.data, out=args.out, backends=args.backend,
+              precisions=args.precision, checkpoint=args.checkpoint, iterations=args.iterations, warmup=args.warmup,
+              progress=not args.quiet)
+    out = args.out or args.artifacts
+    print(f"wrote {out}/{BENCH_JSON} and {out}/{BENCH_PNG}")
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from trt_centerpoint.pipeline.build import BuildOptions, run_build
+    from trt_centerpoint.report.build_report import summary_table
+
+    opts = BuildOptions(config=args.config, checkpoint=args.checkpoint, calib_data=args.calib_data,
+                        eval_data=args.eval_data, out=args.out, qat=args.qat, method=args.method,
+                        calib_frames=args.calib_frames, eval_frames=args.eval_frames,
+                        bench_iterations=args.iterations, progress=not args.quiet)
+    data = run_build(opts)
+    print(summary_table(data))
+    ran = [name for name, s in data["stages"].items() if s["status"] == "ran"]
+    print(f"build finished in {data['seconds']:.1f} s (ran: {', '.join(ran)}); report: {args.out}/report.md")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from trt_centerpoint.exporter.lint import lint_file
 
@@ -214,13 +267,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="score a model on labeled frames (nuScenes-style AP, mAP)")
-    _add_model_args(p)
+    _add_model_args(p, checkpoint_required=False)
     p.add_argument("--data", required=True, help="labeled data folder (points/, labels/)")
     p.add_argument("--out", help="write metrics JSON here")
     p.add_argument("--dump-detections", help="write all detections (detection JSON) here")
-    p.add_argument("--backend", default="torch", choices=["torch"], help="what runs the model (default torch)")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx", "trt"],
+                   help="torch: the PyTorch model (--checkpoint); onnx: the exported files (scn reference runner + "
+                        "ONNX Runtime); trt: scn runner + TensorRT engine (default torch)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
-                   help="numeric precision (default fp32); int8: fake-quant PyTorch, --checkpoint is a `ptq` output")
+                   help="default fp32; int8 with torch: fake quant, --checkpoint is a `ptq` / `qat` output")
+    p.add_argument("--artifacts", help="build folder holding the exported files (onnx / trt backends)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
 
@@ -299,6 +355,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bound-margin", type=float, default=1.5,
                    help="output_bound = observed max active voxels x this (default 1.5)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("compare", help="FP32 vs INT8 files on frames: tensors, per layer, detections, mAP")
+    p.add_argument("--config", "-c", default="synthetic_small", help="bundled config name or YAML path")
+    p.add_argument("--artifacts", required=True, help="build folder with scn.*.onnx and rpn_head.*.onnx")
+    p.add_argument("--data", required=True, help="point files or a labeled folder (labels -> mAP)")
+    p.add_argument("--checkpoint", help="the quantized checkpoint: also check the INT8 files against it")
+    p.add_argument("--out", help="where to write compare.json etc. (default: --artifacts)")
+    p.add_argument("--max-frames", type=int, default=50, help="frames to compare (default 50, evenly spread)")
+    p.add_argument("--save-frames", type=int, default=3, help="frames kept in the Polygraphy RunResults (default 3)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("bench", help="latency per stage (voxelize, backbone, rpn_head, decode) and end to end")
+    p.add_argument("--config", "-c", default="synthetic_small", help="bundled config name or YAML path")
+    p.add_argument("--artifacts", help="build folder (onnx / trt backends)")
+    p.add_argument("--checkpoint", help="checkpoint for the torch backend")
+    p.add_argument("--data", required=True, help="point files to run (cycled)")
+    p.add_argument("--backend", nargs="+", default=["onnx"], choices=["torch", "onnx", "trt"])
+    p.add_argument("--precision", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8"])
+    p.add_argument("--iterations", type=int, default=20, help="timed frames per backend x precision (default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed frames first (default 3)")
+    p.add_argument("--out", help="where to write bench.json / bench.png (default: --artifacts)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("build", help="the whole chain: PTQ/QAT -> export -> check -> engine -> compare -> bench -> "
+                                     "report (no arguments: the bundled sample)")
+    p.add_argument("--config", "-c", default="synthetic_small", help="bundled config name or YAML path")
+    p.add_argument("--checkpoint", "-p", help="float det3d checkpoint (default: samples/synthetic_small.pth)")
+    p.add_argument("--calib-data", help="calibration point files (default: generated into OUT/data/calib)")
+    p.add_argument("--eval-data", help="labeled evaluation frames (default: generated into OUT/data/eval)")
+    p.add_argument("--qat", action="store_true", help="fine-tune after PTQ (1 epoch on the calibration data)")
+    p.add_argument("--method", default="mse", choices=["mse", "percentile", "entropy", "max"])
+    p.add_argument("--calib-frames", type=int, default=32, help="calibration frames (default 32)")
+    p.add_argument("--eval-frames", type=int, default=50, help="evaluation frames (default 50)")
+    p.add_argument("--iterations", type=int, default=20, help="bench iterations per backend x precision")
+    p.add_argument("--out", default="build", help="build folder (default build/)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("check", help="lint exported ONNX files (scn: what libspconv's parser accepts); exit 1 on findings")
     p.add_argument("files", nargs="+", metavar="FILE.onnx")

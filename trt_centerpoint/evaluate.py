@@ -1,7 +1,8 @@
 """`trt-centerpoint eval`: run a model on every labeled frame and score it with nuScenes-style AP.
 
-A backend is anything that maps a point cloud to `Detections`; today that is the PyTorch model in FP32.
-The runner stage adds the ONNX Runtime / TensorRT / fake-quant backends behind the same callable.
+A backend is anything that maps a point cloud to `Detections` (`runners.Pipeline`): torch (the PyTorch
+model, FP32 or fake-quant INT8), onnx (the exported files: scn reference runner + ONNX Runtime) or trt
+(scn reference runner + a TensorRT engine of the head); onnx / trt read a build folder (`--artifacts`).
 """
 
 from __future__ import annotations
@@ -10,33 +11,25 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from trt_centerpoint.config import ModelConfig, config_to_dict
 from trt_centerpoint.data.dataset import LabeledFrames
 from trt_centerpoint.data.detections import write_detections
-from trt_centerpoint.errors import UserError
 from trt_centerpoint.eval.ap import evaluate
 from trt_centerpoint.fileio import atomic_write_json
-from trt_centerpoint.model.centerpoint import load_model
 from trt_centerpoint.model.decode import Detections
 
 Detector = Callable[[np.ndarray], Detections]
-BACKENDS = ("torch",)
-PRECISIONS = ("fp32", "int8")  # int8: fake-quant PyTorch from a `trt-centerpoint ptq` checkpoint
+BACKENDS = ("torch", "onnx", "trt")
+PRECISIONS = ("fp32", "int8")  # torch int8: fake-quant PyTorch from a `trt-centerpoint ptq` checkpoint
 
 
-def make_detector(cfg: ModelConfig, checkpoint: str | Path, backend: str = "torch", precision: str = "fp32") -> Detector:
-    if backend not in BACKENDS or precision not in PRECISIONS:
-        raise UserError(f"--backend {backend} --precision {precision}: available: {BACKENDS} x {PRECISIONS}")
-    if precision == "int8":
-        from trt_centerpoint.calib.ptq import load_quantized_model
+def make_detector(cfg: ModelConfig, checkpoint: str | Path | None, backend: str = "torch", precision: str = "fp32",
+                  artifacts: str | Path | None = None) -> Detector:
+    from trt_centerpoint.runners import make_pipeline
 
-        model = load_quantized_model(checkpoint, expect_config=cfg)
-    else:
-        model = load_model(cfg, checkpoint)
-    return lambda points: model.detect([torch.from_numpy(points)])[0]
+    return make_pipeline(cfg, backend, precision, checkpoint=checkpoint, artifacts=artifacts)
 
 
 def detect_dataset(detector: Detector, frames: LabeledFrames, progress: bool = True) -> dict[str, list[dict]]:
@@ -49,12 +42,14 @@ def detect_dataset(detector: Detector, frames: LabeledFrames, progress: bool = T
 
 def run_eval(cfg: ModelConfig, checkpoint: str | Path, data: str | Path, out: str | Path | None = None,
              dump_detections: str | Path | None = None, backend: str = "torch", precision: str = "fp32",
-             progress: bool = True) -> dict:
+             progress: bool = True, artifacts: str | Path | None = None) -> dict:
     frames = LabeledFrames(data, cfg.voxel.num_point_features)
-    detector = make_detector(cfg, checkpoint, backend, precision)
+    detector = make_detector(cfg, checkpoint, backend, precision, artifacts)
     predictions = detect_dataset(detector, frames, progress)
     metrics = evaluate(predictions, frames.ground_truth(), cfg.class_names)
-    metrics["model"] = {"config": cfg.name, "checkpoint": str(checkpoint), "backend": backend, "precision": precision}
+    metrics["model"] = {"config": cfg.name, "checkpoint": None if checkpoint is None else str(checkpoint),
+                        "artifacts": None if artifacts is None else str(artifacts), "backend": backend,
+                        "precision": precision}
     metrics["config"] = config_to_dict(cfg)
     if dump_detections:
         write_detections(dump_detections, predictions)

@@ -41,10 +41,22 @@ def to_run_results(results: Mapping[str, Frames]):
     return run_results
 
 
+def _polygraphy_logger():
+    """Polygraphy's logger, without its one-time "[W] 'colored' module is not installed" print."""
+    import importlib.util
+
+    from polygraphy.logger import G_LOGGER
+
+    if importlib.util.find_spec("colored") is None:
+        G_LOGGER.colors = False
+    return G_LOGGER
+
+
 def save_run_results(path: str | Path, results: Mapping[str, Frames]) -> Path:
     """Save outputs as a Polygraphy ``RunResults`` JSON; atomically (Polygraphy writes a temp path we rename)."""
+    logger = _polygraphy_logger()
     run_results = to_run_results(results)
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, logger.verbosity(logger.ERROR):  # no "[I] Saving ..." line
         run_results.save(os.fspath(tmp))
     return Path(path)
 
@@ -104,7 +116,7 @@ def polygraphy_accuracy(results, atol: float, rtol: float, runners: tuple[str, s
     "frames_passed", "frames", "max_absdiff", "max_reldiff"}}}, the diffs being worst over frames.
     """
     from polygraphy.comparator import Comparator, RunResults
-    from polygraphy.logger import G_LOGGER
+    G_LOGGER = _polygraphy_logger()
 
     try:  # newer Polygraphy deprecates CompareFunc.simple in favour of the class itself
         from polygraphy.comparator import SimpleCompareFunc

@@ -55,7 +55,7 @@ VALIDATION_FRAMES = 2  # the reference runner and PyTorch each run the backbone 
 STAGE = "export"
 
 __all__ = ["DEFAULT_MAX_FRAMES", "RPN_HEAD_FILE", "RPN_HEAD_INT8_FILE", "SCN_FILE", "SCN_INT8_FILE", "SCN_QDQ_FILE",
-           "STAGE", "is_quantized_checkpoint", "load_export_models", "run_export"]
+           "STAGE", "export_key", "is_quantized_checkpoint", "load_export_models", "run_export"]
 
 
 def _sha256_json(obj) -> str:
@@ -87,6 +87,17 @@ def load_export_models(cfg: ModelConfig, checkpoint: Path):
     for _, quantizer in iter_quantizers(float_model):
         quantizer.disable()
     return float_model.eval(), qmodel
+
+
+def export_key(cfg: ModelConfig, checkpoint: Path, calib_data, max_frames: int = DEFAULT_MAX_FRAMES,
+               margin: float = DEFAULT_MARGIN) -> tuple[dict, dict]:
+    """(inputs, params) the manifest records for an export: what decides whether it must run again."""
+    inputs = {"checkpoint": file_sha256(checkpoint), "config": _sha256_json(config_to_dict(cfg))}
+    if calib_data is not None:
+        inputs["calib_data"] = tree_sha256(calib_data)
+    params = {"config": cfg.name, "max_frames": max_frames, "bound_margin": margin,
+              "precision": "int8" if is_quantized_checkpoint(Path(checkpoint)) else "float"}
+    return inputs, params
 
 
 def _pick(files: list[Path], count: int) -> list[Path]:
@@ -267,11 +278,7 @@ def run_export(config: str | Path | ModelConfig, checkpoint: str | Path, out: st
     manifest = Manifest(out)  # read first: a broken manifest fails before anything is written
     for name, data in files.items():
         atomic_write_bytes(out / name, data)
-    inputs = {"checkpoint": file_sha256(checkpoint), "config": _sha256_json(config_to_dict(cfg))}
-    if calib_data is not None:
-        inputs["calib_data"] = tree_sha256(calib_data)
-    params = {"config": cfg.name, "max_frames": max_frames, "bound_margin": margin,
-              "precision": "int8" if qmodel is not None else "float"}
+    inputs, params = export_key(cfg, checkpoint, calib_data, max_frames, margin)
     extra = {
         "checkpoint": str(checkpoint),
         "quantized": qmodel is not None,

@@ -1,0 +1,131 @@
+"""`trt-centerpoint build` end to end on the tiny config: artifacts, report keys, skipping, reruns, interruption."""
+
+import json
+import os
+import time
+
+import pytest
+import torch
+
+from trt_centerpoint.cli import main
+from trt_centerpoint.config import load_config
+from trt_centerpoint.model.centerpoint import CenterPoint
+from trt_centerpoint.model.checkpoint import save_checkpoint
+from trt_centerpoint.pipeline.build import BuildOptions, run_build
+
+ARTIFACTS = ["ptq.pth", "scn.fp16.onnx", "scn.int8.onnx", "scn.int8.qdq.onnx", "rpn_head.fp32.onnx",
+             "rpn_head.int8.onnx", "compare.json", "compare.run_results.json", "detections.fp32.json",
+             "detections.int8.json", "bench.json", "bench.png", "report.md", "report.json", "manifest.json"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = CenterPoint(load_config("tiny")).eval()
+    with torch.no_grad():
+        for task in model.bbox_head.tasks:
+            task.hm[-1].bias.fill_(0.0)  # some boxes to compare
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
+    save_checkpoint(model, path)
+    return path
+
+
+def _opts(checkpoint, out, **kw):
+    return BuildOptions(config="tiny", checkpoint=checkpoint, out=out, calib_frames=2, eval_frames=2,
+                        bench_iterations=2, bench_warmup=0, progress=False, **kw)
+
+
+def _ran(data):
+    return [name for name, s in data["stages"].items() if s["status"] == "ran"]
+
+
+@pytest.fixture(scope="module")
+def built(checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("build")
+    start = time.perf_counter()
+    data = run_build(_opts(checkpoint, out), log=lambda _: None)
+    return out, data, time.perf_counter() - start
+
+
+def test_first_build_writes_every_artifact_and_the_report_keys(built):
+    out, data, _ = built
+    for name in ARTIFACTS:
+        assert (out / name).is_file(), name
+    assert not list(out.rglob("*.tmp")) and not list(out.glob(".*"))
+    assert _ran(data)[:4] == ["data_calib", "data_eval", "ptq", "export"]
+    assert data["stages"]["engine"]["status"] == "unavailable" and "TensorRT" in data["stages"]["engine"]["detail"]
+    report = json.loads((out / "report.json").read_text())
+    assert isinstance(report["accuracy"]["fp32"]["mAP"], float) and isinstance(report["accuracy"]["int8"]["mAP"], float)
+    assert set(report["tensors"]) >= {"reg_0", "hm_0", "hm_1"}
+    assert all(-1.0 <= t["cosine"] <= 1.0 for t in report["tensors"].values())
+    for precision in ("fp32", "int8"):
+        for stage in ("voxelize", "backbone", "rpn_head", "decode", "end_to_end"):
+            assert report["latency"]["onnx"][precision][stage]["median_ms"] > 0
+    assert report["artifacts"]["rpn_head.int8.onnx"]["bytes"] == (out / "rpn_head.int8.onnx").stat().st_size
+    md = (out / "report.md").read_text()
+    assert "| **mAP**" in md and "backbone" in md and "rpn_head.int8.onnx" in md
+
+
+def test_run_results_load_with_polygraphy(built):
+    from polygraphy.comparator import RunResults
+
+    out, _, _ = built
+    results = RunResults.load(str(out / "compare.run_results.json"))
+    assert [name for name, _ in results.items()] == ["onnxrt-fp32", "onnxrt-int8"]
+    first = results["onnxrt-int8"][0]
+    assert "hm_0" in first and first["hm_0"].ndim == 4
+
+
+def test_second_build_skips_everything(built, checkpoint):
+    out, _, first_seconds = built
+    start = time.perf_counter()
+    data = run_build(_opts(checkpoint, out), log=lambda _: None)
+    seconds = time.perf_counter() - start
+    assert _ran(data) == []
+    assert seconds <= 0.25 * first_seconds, (seconds, first_seconds)  # the sample model's ratio is in README
+
+
+def test_deleting_an_artifact_reruns_only_what_makes_it(built, checkpoint):
+    out, _, _ = built
+    before = {name: (out / name).read_bytes() for name in ("rpn_head.int8.onnx", "compare.json")}
+    (out / "rpn_head.int8.onnx").unlink()
+    data = run_build(_opts(checkpoint, out), log=lambda _: None)
+    assert _ran(data) == ["export"]  # the export is deterministic: same bytes, nothing downstream reruns
+    assert (out / "rpn_head.int8.onnx").read_bytes() == before["rpn_head.int8.onnx"]
+    (out / "compare.json").unlink()
+    data = run_build(_opts(checkpoint, out), log=lambda _: None)
+    assert _ran(data) == ["compare", "report"]
+
+
+def test_interrupted_build_leaves_nothing_half_written_and_resumes(checkpoint, tmp_path, monkeypatch):
+    import trt_centerpoint.pipeline.compare_stage as compare_stage
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compare_stage, "run_compare", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_build(_opts(checkpoint, tmp_path), log=lambda _: None)
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")]
+    assert not (tmp_path / "report.md").exists() and not (tmp_path / "compare.json").exists()
+    monkeypatch.undo()
+    data = run_build(_opts(checkpoint, tmp_path), log=lambda _: None)
+    assert _ran(data) == ["compare", "bench", "report"]  # ptq, export and check were complete: kept
+
+
+def test_bad_inputs_are_one_line_errors(checkpoint, tmp_path, capsys):
+    assert main(["build", "--config", "tiny", "--checkpoint", str(tmp_path / "missing.pth"),
+                 "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "missing.pth: no such checkpoint" in err
+    assert main(["build", "--config", "tiny", "--checkpoint", str(checkpoint), "--calib-data",
+                 str(tmp_path / "nowhere"), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "nowhere: no such data folder" in err
+    assert main(["eval", "--config", "tiny", "--backend", "onnx", "--data", str(tmp_path), "--artifacts",
+                 str(tmp_path)]) == 2
+    assert "\n" not in capsys.readouterr().err.strip()
+    os.makedirs(tmp_path / "onnx_only", exist_ok=True)
+    assert main(["engine", "--onnx", str(tmp_path / "onnx_only" / "x.onnx"), "--out", str(tmp_path / "x.plan")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "x.onnx" in err or "TensorRT" in err

@@ -1,0 +1,150 @@
+"""`trt-centerpoint compare`: what INT8 changes, measured on the deployed files (no PyTorch in the loop).
+
+FP32 = `scn.fp16.onnx` (reference runner) + `rpn_head.fp32.onnx` (ONNX Runtime); INT8 = `scn.int8.onnx` +
+`rpn_head.int8.onnx`. On every frame of `--data`:
+- per head output: cosine, max / mean / median abs error, SNR, a log-error histogram (`compare_runs`),
+  and Polygraphy's own per-element check; the first `save_frames` frames of both runs are saved as
+  Polygraphy RunResults JSON (`polygraphy inspect data compare.run_results.json` reads it);
+- per layer of the 2D head: both rpn_head files on the same FP32 BEV, every intermediate tensor marked,
+  pointing at the first layer where the error jumps (`per_layer_onnx`);
+- detection agreement INT8 vs FP32 (boxes of the same class within 1 cm / 10 cm / 50 cm);
+- with labels: mAP of both;
+- with a quantized `checkpoint`: the deployment check of the export issue, the INT8 files against the
+  PyTorch fake-quant model (boxes matched within 1 cm) on `verify_frames` frames.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import onnx
+from tqdm import tqdm
+
+from trt_centerpoint.config import ModelConfig
+from trt_centerpoint.errors import UserError
+from trt_centerpoint.eval.match import match_detections, merge_matches
+from trt_centerpoint.exporter.scn_runner import OutputBoundWarning
+from trt_centerpoint.fileio import atomic_write_json
+from trt_centerpoint.model.decode import Detections, decode
+from trt_centerpoint.pipeline.frames import load_frames
+from trt_centerpoint.runners import FILES, make_pipeline, split_tasks
+
+COMPARE_JSON = "compare.json"
+RUN_RESULTS = "compare.run_results.json"
+DETECTIONS = {"fp32": "detections.fp32.json", "int8": "detections.int8.json"}
+AGREEMENT_RADII = (0.01, 0.1, 0.5)
+DEFAULT_MAX_FRAMES = 50
+# Polygraphy's per-element check: INT8 logits are expected to move; the bound flags gross breakage only.
+POLYGRAPHY_ATOL, POLYGRAPHY_RTOL = 0.5, 0.1
+
+__all__ = ["COMPARE_JSON", "DETECTIONS", "RUN_RESULTS", "compare_outputs", "run_compare"]
+
+
+def _decode(outputs, cfg: ModelConfig) -> Detections:
+    return decode(split_tasks(outputs), cfg)[0] if outputs is not None else Detections.empty(cfg.class_names)
+
+
+def _deployment_check(cfg, checkpoint, artifacts, frames, within_m=0.01) -> dict:
+    """INT8 files vs the PyTorch fake-quant model (exact FP32 weights): boxes matched within 1 cm."""
+    torch_int8 = make_pipeline(cfg, "torch", "int8", checkpoint=checkpoint)
+    onnx_int8 = make_pipeline(cfg, "onnx", "int8", artifacts=artifacts)
+    return merge_matches([match_detections(torch_int8(p), onnx_int8(p), within_m) for p in frames], within_m)
+
+
+def compare_outputs(cfg: ModelConfig, artifacts: Path, frames, progress: bool = True):
+    """({precision: outputs per frame}, {precision: detections per frame}, output_bound overflows), from the
+    files; an overflow is a conv whose active voxels exceeded its output_bound (libspconv would truncate)."""
+    fp32 = make_pipeline(cfg, "onnx", "fp32", artifacts=artifacts)
+    int8 = make_pipeline(cfg, "onnx", "int8", artifacts=artifacts)
+    outs = {"fp32": [], "int8": []}
+    dets = {"fp32": [], "int8": []}
+    overflows: dict[str, dict] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OutputBoundWarning)  # collected below, reported once
+        for points in tqdm(frames, desc="compare", unit="frame", disable=not progress):
+            for precision, pipe in (("fp32", fp32), ("int8", int8)):
+                outputs = pipe.head_outputs(points)
+                outs[precision].append(outputs)
+                dets[precision].append(_decode(outputs, cfg))
+                for node, (count, bound) in pipe.backbone.runner.overflows.items():
+                    seen = overflows.setdefault(node, {"max_active": 0, "output_bound": bound, "frames": 0})
+                    seen["max_active"] = max(seen["max_active"], count)
+                    seen["frames"] += precision == "fp32"
+    return outs, dets, overflows
+
+
+def run_compare(cfg: ModelConfig, artifacts: str | Path, data: str | Path, *, out: str | Path | None = None,
+                checkpoint: str | Path | None = None, max_frames: int = DEFAULT_MAX_FRAMES, save_frames: int = 3,
+                verify_frames: int = 3, progress: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Compare the FP32 and INT8 files on `data`; write compare.json, the RunResults and the detections to
+    `out` (default: `artifacts`). Returns the figures (the report's `tensors`, `detections`, `accuracy`,
+    `per_layer` sections)."""
+    from trt_centerpoint.engine.compare import (compare_runs, per_layer_onnx, polygraphy_accuracy, save_run_results,
+                                                to_run_results)
+
+    start = time.perf_counter()
+    artifacts = Path(artifacts)
+    out = Path(out) if out is not None else artifacts
+    if max_frames < 1:
+        raise UserError(f"--max-frames must be >= 1, got {max_frames}")
+    frames = load_frames(data, cfg, max_frames)
+    if not frames.points:
+        raise UserError(f"{data}: no point files")
+    outs, dets, overflows = compare_outputs(cfg, artifacts, frames.points, progress)
+    if overflows:
+        worst = max(overflows, key=lambda n: overflows[n]["max_active"] / overflows[n]["output_bound"])
+        log(f"warning: {len(overflows)} sparse conv(s) exceed their output_bound on these frames (worst {worst}: "
+            f"{overflows[worst]['max_active']} active voxels > {overflows[worst]['output_bound']}); libspconv would "
+            "drop voxels: export with more --calib-data frames or a larger --bound-margin")
+    ran = [i for i, o in enumerate(outs["fp32"]) if o is not None]
+    if not ran:
+        raise UserError(f"{data}: no frame has a point inside the config's point_cloud_range")
+    ref, got = [outs["fp32"][i] for i in ran], [outs["int8"][i] for i in ran]
+
+    tensors = compare_runs(ref, got)
+    saved = {"onnxrt-fp32": ref[:save_frames], "onnxrt-int8": got[:save_frames]}
+    run_results_path = save_run_results(out / RUN_RESULTS, saved)
+    accuracy_check = polygraphy_accuracy(to_run_results(saved), POLYGRAPHY_ATOL, POLYGRAPHY_RTOL)
+
+    # per layer: the two head files on the same FP32 BEV (the first frame that has voxels)
+    bev = make_pipeline(cfg, "onnx", "fp32", artifacts=artifacts).bev(frames.points[ran[0]]).numpy()
+    per_layer = per_layer_onnx(onnx.load(str(artifacts / FILES[("onnx", "fp32")])),
+                               onnx.load(str(artifacts / FILES[("onnx", "int8")])), {"input": bev})
+    if per_layer["first_jump"]:
+        log(f"per layer: the error first jumps at {per_layer['first_jump']}")
+
+    agreement = {f"{r:g}m": merge_matches([match_detections(a, b, r) for a, b in zip(dets["fp32"], dets["int8"])], r)
+                 for r in AGREEMENT_RADII}
+    detections = {"int8_vs_fp32": agreement, "frames": len(frames.points)}
+    if checkpoint is not None and verify_frames > 0:
+        detections["int8_files_vs_pytorch_fake_quant"] = _deployment_check(
+            cfg, checkpoint, artifacts, [frames.points[i] for i in ran[:verify_frames]])
+
+    predictions = {p: {s: d.to_json_list() for s, d in zip(frames.stems, dets[p])} for p in ("fp32", "int8")}
+    accuracy = None
+    if frames.ground_truth is not None:
+        from trt_centerpoint.eval.ap import evaluate
+
+        accuracy = {"frames": len(frames.stems), "backend": "onnx"}
+        for precision in ("fp32", "int8"):
+            metrics = evaluate(predictions[precision], frames.ground_truth, cfg.class_names)
+            accuracy[precision] = {"mAP": metrics["mAP"], "per_class": metrics["per_class"]}
+        accuracy["delta_mAP"] = accuracy["int8"]["mAP"] - accuracy["fp32"]["mAP"]
+
+    from trt_centerpoint.data.detections import write_detections
+
+    for precision, name in DETECTIONS.items():
+        write_detections(out / name, predictions[precision])
+    figures = {"output_bound_overflows": overflows, "tensors": tensors, "polygraphy": accuracy_check, "per_layer": per_layer, "detections": detections,
+               "accuracy": accuracy, "run_results": run_results_path.name, "frames": len(frames.points),
+               "frames_with_voxels": len(ran), "data": str(data), "seconds": time.perf_counter() - start}
+    atomic_write_json(out / COMPARE_JSON, figures)
+    worst = min(tensors, key=lambda n: tensors[n]["cosine"])
+    log(f"compare: {len(ran)} frame(s); lowest cosine {tensors[worst]['cosine']:.6f} ({worst}); boxes matched "
+        f"within 10 cm {agreement['0.1m']['matched_fraction']:.3f}"
+        + (f"; mAP FP32 {accuracy['fp32']['mAP']:.4f} INT8 {accuracy['int8']['mAP']:.4f}" if accuracy else ""))
+    return figures
+
