@@ -40,6 +40,12 @@ def test_cli_ptq_writes_a_weights_only_checkpoint(tmp_path, float_ckpt, tiny_dat
     assert not any(k.startswith("backbone.conv_input.0._") for k in saved["state_dict"])
     assert not any(".bn" in k or "running_mean" in k for k in saved["state_dict"])  # BN folded
     assert read_ptq_meta(out) == meta
+    # sparse weights and biases hold exactly the FP16 values the scn files deploy (2D weights do not need to)
+    assert meta["sparse_weights_fp16"] is True
+    sparse = [k for k in saved["state_dict"] if k.startswith("backbone.") and k.endswith((".weight", ".bias"))]
+    assert sparse and all(torch.equal(saved["state_dict"][k], saved["state_dict"][k].half().float()) for k in sparse)
+    head = saved["state_dict"]["neck.blocks.0.1.weight"]
+    assert not torch.equal(head, head.half().float())
 
 
 def test_reload_in_a_new_process_is_bit_exact(tmp_path, tiny_cfg, float_ckpt, tiny_data):

@@ -78,7 +78,7 @@ def test_distillation_lowers_the_student_teacher_gap(tmp_path, ckpts, tiny_cfg, 
     gap_ptq = distill_gap(load_quantized_model(ckpts[1]), teacher, clouds)
     # the teacher defaults to the PTQ file's source checkpoint; points only (labels unused)
     model, meta = run_qat(ckpts[1], tiny_data / "points", tmp_path / "qat.pth",
-                          QATOptions(objective="distill", epochs=4, batch_size=1, augment=False), progress=False)
+                          QATOptions(objective="distill", epochs=8, batch_size=1, augment=False), progress=False)
     assert meta["qat"]["teacher"] == str(ckpts[0]) and meta["qat"]["lr"] == 1e-4
     gap_qat = distill_gap(model, teacher, clouds)
     assert 0 < gap_qat < 0.95 * gap_ptq

@@ -54,7 +54,8 @@ from tqdm import tqdm
 
 from trt_centerpoint.calib.compat import iter_quantizers
 from trt_centerpoint.calib.distill import UnlabeledFrames, distill_loss
-from trt_centerpoint.calib.ptq import load_quantized_model, read_ptq_meta, save_quantized_model
+from trt_centerpoint.calib.ptq import (load_quantized_model, read_ptq_meta, round_sparse_weights_fp16,
+                                      save_quantized_model)
 from trt_centerpoint.config import config_from_dict
 from trt_centerpoint.data.dataset import LabeledFrames
 from trt_centerpoint.errors import UserError
@@ -300,6 +301,8 @@ def _run(checkpoint, data, out: Path, opts: QATOptions, ctx: DistContext, progre
     }
     if previous is not None:
         new_meta["qat"]["previous"] = previous
+    if new_meta.get("sparse_weights_fp16"):  # keep the model what the scn files deploy (every rank alike)
+        round_sparse_weights_fp16(student)
     if ctx.is_main:
         save_quantized_model(student, out, new_meta)
     if ctx.distributed:

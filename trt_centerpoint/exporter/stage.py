@@ -162,12 +162,12 @@ def _export_int8(qmodel, cfg: ModelConfig, plan, validation_frames, log) -> tupl
     runner = ScnRunner(scn.to_bytes(), precision="fp32")
     scn_figures = validate_scn(runner, fp16_deployed_reference(fused), validation_frames)
     fp32_weights = validate_scn(runner, qmodel.backbone, validation_frames, min_cosine=0.0)
-    scn_figures["reference"] = "PyTorch fake-quant backbone with the file's FP16 weights"
+    scn_figures["reference"] = "PyTorch fake-quant backbone with the file's FP16 weights and FP16 input features"
     scn_figures["vs_fp32_weights"] = {k: fp32_weights[k] for k in ("min_cosine", "max_abs_error")}
     log(f"{SCN_INT8_FILE}: reference runner vs PyTorch fake-quant backbone on {scn_figures['frames']} frame(s): "
-        f"cosine {scn_figures['min_cosine']:.8f} with the file's FP16 weights (max abs error "
-        f"{scn_figures['max_abs_error']:.3g}); {fp32_weights['min_cosine']:.6f} against FP32 weights "
-        "(the cost of libspconv's FP16 weight storage under INT8)")
+        f"cosine {scn_figures['min_cosine']:.8f} with the file's FP16 weights and inputs (max abs error "
+        f"{scn_figures['max_abs_error']:.3g}); {fp32_weights['min_cosine']:.6f} against the model as loaded "
+        "(FP32 inputs; FP32 weights unless `ptq` rounded them to FP16)")
 
     qdq = scn_to_qdq(scn.model)
     _require_clean(SCN_QDQ_FILE, qdq)

@@ -47,11 +47,17 @@ def _decode(outputs, cfg: ModelConfig) -> Detections:
     return decode(split_tasks(outputs), cfg)[0] if outputs is not None else Detections.empty(cfg.class_names)
 
 
-def _deployment_check(cfg, checkpoint, artifacts, frames, within_m=0.01) -> dict:
-    """INT8 files vs the PyTorch fake-quant model (exact FP32 weights): boxes matched within 1 cm."""
+def _deployment_check(cfg, checkpoint, artifacts, frames) -> dict:
+    """INT8 files vs the PyTorch fake-quant model: boxes matched within 1 cm / 10 cm / 50 cm.
+
+    Expect far less than FP32's 100 % at 1 cm: two INT8 implementations whose float convolutions round
+    differently in the last bit put a few values on the other side of a quantization boundary, and those
+    one-step flips cascade through the following layers (export validation checks the files layer by
+    layer for exactly this reason)."""
     torch_int8 = make_pipeline(cfg, "torch", "int8", checkpoint=checkpoint)
     onnx_int8 = make_pipeline(cfg, "onnx", "int8", artifacts=artifacts)
-    return merge_matches([match_detections(torch_int8(p), onnx_int8(p), within_m) for p in frames], within_m)
+    pairs = [(torch_int8(p), onnx_int8(p)) for p in frames]
+    return {f"{r:g}m": merge_matches([match_detections(a, b, r) for a, b in pairs], r) for r in AGREEMENT_RADII}
 
 
 def compare_outputs(cfg: ModelConfig, artifacts: Path, frames, progress: bool = True):
