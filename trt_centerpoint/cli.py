@@ -178,6 +178,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"per layer: the error first jumps at {figures['per_layer']['first_jump']}")
     for radius, m in figures["detections"]["int8_vs_fp32"].items():
         print(f"INT8 vs FP32 boxes within {radius}: {m['matched_fraction']:.3f}")
+    check = figures["detections"].get("int8_files_vs_pytorch_fake_quant")
+    if check:
+        for radius, m in check["files"].items():
+            base = check["baseline_fp16_features"][radius]["matched_fraction"]
+            print(f"INT8 files vs PyTorch fake quant within {radius}: {m['matched_fraction']:.3f} (PyTorch vs itself "
+                  f"with FP16-rounded voxel features: {base:.3f})")
     if figures["accuracy"]:
         a = figures["accuracy"]
         print(f"mAP FP32 {a['fp32']['mAP']:.4f}  INT8 {a['int8']['mAP']:.4f}  ({a['delta_mAP']:+.4f})")

@@ -300,8 +300,11 @@ def _flat_detections(detections: dict) -> dict:
            "frames": detections.get("frames"), "fp32_boxes": head.get("ref_boxes"), "int8_boxes": head.get("got_boxes")}
     for radius, figures in agreement.items():
         out[f"matched_fraction_{radius}"] = figures.get("matched_fraction")
-    for radius, figures in (detections.get("int8_files_vs_pytorch_fake_quant") or {}).items():
+    check = detections.get("int8_files_vs_pytorch_fake_quant") or {}
+    for radius, figures in check.get("files", {}).items():
         out[f"int8_files_vs_pytorch_fake_quant_{radius}"] = figures.get("matched_fraction")
+    for radius, figures in check.get("baseline_fp16_features", {}).items():
+        out[f"pytorch_fake_quant_vs_itself_fp16_features_{radius}"] = figures.get("matched_fraction")
     return out
 
 
