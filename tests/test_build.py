@@ -129,3 +129,32 @@ def test_bad_inputs_are_one_line_errors(checkpoint, tmp_path, capsys):
     assert main(["engine", "--onnx", str(tmp_path / "onnx_only" / "x.onnx"), "--out", str(tmp_path / "x.plan")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "x.onnx" in err or "TensorRT" in err
+
+
+def test_stage_commands_on_a_build_folder(built, tmp_path, capsys):
+    out, _, _ = built
+    data = str(out / "data" / "eval")
+    assert main(["compare", "--config", "tiny", "--artifacts", str(out), "--data", data, "--out", str(tmp_path),
+                 "--checkpoint", str(out / "ptq.pth"), "--max-frames", "2", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "hm_0" in printed and "INT8 vs FP32 boxes within 0.1m" in printed and "mAP FP32" in printed
+    assert "INT8 files vs PyTorch fake quant within 0.01m" in printed
+    figures = json.loads((tmp_path / "compare.json").read_text())
+    assert figures["frames"] == 2 and set(figures["detections"]["int8_files_vs_pytorch_fake_quant"]) == {
+        "files", "baseline_fp16_features"}
+    assert main(["bench", "--config", "tiny", "--artifacts", str(out), "--checkpoint", str(out / "ptq.pth"),
+                 "--data", data, "--backend", "onnx", "torch", "--iterations", "2", "--warmup", "0",
+                 "--out", str(tmp_path), "--quiet"]) == 0
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    assert set(bench) == {"onnx/fp32", "onnx/int8", "torch/fp32", "torch/int8"}
+    assert bench["torch/int8"]["stages"]["backbone"]["count"] == 2
+    for precision in ("fp32", "int8"):
+        assert main(["eval", "--config", "tiny", "--backend", "onnx", "--precision", precision, "--artifacts", str(out),
+                     "--data", data, "--out", str(tmp_path / f"m_{precision}.json"), "--quiet"]) == 0
+    # eval on the files reproduces compare's mAP (same frames, same files)
+    report = json.loads((out / "report.json").read_text())
+    for precision in ("fp32", "int8"):
+        metrics = json.loads((tmp_path / f"m_{precision}.json").read_text())
+        assert metrics["mAP"] == pytest.approx(report["accuracy"][precision]["mAP"], abs=1e-12)
+    assert main(["eval", "--config", "tiny", "--backend", "trt", "--artifacts", str(out), "--data", data]) == 2
+    assert "rpn_head.fp32.plan" in capsys.readouterr().err

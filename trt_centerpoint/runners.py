@@ -57,7 +57,7 @@ class ScnBackbone:
         self.runner, self.name = ScnRunner(path, precision="fp32", device=device), f"scn:{Path(str(path)).name}"
 
     def run(self, features: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-        return self.runner.run(features, coords)
+        return self.runner.run(features, coords).cpu()
 
 
 class TorchHead:
@@ -187,7 +187,9 @@ def make_pipeline(cfg: ModelConfig, backend: str, precision: str, checkpoint=Non
                                 "(`trt-centerpoint ptq`)")
             model = qmodel if precision == "int8" else float_model
         return Pipeline(cfg, TorchBackbone(model), TorchHead(model), label)
-    backbone = ScnBackbone(_artifact(artifacts, FILES[("scn", precision)]))
+    # the sparse part runs where the head runs: CPU for onnx; the GPU for trt when spconv has CUDA there
+    device = "cuda" if backend == "trt" and torch.cuda.is_available() else "cpu"
+    backbone = ScnBackbone(_artifact(artifacts, FILES[("scn", precision)]), device=device)
     if backend == "onnx":
         return Pipeline(cfg, backbone, OnnxHead(_artifact(artifacts, FILES[("onnx", precision)])), label)
     return Pipeline(cfg, backbone, TrtHead(_artifact(artifacts, FILES[("trt", precision)])), label)
