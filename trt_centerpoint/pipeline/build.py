@@ -99,7 +99,8 @@ class _Build:
         self.manifest = Manifest(self.out)  # stages that record themselves write the manifest too
         rec = self.manifest.stages.get(stage)
         if self.manifest.up_to_date(stage, inputs, params) and (still_valid is None or still_valid(rec.extra)):
-            self.stages.add(stage, "skipped", 0.0, "inputs unchanged, outputs present")
+            what = rec.extra.get("detail") or "outputs present"
+            self.stages.add(stage, "skipped", rec.seconds, f"up to date (made {rec.finished}: {what})")
             self.log(f"[{stage}] up to date, skipped")
             return True
         self.log(f"[{stage}] running")
@@ -109,7 +110,7 @@ class _Build:
                 extra: dict | None = None) -> None:
         self.manifest = Manifest(self.out)
         seconds = time.perf_counter() - start
-        self.manifest.record(stage, inputs, params, outputs, seconds, extra)
+        self.manifest.record(stage, inputs, params, outputs, seconds, {**(extra or {}), "detail": detail})
         self.stages.add(stage, "ran", seconds, detail)
 
     # --- stages ----------------------------------------------------------------------------------
@@ -179,6 +180,9 @@ class _Build:
                   f"{v['scn.int8.onnx']['vs_fp32_weights']['min_cosine']:.6f} (FP32 weights); rpn_head.int8 median "
                   f"abs error {v['rpn_head.int8.onnx']['max_median_abs_error']:.2g} layer by layer")
         self.stages.add(STAGE, "ran", time.perf_counter() - start, detail)
+        self.manifest = Manifest(self.out)
+        self.manifest.stages[STAGE].extra["detail"] = detail
+        self.manifest.save()
 
     def check(self) -> list[str]:
         from trt_centerpoint.exporter.lint import lint_file
