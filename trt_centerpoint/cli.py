@@ -155,7 +155,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from trt_centerpoint.exporter.stage import run_export
 
     record = run_export(args.config, args.checkpoint, args.out, calib_data=args.calib_data,
-                        max_frames=args.max_frames, margin=args.bound_margin)
+                        max_frames=args.max_frames, margin=args.bound_margin, fp16=args.fp16, fp16_io=args.fp16_io)
     for name, digest in record["outputs"].items():
         print(f"wrote {args.out}/{name} (sha256 {digest[:12]})")
     print(f"wrote {args.out}/manifest.json (stage export)")
@@ -352,12 +352,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp16-io", action="store_true",
                    help="the engine takes / returns FP16: the ONNX's float inputs and outputs must already be FLOAT16")
     p.set_defaults(func=cmd_engine)
-    p = sub.add_parser("export", help="export scn.fp16.onnx (libspconv) + rpn_head.fp32.onnx, validated, with manifest.json")
+    p = sub.add_parser("export", help="export scn.fp16.onnx (libspconv) + rpn_head.fp32.onnx (+ the INT8 files for a "
+                                      "quantized checkpoint), validated, with manifest.json")
     _add_model_args(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--calib-data", help="point-cloud file or folder: per-layer output_bound statistics and validation "
                                         "frames (without it: safe-bound fallback, synthetic validation frames)")
     p.add_argument("--max-frames", type=int, default=16, help="frames used from --calib-data, spread evenly (default 16)")
+    p.add_argument("--fp16", action="store_true",
+                   help="also rpn_head.int8.fp16.onnx: INT8 head with FP16 float parts (strongly typed TensorRT)")
+    p.add_argument("--fp16-io", action="store_true", help="with --fp16: FP16 input and outputs too")
     p.add_argument("--bound-margin", type=float, default=1.5,
                    help="output_bound = observed max active voxels x this (default 1.5)")
     p.set_defaults(func=cmd_export)

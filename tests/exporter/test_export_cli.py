@@ -120,3 +120,19 @@ def test_stray_ranges_without_ptq_meta_are_a_one_line_error(model, tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "q.pth" in err and "_amax" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_fp16_option_writes_the_strongly_typed_head(exported_int8, data_dir, tmp_path, capsys):
+    ptq = exported_int8.parent / "ptq.pth"
+    out = tmp_path / "fp16"
+    assert main(["export", "--config", "tiny", "--checkpoint", str(ptq), "--out", str(out), "--calib-data",
+                 str(data_dir), "--fp16", "--fp16-io"]) == 0
+    assert "rpn_head.int8.fp16.onnx: ONNX Runtime vs PyTorch fake-quant head" in capsys.readouterr().out
+    model = onnx.load(str(out / "rpn_head.int8.fp16.onnx"))
+    assert {o.version for o in model.opset_import if o.domain in ("", "ai.onnx")} == {19}
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    stage = json.loads((out / "manifest.json").read_text())["stages"]["export"]
+    assert stage["params"]["fp16"] is True and "rpn_head.int8.fp16.onnx" in stage["outputs"]
+    assert main(["check", str(out / "rpn_head.int8.fp16.onnx")]) == 0
+    assert main(["export", "--config", "tiny", "--checkpoint", str(ptq), "--out", str(out), "--fp16-io"]) == 2
+    assert "--fp16-io needs --fp16" in capsys.readouterr().err

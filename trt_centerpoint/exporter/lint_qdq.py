@@ -23,6 +23,7 @@ from trt_centerpoint.exporter.lint_common import Finding, attributes
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 CONV_OPS = ("Conv", "ConvTranspose")
 MIN_OPSET = 13  # per-channel `axis` on QuantizeLinear / DequantizeLinear
+HALF_SCALE_OPSET = 19  # float16 / bfloat16 scales (strongly typed FP16 files) on QuantizeLinear / DequantizeLinear
 
 __all__ = ["QDQ_RULES"]
 
@@ -103,6 +104,34 @@ def rule_qdq_opset(g: _Graph) -> list[Finding]:
         return [Finding("header", f"opset {version} with QuantizeLinear / DequantizeLinear: per-channel "
                                   f"quantization needs opset >= {MIN_OPSET}")]
     return []
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return {o.domain or "ai.onnx": o.version for o in model.opset_import}.get("ai.onnx", 0)
+
+
+@_qdq_rule
+def rule_qdq_scale_type(g: _Graph) -> list[Finding]:
+    """Scales are float32, or float16 / bfloat16 from opset 19 on (before, the op takes float32 only and
+    onnx.checker / TensorRT's parser refuse the file; a DequantizeLinear's output has its scale's type)."""
+    version = _opset(g.model)
+    out = []
+    for node in g.model.graph.node:
+        scale = g.scale(node) if node.op_type in QDQ_OPS else None
+        if scale is None:
+            continue
+        kind = np.asarray(scale).dtype.name
+        if kind == "float32":
+            continue
+        if kind in ("float16", "bfloat16"):
+            if version < HALF_SCALE_OPSET:
+                out.append(Finding(_name(node), f"{kind} scale {node.input[1]!r} at opset {version}: {node.op_type} "
+                                                f"takes {kind} scales from opset {HALF_SCALE_OPSET} on (float32 "
+                                                "before); set the opset to 19 or store the scale as float32"))
+            continue
+        out.append(Finding(_name(node), f"{kind} scale {node.input[1]!r}: {node.op_type} takes float32 scales "
+                                        f"(float16 / bfloat16 from opset {HALF_SCALE_OPSET} on)"))
+    return out
 
 
 @_qdq_rule
@@ -214,5 +243,5 @@ def rule_no_qdq_on_outputs(g: _Graph) -> list[Finding]:
     return out
 
 
-QDQ_RULES = [rule_qdq_opset, rule_qdq_scales, rule_conv_inputs_quantized, rule_weight_scales,
+QDQ_RULES = [rule_qdq_opset, rule_qdq_scale_type, rule_qdq_scales, rule_conv_inputs_quantized, rule_weight_scales,
              rule_concat_shared_scale, rule_no_qdq_on_outputs]

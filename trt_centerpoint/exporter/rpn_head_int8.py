@@ -48,6 +48,7 @@ from trt_centerpoint.exporter.passes import (
     name_and_order_outputs,
     run_passes,
 )
+from trt_centerpoint.exporter.passes_fp16 import FP16_OPSET, set_opset, to_fp16
 from trt_centerpoint.exporter.passes_qdq import (
     dedupe_qdq,
     int8_weights,
@@ -64,9 +65,15 @@ from trt_centerpoint.exporter.rpn_head import (
 from trt_centerpoint.exporter.validate import ValidationError
 
 RPN_HEAD_INT8_TOLERANCE = 1e-4  # per output median abs error, ONNX Runtime vs PyTorch fake quant
+# The same for a file with FP16 float parts (`fp16=True`), against the float32 PyTorch fake quant: scales,
+# biases and every activation are rounded to float16 (relative 2^-11), and an int8 step flips where that
+# rounding moves a value across a rounding boundary. Tiny test model (outputs up to ~4), 2 real BEVs + 1
+# dense, ONNX Runtime 1.32 CPU: worst median 2.1e-3 layer by layer (max 2.2e-2), 8.5e-3 free running
+# (not gated). 1e-2 leaves ~5x room; a weight scale x1.5 on one head conv still gives a median of 2.6e-2.
+RPN_HEAD_FP16_TOLERANCE = 1e-2
 INT8_BOUND = 127  # scale = amax / 127 (pytorch-quantization's 8-bit bound, as TensorRT and libspconv)
 
-__all__ = ["RPN_HEAD_INT8_TOLERANCE", "export_rpn_head_int8", "polygraphy_compare", "quantizer_scales",
+__all__ = ["RPN_HEAD_FP16_TOLERANCE", "RPN_HEAD_INT8_TOLERANCE", "export_rpn_head_int8", "polygraphy_compare", "quantizer_scales",
            "trace_rpn_head_int8", "validate_rpn_head_int8"]
 
 
@@ -169,15 +176,29 @@ def trace_rpn_head_int8(qmodel: nn.Module, cfg: ModelConfig) -> tuple[onnx.Model
     return exported, check_exported_scales(exported, wrapper)
 
 
-def export_rpn_head_int8(qmodel: nn.Module, cfg: ModelConfig) -> RpnHeadExport:
-    """Export the calibrated quantized 2D part of `qmodel` as a Q/DQ ONNX file (module doc)."""
+def export_rpn_head_int8(qmodel: nn.Module, cfg: ModelConfig, fp16: bool = False,
+                         fp16_io: bool = False) -> RpnHeadExport:
+    """Export the calibrated quantized 2D part of `qmodel` as a Q/DQ ONNX file (module doc).
+
+    `fp16`: the float parts (scales, biases, the float reg.3 convs, every float tensor) in float16, for
+    strongly typed TensorRT builds (`passes_fp16.to_fp16`, opset 19 for float16 Q/DQ scales); the input
+    and outputs stay float32 behind Casts unless `fp16_io` (which needs `fp16`). The metadata props record
+    `precision` (int8), `float_precision` (fp16 / fp32) and `io` (fp16 / fp32).
+    """
+    if fp16_io and not fp16:
+        raise ValueError("export_rpn_head_int8: fp16_io=True needs fp16=True (float16 I/O of a float32 graph)")
     names = rpn_head_output_names(qmodel)
     exported, checked = trace_rpn_head_int8(qmodel, cfg)
     passes = [fold_constants, int8_weights, dedupe_qdq, unify_concat_scales,
               functools.partial(name_and_order_outputs, names=names), cleanup_toposort, infer_shapes]
+    if fp16:
+        passes.append(functools.partial(to_fp16, keep_io_fp32=not fp16_io))
     out, reports = run_passes(exported, passes)
+    if fp16:
+        set_opset(out, FP16_OPSET)
     out.producer_name = "trt-centerpoint"
-    onnx.helper.set_model_props(out, {"precision": "int8", "qdq_checked": str(checked)})
+    onnx.helper.set_model_props(out, {"precision": "int8", "float_precision": "fp16" if fp16 else "fp32",
+                                      "io": "fp16" if fp16_io else "fp32", "qdq_checked": str(checked)})
     return RpnHeadExport(out, names, reports)
 
 
@@ -228,7 +249,8 @@ def _forced(model: onnx.ModelProto, calls: dict):
     path, call index)} = what to feed, {extra output name: (quantizer path, call index)} = what to check)."""
     forced = onnx.ModelProto()
     forced.CopyFrom(model)
-    constants = set(_constant_values(forced))
+    values = _constant_values(forced)
+    constants = set(values)
     outputs = {o.name for o in forced.graph.output}
     feeds, checks = {}, {}
     for node in forced.graph.node:
@@ -245,7 +267,9 @@ def _forced(model: onnx.ModelProto, calls: dict):
             forced.graph.output.append(onnx.helper.make_empty_tensor_value_info(node.input[0]))
         node.input[0] = name
         shape = list(calls[key].shape)
-        forced.graph.input.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape))
+        scale = values.get(node.input[1])  # QuantizeLinear's input has its scale's type (float16 scales: FP16 file)
+        elem = onnx.helper.np_dtype_to_tensor_dtype(scale.dtype) if scale is not None else onnx.TensorProto.FLOAT
+        forced.graph.input.append(onnx.helper.make_tensor_value_info(name, elem, shape))
     return forced, feeds, checks
 
 
@@ -258,8 +282,17 @@ def _summarise(diffs: dict[str, list[np.ndarray]]) -> dict[str, dict]:
     return out
 
 
+def _input_dtypes(session) -> dict[str, type]:
+    """{graph input name: the NumPy type to feed}: float16 where the file takes float16, else float32."""
+    return {i.name: np.float16 if i.type == "tensor(float16)" else np.float32 for i in session.get_inputs()}
+
+
+def _float_precision(model: onnx.ModelProto) -> str:
+    return {p.key: p.value for p in model.metadata_props}.get("float_precision", "fp32")
+
+
 def validate_rpn_head_int8(exported: RpnHeadExport, qmodel: nn.Module, bevs: list[torch.Tensor],
-                           tolerance: float = RPN_HEAD_INT8_TOLERANCE) -> dict:
+                           tolerance: float | None = None) -> dict:
     """Checker + strict shape inference + ONNX Runtime vs the PyTorch fake-quant head on `bevs`.
 
     Two runs per input:
@@ -272,8 +305,14 @@ def validate_rpn_head_int8(exported: RpnHeadExport, qmodel: nn.Module, bevs: lis
       through every later layer (sample model: 7 of 102400 elements at the second conv's input, ~3 % at the
       last; hm median abs error 0.011), which says nothing about the file.
     - free running: ONNX Runtime alone from the BEV; figures reported (`free_running`), not gated.
+    `tolerance` defaults to RPN_HEAD_INT8_TOLERANCE, or RPN_HEAD_FP16_TOLERANCE for a file whose metadata
+    says `float_precision: fp16`; pass a larger one to accept more. Inputs are fed in the type the file
+    takes (float16 for an `io: fp16` file and for the forced quantizer inputs of an FP16 file: rounded
+    from PyTorch's float32 tensors), and differences are taken in float64.
     Raises ValidationError naming the worst output.
     """
+    if tolerance is None:
+        tolerance = RPN_HEAD_FP16_TOLERANCE if _float_precision(exported.model) == "fp16" else RPN_HEAD_INT8_TOLERANCE
     proto = exported.model
     try:
         onnx.checker.check_model(proto, full_check=True)
@@ -294,14 +333,17 @@ def validate_rpn_head_int8(exported: RpnHeadExport, qmodel: nn.Module, bevs: lis
         forced_model, feeds, checks = _forced(proto, calls)
         forced_count = len(feeds)
         forced_session = _ort_session(forced_model.SerializeToString())
+        dtypes = _input_dtypes(forced_session)
         inputs = {RPN_HEAD_INPUT: x.float().numpy(), **{n: calls[k].numpy() for n, k in feeds.items()}}
+        inputs = {n: v.astype(dtypes[n], copy=False) for n, v in inputs.items()}
         forced_out = forced_session.run(exported.output_names + list(checks), inputs)
         for diffs, got in ((forced_diffs, forced_out), (free_diffs, session.run(None, {RPN_HEAD_INPUT: inputs[RPN_HEAD_INPUT]}))):
             for name, r, g in zip(exported.output_names, ref, got):
-                diffs[name].append(np.abs(r.numpy().astype(np.float64) - g).reshape(-1))
+                diffs[name].append(np.abs(r.numpy().astype(np.float64) - g.astype(np.float64)).reshape(-1))
         for (tensor, key), g in zip(checks.items(), forced_out[len(exported.output_names):]):
             label = f"{key[0]}" + (f"[{key[1]}]" if key[1] else "") + " input"
-            segment_diffs.setdefault(label, []).append(np.abs(calls[key].numpy().astype(np.float64) - g).reshape(-1))
+            segment_diffs.setdefault(label, []).append(
+                np.abs(calls[key].numpy().astype(np.float64) - g.astype(np.float64)).reshape(-1))
     per_output, free = _summarise(forced_diffs), _summarise(free_diffs)
     segments = _summarise(segment_diffs)
     gated = {**per_output, **segments}  # every segment is gated like an output

@@ -49,6 +49,7 @@ RPN_HEAD_FILE = "rpn_head.fp32.onnx"
 SCN_INT8_FILE = "scn.int8.onnx"
 SCN_QDQ_FILE = "scn.int8.qdq.onnx"
 RPN_HEAD_INT8_FILE = "rpn_head.int8.onnx"
+RPN_HEAD_INT8_FP16_FILE = "rpn_head.int8.fp16.onnx"  # with --fp16
 DEFAULT_MAX_FRAMES = 16
 VALIDATION_FRAMES = 2  # the reference runner and PyTorch each run the backbone once per frame
 
@@ -90,13 +91,15 @@ def load_export_models(cfg: ModelConfig, checkpoint: Path):
 
 
 def export_key(cfg: ModelConfig, checkpoint: Path, calib_data, max_frames: int = DEFAULT_MAX_FRAMES,
-               margin: float = DEFAULT_MARGIN) -> tuple[dict, dict]:
+               margin: float = DEFAULT_MARGIN, fp16: bool = False, fp16_io: bool = False) -> tuple[dict, dict]:
     """(inputs, params) the manifest records for an export: what decides whether it must run again."""
     inputs = {"checkpoint": file_sha256(checkpoint), "config": _sha256_json(config_to_dict(cfg))}
     if calib_data is not None:
         inputs["calib_data"] = tree_sha256(calib_data)
     params = {"config": cfg.name, "max_frames": max_frames, "bound_margin": margin,
               "precision": "int8" if is_quantized_checkpoint(Path(checkpoint)) else "float"}
+    if fp16:
+        params.update(fp16=True, fp16_io=bool(fp16_io))
     return inputs, params
 
 
@@ -146,6 +149,50 @@ def _require_clean(name: str, model) -> list[str]:
     return findings
 
 
+# Polygraphy's own comparison (OnnxrtRunner vs PyTorch) of each 2D file, a second, independent check:
+# (statistic, atol, rtol); an output passes when the statistic of its abs OR its relative error is within
+# tolerance (Polygraphy's rule). FP32: every element (max). INT8 runs free here (no layer-by-layer
+# forcing), so one-step rounding flips cascade (rpn_head_int8.validate_rpn_head_int8): on the sample the
+# median abs error reaches 1.2e-2 on an output the model never learned (vel); 5e-2 catches a broken file,
+# and the layer-by-layer gate (1e-4) catches a wrong scale.
+POLYGRAPHY_FP32 = ("max", 1e-4, 1e-4)
+POLYGRAPHY_INT8 = ("median", 5e-2, 5e-2)
+
+
+def _polygraphy_check(name: str, exported, model, bevs, rule, log) -> dict:
+    from trt_centerpoint.exporter.rpn_head import RPN_HEAD_INPUT, RpnHeadModule
+    from trt_centerpoint.exporter.rpn_head_int8 import polygraphy_compare
+
+    stat, atol, rtol = rule
+    figures = polygraphy_compare(exported.to_bytes(), RpnHeadModule(model), bevs, RPN_HEAD_INPUT,
+                                 exported.output_names, atol=atol, rtol=rtol, check_error_stat=stat)
+    worst = max(v[f"{stat}_abs"] for v in figures["per_output"].values())
+    log(f"{name}: Polygraphy OnnxrtRunner vs PyTorch: {'passed' if figures['passed'] else 'FAILED'} "
+        f"({stat} abs error <= {atol:g}; worst {worst:.3g})")
+    if not figures["passed"]:
+        failed = [n for n, v in figures["per_output"].items() if not v["passed"]]
+        raise ValidationError(f"{name}: Polygraphy comparison with PyTorch failed on {', '.join(failed[:4])} "
+                              f"({stat} abs error above {atol:g})")
+    return figures
+
+
+def _export_int8_fp16(qmodel, cfg: ModelConfig, validation_frames, fp16_io: bool, log):
+    """`rpn_head.int8.fp16.onnx`: lint + ONNX Runtime vs PyTorch fake quant at the FP16 tolerance."""
+    from trt_centerpoint.exporter.rpn_head_int8 import export_rpn_head_int8, validate_rpn_head_int8
+
+    rpn = export_rpn_head_int8(qmodel, cfg, fp16=True, fp16_io=fp16_io)
+    for report in rpn.passes[-1:]:
+        log(f"{RPN_HEAD_INT8_FP16_FILE}: {report.line()}")
+    _require_clean(RPN_HEAD_INT8_FP16_FILE, rpn.model)
+    bevs = [qmodel.backbone(f, c, 1) for f, c in validation_frames]
+    figures = validate_rpn_head_int8(rpn, qmodel, bevs)
+    log(f"{RPN_HEAD_INT8_FP16_FILE}: ONNX Runtime vs PyTorch fake-quant head: worst median abs error "
+        f"{figures['max_median_abs_error']:.3g} layer by layer (FP16 tolerance {figures['tolerance']:g})")
+    info = {RPN_HEAD_INT8_FP16_FILE: {"format": "onnx", "opset": 19, "precision": "int8", "float_precision": "fp16",
+                                      "io": "fp16" if fp16_io else "fp32", "outputs": rpn.output_names}}
+    return {RPN_HEAD_INT8_FP16_FILE: rpn.to_bytes()}, {RPN_HEAD_INT8_FP16_FILE: figures}, info
+
+
 def _export_int8(qmodel, cfg: ModelConfig, plan, validation_frames, log) -> tuple[dict, dict, dict]:
     """The three INT8 files as bytes, their validation figures and pass logs (raises on any failure)."""
     from trt_centerpoint.exporter.rpn_head_int8 import export_rpn_head_int8, validate_rpn_head_int8
@@ -186,6 +233,7 @@ def _export_int8(qmodel, cfg: ModelConfig, plan, validation_frames, log) -> tupl
     rpn_figures = validate_rpn_head_int8(rpn, qmodel, bevs)
     log(f"{RPN_HEAD_INT8_FILE}: ONNX Runtime vs PyTorch fake-quant head on {len(bevs)} BEV map(s): worst median abs "
         f"error {rpn_figures['max_median_abs_error']:.3g}, max abs error {rpn_figures['max_abs_error']:.3g}")
+    rpn_figures["polygraphy"] = _polygraphy_check(RPN_HEAD_INT8_FILE, rpn, qmodel, bevs, POLYGRAPHY_INT8, log)
     files = {SCN_INT8_FILE: scn.to_bytes(), SCN_QDQ_FILE: qdq.SerializeToString(), RPN_HEAD_INT8_FILE: rpn.to_bytes()}
     figures = {SCN_INT8_FILE: scn_figures, SCN_QDQ_FILE: qdq_figures, RPN_HEAD_INT8_FILE: rpn_figures}
     info = {
@@ -206,8 +254,15 @@ def _export_int8(qmodel, cfg: ModelConfig, plan, validation_frames, log) -> tupl
 @torch.no_grad()
 def run_export(config: str | Path | ModelConfig, checkpoint: str | Path, out: str | Path,
                calib_data: str | Path | None = None, max_frames: int = DEFAULT_MAX_FRAMES,
-               margin: float = DEFAULT_MARGIN, log: Callable[[str], None] = print) -> dict:
-    """Export, validate and write the deployment files; returns the stage's manifest record as a dict."""
+               margin: float = DEFAULT_MARGIN, fp16: bool = False, fp16_io: bool = False,
+               log: Callable[[str], None] = print) -> dict:
+    """Export, validate and write the deployment files; returns the stage's manifest record as a dict.
+
+    fp16 (quantized checkpoints): also `rpn_head.int8.fp16.onnx`, the INT8 head with its float parts in
+    FP16 (opset 19, FP16 scales) for strongly typed TensorRT builds; fp16_io gives it FP16 input / outputs.
+    """
+    if fp16_io and not fp16:
+        raise UserError("--fp16-io needs --fp16 (it applies to rpn_head.int8.fp16.onnx)")
     start = time.perf_counter()
 
     cfg = config if isinstance(config, ModelConfig) else load_config(config)
@@ -216,6 +271,8 @@ def run_export(config: str | Path | ModelConfig, checkpoint: str | Path, out: st
         raise UserError(f"--max-frames must be >= 1, got {max_frames}")
     model, qmodel = load_export_models(cfg, checkpoint)
     log(f"{checkpoint}: {'quantized' if qmodel is not None else 'float'} checkpoint")
+    if fp16 and qmodel is None:
+        raise UserError(f"{checkpoint}: --fp16 applies to the INT8 head; give a quantized checkpoint (`ptq` / `qat`)")
 
     if calib_data is not None:
         frames, calib_record = _calib_frames(model, cfg, calib_data, max_frames)
@@ -251,6 +308,7 @@ def run_export(config: str | Path | ModelConfig, checkpoint: str | Path, out: st
     log(f"{RPN_HEAD_FILE}: ONNX Runtime vs PyTorch on {rpn_figures['frames']} BEV map(s): "
         f"max abs error {rpn_figures['max_abs_error']:.3g} ({rpn_figures['max_scaled_error']:.3g} relative to "
         f"max(1, |output|); PyTorch FP32 vs float64: {rpn_figures['pytorch_fp32_vs_fp64_max_abs']:.3g})")
+    rpn_figures["polygraphy"] = _polygraphy_check(RPN_HEAD_FILE, rpn, model, bevs, POLYGRAPHY_FP32, log)
     files = {SCN_FILE: scn_bytes, RPN_HEAD_FILE: rpn.to_bytes()}
     validation = {SCN_FILE: scn_figures, RPN_HEAD_FILE: rpn_figures}
     passes = {SCN_FILE: [fusion_line], RPN_HEAD_FILE: [r.as_dict() for r in rpn.passes]}
@@ -269,6 +327,11 @@ def run_export(config: str | Path | ModelConfig, checkpoint: str | Path, out: st
         if not validation_frames:
             raise UserError(f"{checkpoint}: no frame with voxels to validate the INT8 export on")
         int8_files, int8_figures, int8_info = _export_int8(qmodel, cfg, plan, validation_frames, log)
+        if fp16:
+            fp16_files, fp16_figures, fp16_info = _export_int8_fp16(qmodel, cfg, validation_frames, fp16_io, log)
+            int8_files.update(fp16_files)
+            int8_figures.update(fp16_figures)
+            int8_info["artifacts"].update(fp16_info)
         files.update(int8_files)
         validation.update(int8_figures)
         passes.update(int8_info["passes"])
@@ -278,7 +341,7 @@ def run_export(config: str | Path | ModelConfig, checkpoint: str | Path, out: st
     manifest = Manifest(out)  # read first: a broken manifest fails before anything is written
     for name, data in files.items():
         atomic_write_bytes(out / name, data)
-    inputs, params = export_key(cfg, checkpoint, calib_data, max_frames, margin)
+    inputs, params = export_key(cfg, checkpoint, calib_data, max_frames, margin, fp16, fp16_io)
     extra = {
         "checkpoint": str(checkpoint),
         "quantized": qmodel is not None,
