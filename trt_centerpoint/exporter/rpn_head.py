@@ -93,17 +93,22 @@ def export_rpn_head(model: nn.Module, cfg: ModelConfig) -> RpnHeadExport:
     return RpnHeadExport(out, names, reports)
 
 
+def check_onnx(proto: onnx.ModelProto, what: str) -> None:
+    """onnx.checker's full check and strict shape inference, as one ValidationError line naming `what`."""
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ValidationError(f"{what}: {str(exc).strip().splitlines()[0]}") from None
+
+
 def validate_rpn_head(exported: RpnHeadExport, model: nn.Module, inputs: list[torch.Tensor],
                       tolerance: float = RPN_HEAD_TOLERANCE) -> dict:
     """Checker + shape inference + ONNX Runtime vs PyTorch; returns figures, raises ValidationError."""
     import onnxruntime as ort
 
     proto = exported.model
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise ValidationError(f"rpn_head: {str(exc).strip().splitlines()[0]}") from None
+    check_onnx(proto, "rpn_head")
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(exported.to_bytes(), options, providers=["CPUExecutionProvider"])

@@ -60,6 +60,7 @@ from trt_centerpoint.exporter.rpn_head import (
     RpnHeadExport,
     RpnHeadModule,
     bev_input_shape,
+    check_onnx,
     rpn_head_output_names,
 )
 from trt_centerpoint.exporter.validate import ValidationError
@@ -314,11 +315,7 @@ def validate_rpn_head_int8(exported: RpnHeadExport, qmodel: nn.Module, bevs: lis
     if tolerance is None:
         tolerance = RPN_HEAD_FP16_TOLERANCE if _float_precision(exported.model) == "fp16" else RPN_HEAD_INT8_TOLERANCE
     proto = exported.model
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise ValidationError(f"rpn_head int8: {str(exc).strip().splitlines()[0]}") from None
+    check_onnx(proto, "rpn_head int8")
     session = _ort_session(exported.to_bytes())
     got_names = [o.name for o in session.get_outputs()]
     if got_names != exported.output_names:

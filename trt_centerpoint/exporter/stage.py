@@ -176,18 +176,25 @@ def _polygraphy_check(name: str, exported, model, bevs, rule, log) -> dict:
     return figures
 
 
-def _export_int8_fp16(qmodel, cfg: ModelConfig, validation_frames, fp16_io: bool, log):
-    """`rpn_head.int8.fp16.onnx`: lint + ONNX Runtime vs PyTorch fake quant at the FP16 tolerance."""
+def _int8_head(name: str, qmodel, cfg: ModelConfig, bevs, log, **options):
+    """Export one INT8 head file (options: fp16, fp16_io), print its pass log, lint and validate it."""
     from trt_centerpoint.exporter.rpn_head_int8 import export_rpn_head_int8, validate_rpn_head_int8
 
-    rpn = export_rpn_head_int8(qmodel, cfg, fp16=True, fp16_io=fp16_io)
-    for report in rpn.passes[-1:]:
-        log(f"{RPN_HEAD_INT8_FP16_FILE}: {report.line()}")
-    _require_clean(RPN_HEAD_INT8_FP16_FILE, rpn.model)
-    bevs = [qmodel.backbone(f, c, 1) for f, c in validation_frames]
+    rpn = export_rpn_head_int8(qmodel, cfg, **options)
+    for report in rpn.passes:
+        log(f"{name}: {report.line()}")
+    _require_clean(name, rpn.model)
     figures = validate_rpn_head_int8(rpn, qmodel, bevs)
-    log(f"{RPN_HEAD_INT8_FP16_FILE}: ONNX Runtime vs PyTorch fake-quant head: worst median abs error "
-        f"{figures['max_median_abs_error']:.3g} layer by layer (FP16 tolerance {figures['tolerance']:g})")
+    log(f"{name}: ONNX Runtime vs PyTorch fake-quant head on {len(bevs)} BEV map(s): worst median abs error "
+        f"{figures['max_median_abs_error']:.3g} layer by layer (tolerance {figures['tolerance']:g}), max abs error "
+        f"{figures['max_abs_error']:.3g}")
+    return rpn, figures
+
+
+def _export_int8_fp16(qmodel, cfg: ModelConfig, validation_frames, fp16_io: bool, log):
+    """`rpn_head.int8.fp16.onnx`: lint + ONNX Runtime vs PyTorch fake quant at the FP16 tolerance."""
+    bevs = [qmodel.backbone(f, c, 1) for f, c in validation_frames]
+    rpn, figures = _int8_head(RPN_HEAD_INT8_FP16_FILE, qmodel, cfg, bevs, log, fp16=True, fp16_io=fp16_io)
     info = {RPN_HEAD_INT8_FP16_FILE: {"format": "onnx", "opset": 19, "precision": "int8", "float_precision": "fp16",
                                       "io": "fp16" if fp16_io else "fp32", "outputs": rpn.output_names}}
     return {RPN_HEAD_INT8_FP16_FILE: rpn.to_bytes()}, {RPN_HEAD_INT8_FP16_FILE: figures}, info
@@ -195,7 +202,6 @@ def _export_int8_fp16(qmodel, cfg: ModelConfig, validation_frames, fp16_io: bool
 
 def _export_int8(qmodel, cfg: ModelConfig, plan, validation_frames, log) -> tuple[dict, dict, dict]:
     """The three INT8 files as bytes, their validation figures and pass logs (raises on any failure)."""
-    from trt_centerpoint.exporter.rpn_head_int8 import export_rpn_head_int8, validate_rpn_head_int8
     from trt_centerpoint.exporter.scn_qdq import scn_to_qdq
     from trt_centerpoint.exporter.scn_quant import precision_summary, scn_quant_specs
 
@@ -225,14 +231,8 @@ def _export_int8(qmodel, cfg: ModelConfig, plan, validation_frames, log) -> tupl
     qdq_figures = {"frames": len(validation_frames), "identical_to": SCN_INT8_FILE}
     log(f"{SCN_QDQ_FILE}: executes bit-identically to {SCN_INT8_FILE} on {len(validation_frames)} frame(s)")
 
-    rpn = export_rpn_head_int8(qmodel, cfg)
-    for report in rpn.passes:
-        log(f"{RPN_HEAD_INT8_FILE}: {report.line()}")
-    _require_clean(RPN_HEAD_INT8_FILE, rpn.model)
     bevs = [qmodel.backbone(f, c, 1) for f, c in validation_frames]
-    rpn_figures = validate_rpn_head_int8(rpn, qmodel, bevs)
-    log(f"{RPN_HEAD_INT8_FILE}: ONNX Runtime vs PyTorch fake-quant head on {len(bevs)} BEV map(s): worst median abs "
-        f"error {rpn_figures['max_median_abs_error']:.3g}, max abs error {rpn_figures['max_abs_error']:.3g}")
+    rpn, rpn_figures = _int8_head(RPN_HEAD_INT8_FILE, qmodel, cfg, bevs, log)
     rpn_figures["polygraphy"] = _polygraphy_check(RPN_HEAD_INT8_FILE, rpn, qmodel, bevs, POLYGRAPHY_INT8, log)
     files = {SCN_INT8_FILE: scn.to_bytes(), SCN_QDQ_FILE: qdq.SerializeToString(), RPN_HEAD_INT8_FILE: rpn.to_bytes()}
     figures = {SCN_INT8_FILE: scn_figures, SCN_QDQ_FILE: qdq_figures, RPN_HEAD_INT8_FILE: rpn_figures}
