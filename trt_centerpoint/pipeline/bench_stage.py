@@ -17,6 +17,7 @@ from pathlib import Path
 
 from trt_centerpoint.config import ModelConfig
 from trt_centerpoint.errors import UserError
+from trt_centerpoint.manifest import library_versions
 from trt_centerpoint.pipeline.frames import load_frames
 from trt_centerpoint.runners import BACKENDS, PRECISIONS, make_pipeline
 
@@ -64,7 +65,7 @@ def run_bench(cfg: ModelConfig, artifacts: str | Path | None, data: str | Path, 
             label = f"{backend}/{precision}"
             result = run_benchmark(lambda timer, i, pipe=pipe: pipe.detect(points[i % len(points)], timer),
                                    iterations, warmup, device=device, progress=progress)
-            result.meta.update(backend=backend, precision=precision, frames=len(points))
+            result.meta.update(backend=backend, precision=precision, frames=len(points), versions=library_versions())
             results[label] = result
             stages = ", ".join(f"{s} {st.median_ms:.1f}" for s, st in result.stages.items())
             log(f"bench {label}: median ms {stages}")

@@ -29,6 +29,7 @@ from trt_centerpoint.manifest import Manifest, file_sha256, tree_sha256
 SAMPLE_CONFIG = "synthetic_small"
 SAMPLE_CHECKPOINT = Path(__file__).resolve().parents[2] / "samples" / "synthetic_small.pth"
 DATA_SEEDS = {"calib": 101, "eval": 202}
+SENSITIVITY_PNG = "sensitivity.png"
 REPORT_FILES = ("report.md", "report.json", "latency.png", "errors.png")  # written by the report stage
 
 __all__ = ["BuildOptions", "SAMPLE_CHECKPOINT", "SAMPLE_CONFIG", "run_build"]
@@ -284,6 +285,8 @@ class _Build:
             "engine": engine,
             "versions": self.manifest.versions,
         }
+        if (self.out / SENSITIVITY_PNG).is_file():  # `trt-centerpoint sensitivity --out BUILD` was run
+            data["sensitivity"] = {"png": SENSITIVITY_PNG}
         inputs = {name: a["sha256"] for name, a in artifacts.items()}
         params = {"config": self.cfg.name, "engine": engine}
         if self._skip("report", inputs, params):

@@ -220,7 +220,7 @@ def _section_latency(data: dict, pngs: dict[str, Path]) -> list[str]:
     lines += ["", "p90 ms:", "", _md_table(["stage", *series], p90)]
     meta = latency.get("meta")
     if meta:
-        lines += ["", "Measured on: " + ", ".join(f"{k}={v}" for k, v in meta.items())]
+        lines += ["", "Measured on: " + ", ".join(f"{k}={v}" for k, v in meta.items() if not isinstance(v, dict))]
     if "latency" in pngs:
         lines += ["", f"![latency]({pngs['latency'].name})"]
     return lines
