@@ -158,3 +158,38 @@ def test_stage_commands_on_a_build_folder(built, tmp_path, capsys):
         assert metrics["mAP"] == pytest.approx(report["accuracy"][precision]["mAP"], abs=1e-12)
     assert main(["eval", "--config", "tiny", "--backend", "trt", "--artifacts", str(out), "--data", data]) == 2
     assert "rpn_head.fp32.plan" in capsys.readouterr().err
+
+
+def test_a_killed_build_resumes(checkpoint, tmp_path):
+    """SIGKILL mid-way (after PTQ, during the export): the next run completes and leaves no temporary file."""
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "trt_centerpoint.cli", "build", "--config", "tiny", "--checkpoint", str(checkpoint),
+            "--out", str(out), "--calib-frames", "2", "--eval-frames", "2", "--iterations", "2", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            manifest = out / "manifest.json"
+            if manifest.is_file() and '"ptq"' in manifest.read_text():
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert not (out / "report.md").exists()
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    for name, record in stages.items():  # what the manifest records is complete on disk
+        for artifact in record["outputs"]:
+            assert (out / artifact).is_file(), (name, artifact)
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    for name in ARTIFACTS:
+        assert (out / name).is_file(), name
+    assert not list(out.rglob("*.tmp")) and not [p for p in (out / "data").iterdir() if p.name.startswith(".")]
+    final = json.loads((out / "manifest.json").read_text())["stages"]
+    assert final["ptq"]["finished"] == stages["ptq"]["finished"]  # PTQ was not redone

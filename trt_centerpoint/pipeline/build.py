@@ -83,6 +83,21 @@ def _generate(out: Path, kind: str, frames: int, cfg: ModelConfig, progress: boo
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _remove_leftovers(out: Path) -> int:
+    """Temporary files / folders a killed build left behind (`fileio.atomic_path`'s `.NAME.*.tmp`, the data
+    sets' `.calib.*` / `.eval.*` folders). Only the build's own naming patterns are touched."""
+    count = 0
+    for path in [*out.glob(".*.tmp"), *(out / "data").glob(".*.tmp")]:
+        path.unlink(missing_ok=True)
+        count += 1
+    for kind in DATA_SEEDS:
+        for folder in (out / "data").glob(f".{kind}.*"):
+            if folder.is_dir():
+                shutil.rmtree(folder, ignore_errors=True)
+                count += 1
+    return count
+
+
 class _Build:
     def __init__(self, opts: BuildOptions, log: Callable[[str], None]):
         self.opts, self.log = opts, log
@@ -92,6 +107,9 @@ class _Build:
         if not self.checkpoint.is_file():
             raise UserError(f"{self.checkpoint}: no such checkpoint")
         self.out.mkdir(parents=True, exist_ok=True)
+        removed = _remove_leftovers(self.out)
+        if removed:
+            log(f"removed {removed} temporary file(s) left by an interrupted build")
         self.manifest = Manifest(self.out)
         self.stages = StageLog()
         self.config_sha = _sha_json(config_to_dict(self.cfg))
