@@ -62,6 +62,9 @@ def test_first_build_writes_every_artifact_and_the_report_keys(built):
         for stage in ("voxelize", "backbone", "rpn_head", "decode", "end_to_end"):
             assert report["latency"]["onnx"][precision][stage]["median_ms"] > 0
     assert report["artifacts"]["rpn_head.int8.onnx"]["bytes"] == (out / "rpn_head.int8.onnx").stat().st_size
+    backbone = report["per_layer_backbone"]
+    assert backbone["layers"][0]["tensor"] == "conv_input.0" and backbone["layers"][0]["cosine"] == pytest.approx(1.0)
+    assert backbone["first_jump"] == "conv2.0"  # the first int8 layer (conv_input, conv1.0 stay fp16)
     md = (out / "report.md").read_text()
     assert "| **mAP**" in md and "backbone" in md and "rpn_head.int8.onnx" in md
 

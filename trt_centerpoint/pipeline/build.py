@@ -297,6 +297,7 @@ class _Build:
             "tensors": compare.get("tensors"),
             "detections": _flat_detections(compare.get("detections") or {}),
             "per_layer": compare.get("per_layer"),
+            "per_layer_backbone": compare.get("per_layer_backbone"),
             "latency": latency,
             "artifacts": artifacts,
             "stages": self.stages.stages,

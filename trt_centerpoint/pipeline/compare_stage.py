@@ -80,6 +80,38 @@ def _deployment_check(cfg, checkpoint, artifacts, frames) -> dict:
     return out
 
 
+def compare_scn_layers(artifacts: Path, cfg: ModelConfig, points) -> dict:
+    """Every SparseConvolution / Add output of `scn.int8.onnx` against `scn.fp16.onnx` on one frame.
+
+    Both files name a tensor after the module that makes it ("conv2.3.conv1"), and share the geometry, so
+    the active sites line up and the features compare element by element. Same output as `per_layer_onnx`.
+    """
+    import torch
+
+    from trt_centerpoint.engine.compare import find_first_jump
+    from trt_centerpoint.eval.tensor_metrics import tensor_metrics
+    from trt_centerpoint.exporter.scn_runner import ScnRunner
+    from trt_centerpoint.model.voxelizer import Voxelizer, collate
+
+    voxels = collate([Voxelizer(cfg.voxel)(torch.as_tensor(points, dtype=torch.float32))])
+    runs = {}
+    for precision in ("fp32", "int8"):
+        runner = ScnRunner(artifacts / FILES[("scn", precision)])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OutputBoundWarning)
+            runs[precision] = runner.run(voxels.features, voxels.coords, keep=True)[1]
+    ops = {n.output[0]: n.op_type for n in runner.model.graph.node}
+    layers = []
+    for name, op in ops.items():
+        if op not in ("SparseConvolution", "Add", "Relu") or name not in runs["fp32"]:
+            continue
+        ref, got = runs["fp32"][name].features, runs["int8"][name].features
+        m = tensor_metrics(ref.float().numpy(), got.float().numpy())
+        layers.append({"tensor": name, "op": op, "cosine": m["cosine"], "max_abs": m["max_abs"],
+                       "median_abs": m["median_abs"], "snr_db": m["snr_db"]})
+    return {"layers": layers, "first_jump": find_first_jump(layers)}
+
+
 def compare_outputs(cfg: ModelConfig, artifacts: Path, frames, progress: bool = True):
     """({precision: outputs per frame}, {precision: detections per frame}, output_bound overflows), from the
     files; an overflow is a conv whose active voxels exceeded its output_bound (libspconv would truncate)."""
@@ -135,7 +167,8 @@ def run_compare(cfg: ModelConfig, artifacts: str | Path, data: str | Path, *, ou
     run_results_path = save_run_results(out / RUN_RESULTS, saved)
     accuracy_check = polygraphy_accuracy(to_run_results(saved), POLYGRAPHY_ATOL, POLYGRAPHY_RTOL)
 
-    # per layer: the two head files on the same FP32 BEV (the first frame that has voxels)
+    # per layer: the two scn files on the same voxels, and the two head files on the same FP32 BEV
+    per_layer_backbone = compare_scn_layers(artifacts, cfg, frames.points[ran[0]])
     bev = make_pipeline(cfg, "onnx", "fp32", artifacts=artifacts).bev(frames.points[ran[0]]).numpy()
     per_layer = per_layer_onnx(onnx.load(str(artifacts / FILES[("onnx", "fp32")])),
                                onnx.load(str(artifacts / FILES[("onnx", "int8")])), {"input": bev})
@@ -164,7 +197,7 @@ def run_compare(cfg: ModelConfig, artifacts: str | Path, data: str | Path, *, ou
 
     for precision, name in DETECTIONS.items():
         write_detections(out / name, predictions[precision])
-    figures = {"output_bound_overflows": overflows, "tensors": tensors, "polygraphy": accuracy_check, "per_layer": per_layer, "detections": detections,
+    figures = {"output_bound_overflows": overflows, "per_layer_backbone": per_layer_backbone, "tensors": tensors, "polygraphy": accuracy_check, "per_layer": per_layer, "detections": detections,
                "accuracy": accuracy, "run_results": run_results_path.name, "frames": len(frames.points),
                "frames_with_voxels": len(ran), "data": str(data), "seconds": time.perf_counter() - start}
     atomic_write_json(out / COMPARE_JSON, figures)

@@ -181,8 +181,13 @@ def _section_detections(data: dict) -> list[str]:
 
 
 def _section_per_layer(data: dict) -> list[str]:
-    per = data.get("per_layer")
-    lines = ["## Per-layer error", ""]
+    lines = _per_layer_lines(data.get("per_layer_backbone"), "## Per-layer error: sparse backbone (scn.int8 vs "
+                             "scn.fp16, same voxels)") if data.get("per_layer_backbone") else []
+    return lines + ([""] if lines else []) + _per_layer_lines(data.get("per_layer"), "## Per-layer error")
+
+
+def _per_layer_lines(per: dict | None, title: str) -> list[str]:
+    lines = [title, ""]
     if not per:
         return lines + [f"Per-layer comparison: {NOT_RUN}."]
     jump = per.get("first_jump")
