@@ -361,6 +361,10 @@ def summary_table(data: dict) -> str:
         rows.append(["min output cosine", f"{cosines[worst]:.6f} ({worst})"])
     else:
         rows.append(["min output cosine", NOT_RUN])
+    matched = _get(data, "detections", "matched_fraction")
+    if isinstance(matched, (int, float)):
+        within = _get(data, "detections", "within_m")
+        rows.append([f"INT8 boxes matching FP32 ({_num(within, 'g')} m)", _num(matched, ".3f")])
     series = latency_series(data.get("latency"))
     if not series:
         rows.append(["latency", NOT_RUN])
