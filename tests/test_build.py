@@ -196,3 +196,15 @@ def test_a_killed_build_resumes(checkpoint, tmp_path):
     assert not list(out.rglob("*.tmp")) and not [p for p in (out / "data").iterdir() if p.name.startswith(".")]
     final = json.loads((out / "manifest.json").read_text())["stages"]
     assert final["ptq"]["finished"] == stages["ptq"]["finished"]  # PTQ was not redone
+
+
+def test_qat_build_exports_the_fine_tuned_checkpoint(checkpoint, tmp_path):
+    data = run_build(_opts(checkpoint, tmp_path, qat=True), log=lambda _: None)
+    assert _ran(data)[:5] == ["data_calib", "data_eval", "ptq", "qat", "export"]
+    assert "supervised QAT" in data["stages"]["qat"]["detail"]  # generated calibration data has labels
+    export = json.loads((tmp_path / "manifest.json").read_text())["stages"]["export"]
+    from trt_centerpoint.manifest import file_sha256
+
+    assert export["inputs"]["checkpoint"] == file_sha256(tmp_path / "qat.pth")
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["model"]["quantization"]["stage"] == "qat"
