@@ -407,7 +407,13 @@ def polygraphy_compare(onnx_bytes: bytes, torch_module: nn.Module, bevs: list[to
                             name="onnxrt"),
                _cpu_pytorch_runner(module, input_name, shape, output_names)]
     feeds = [OrderedDict([(input_name, x.float().cpu().numpy())]) for x in bevs]
-    with quiet_library_logs(), G_LOGGER.verbosity(G_LOGGER.WARNING):
+    import importlib.util
+
+    if importlib.util.find_spec("colored") is None:
+        G_LOGGER.colors = False  # else Polygraphy prints a one-time "[W] 'colored' module is not installed"
+    # ERROR: its per-output warnings (e.g. "Some values are 0 ... relative difference") are noise here;
+    # the figures returned below are the result
+    with quiet_library_logs(), G_LOGGER.verbosity(G_LOGGER.ERROR):
         results = Comparator.run(runners, data_loader=feeds)
         accuracy = Comparator.compare_accuracy(
             results, compare_func=CompareFunc.simple(atol=atol, rtol=rtol, check_error_stat=check_error_stat))
