@@ -208,3 +208,12 @@ def test_qat_build_exports_the_fine_tuned_checkpoint(checkpoint, tmp_path):
     assert export["inputs"]["checkpoint"] == file_sha256(tmp_path / "qat.pth")
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["model"]["quantization"]["stage"] == "qat"
+
+
+def test_compare_without_labels_has_no_accuracy(built, tmp_path):
+    from trt_centerpoint.pipeline.compare_stage import run_compare
+
+    out, _, _ = built
+    figures = run_compare(load_config("tiny"), out, out / "data" / "eval" / "points", out=tmp_path, max_frames=1,
+                          progress=False, log=lambda _: None)
+    assert figures["accuracy"] is None and figures["frames"] == 1 and "hm_0" in figures["tensors"]
