@@ -144,3 +144,14 @@ def test_failed_md_write_keeps_previous_report(tmp_path, full_data, monkeypatch)
 def test_pipe_in_a_cell_is_escaped():
     md = render_markdown({"model": {}, "stages": {"export": {"status": "ran", "seconds": 1.0, "detail": "a|b"}}})
     assert "a\\|b" in md
+
+
+def test_summary_shows_the_cosine_of_every_output_per_task():
+    from trt_centerpoint.report.build_report import summary_table
+
+    data = {"model": {"config": "x"}, "tensors": {"reg_0": {"cosine": 0.9}, "hm_0": {"cosine": 0.99},
+                                                  "reg_1": {"cosine": 0.8}, "hm_1": {"cosine": 0.999}}}
+    text = summary_table(data)
+    rows = {line.split()[0]: line.split()[1:] for line in text.splitlines() if line.startswith(("reg ", "hm "))}
+    assert rows == {"reg": ["0.90000", "0.80000"], "hm": ["0.99000", "0.99900"]}
+    assert "task 0" in text and "task 1" in text and "min output cosine" in text

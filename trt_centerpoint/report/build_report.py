@@ -347,6 +347,19 @@ def write_report(out_dir: str | Path, data: dict) -> list[Path]:
     return [md_path, json_path, *pngs.values()]
 
 
+def _cosine_grid(cosines: dict[str, float]) -> str:
+    """INT8 vs FP32 cosine per output as a grid: one row per head (reg, hm, ...), one column per task."""
+    cells: dict[str, dict[int, float]] = {}
+    for name, value in cosines.items():
+        head, _, task = name.rpartition("_")
+        if not head or not task.isdigit():
+            return ""
+        cells.setdefault(head, {})[int(task)] = value
+    tasks = sorted({t for row in cells.values() for t in row})
+    rows = [[head, *(_num(row.get(t), ".5f") if t in row else _DASH for t in tasks)] for head, row in cells.items()]
+    return format_table(["cosine", *(f"task {t}" for t in tasks)], rows)
+
+
 def summary_table(data: dict) -> str:
     """A few lines for the terminal: mAP FP32 vs INT8, worst output cosine, latency medians, artifacts."""
     fp32, int8 = _get(data, "accuracy", "fp32", "mAP"), _get(data, "accuracy", "int8", "mAP")
@@ -371,6 +384,9 @@ def summary_table(data: dict) -> str:
     for name, a in (data.get("artifacts") or {}).items():
         rows.append([f"artifact {name}", f"{_size(a.get('bytes'))}  {(a.get('sha256') or _DASH)[:12]}"])
     text = format_table(["item", "value"], rows)
+    grid = _cosine_grid(cosines)
+    if grid:
+        text += "\n\n" + grid
     if series:
         stages: list[str] = []
         for per_stage in series.values():
