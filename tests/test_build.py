@@ -65,7 +65,10 @@ def test_first_build_writes_every_artifact_and_the_report_keys(built):
     backbone = report["per_layer_backbone"]
     assert backbone["layers"][0]["tensor"] == "conv_input.0" and backbone["layers"][0]["cosine"] == pytest.approx(1.0)
     assert backbone["first_jump"] == "conv2.0"  # the first int8 layer (conv_input, conv1.0 stay fp16)
+    assert set(report["validation"]) == {"scn.fp16.onnx", "scn.int8.onnx", "scn.int8.qdq.onnx", "rpn_head.fp32.onnx",
+                                         "rpn_head.int8.onnx"}
     md = (out / "report.md").read_text()
+    assert "## Files checked at export" in md and "executes bit-identically" in md
     assert "| **mAP**" in md and "backbone" in md and "rpn_head.int8.onnx" in md
 
 

@@ -298,6 +298,7 @@ class _Build:
             "detections": _flat_detections(compare.get("detections") or {}),
             "per_layer": compare.get("per_layer"),
             "per_layer_backbone": compare.get("per_layer_backbone"),
+            "validation": _export_validation(self.manifest),
             "latency": latency,
             "artifacts": artifacts,
             "stages": self.stages.stages,
@@ -315,6 +316,29 @@ class _Build:
         written = write_report(self.out, data)
         self._record("report", inputs, params, [p.name for p in written], start, "report.md, report.json, PNGs")
         return data
+
+
+def _export_validation(manifest: Manifest) -> dict:
+    """What the export checked, file by file, in a line each (figures from the export's manifest record)."""
+    rec = manifest.stages.get("export")
+    v = rec.extra.get("validation", {}) if rec else {}
+    out = {}
+    if "scn.fp16.onnx" in v:
+        out["scn.fp16.onnx"] = f"reference runner vs PyTorch FP32 backbone: cosine {v['scn.fp16.onnx']['min_cosine']:.8f}"
+    if "scn.int8.onnx" in v:
+        s = v["scn.int8.onnx"]
+        out["scn.int8.onnx"] = (f"reference runner vs PyTorch fake quant: cosine {s['min_cosine']:.6f} (FP16 inputs, as "
+                                f"the file), {s['vs_fp32_weights']['min_cosine']:.6f} (as loaded)")
+    if "scn.int8.qdq.onnx" in v:
+        out["scn.int8.qdq.onnx"] = "executes bit-identically to scn.int8.onnx"
+    if "rpn_head.fp32.onnx" in v:
+        out["rpn_head.fp32.onnx"] = f"ONNX Runtime vs PyTorch: max abs error {v['rpn_head.fp32.onnx']['max_abs_error']:.3g}"
+    for name in ("rpn_head.int8.onnx", "rpn_head.int8.fp16.onnx"):
+        if name in v:
+            h = v[name]
+            out[name] = (f"ONNX Runtime vs PyTorch fake quant: median abs error {h['max_median_abs_error']:.3g} layer by "
+                         f"layer (gate {h['tolerance']:g}), {h['free_running']['max_median_abs_error']:.3g} free running")
+    return out
 
 
 def _flat_detections(detections: dict) -> dict:

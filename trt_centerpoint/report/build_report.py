@@ -171,6 +171,14 @@ def _section_tensors(data: dict, pngs: dict[str, Path]) -> list[str]:
     return lines
 
 
+def _section_validation(data: dict) -> list[str]:
+    checks = data.get("validation")
+    lines = ["## Files checked at export", ""]
+    if not checks:
+        return lines + [f"Export validation: {NOT_RUN}."]
+    return lines + [_md_table(["file", "check"], [[f"`{name}`", text] for name, text in checks.items()])]
+
+
 def _section_detections(data: dict) -> list[str]:
     det = data.get("detections")
     lines = ["## Detection agreement (INT8 vs FP32 boxes)", ""]
@@ -277,7 +285,7 @@ def _section_versions(data: dict) -> list[str]:
 def render_markdown(data: dict, pngs: dict[str, Path] | None = None) -> str:
     """The report page; `pngs` maps chart kind ("latency", "errors") to the files to link."""
     pngs = pngs or {}
-    parts = [[f"# {data.get('title') or 'CenterPoint INT8 report'}"], _section_model(data), _section_accuracy(data),
+    parts = [[f"# {data.get('title') or 'CenterPoint INT8 report'}"], _section_model(data), _section_accuracy(data), _section_validation(data),
              _section_tensors(data, pngs), _section_detections(data), _section_per_layer(data),
              _section_latency(data, pngs), _section_engine(data), _section_sensitivity(data),
              _section_artifacts(data), _section_stages(data), _section_versions(data),
