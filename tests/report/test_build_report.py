@@ -40,6 +40,7 @@ def full_data() -> dict:
                      "int8": {"mAP": 0.5049, "per_class": {"car": 0.7288, "pedestrian": 0.2810}}, "frames": 81},
         "tensors": {"hm": _tensor(0, 0.01), "reg": _tensor(1, 0.002), "same": {**_tensor(2, 0.0), "snr_db": math.inf}},
         "detections": {"matched_fraction": 0.9731, "frames": 81, "within_m": 0.5},
+        "validation": {"scn.int8.onnx": "reference runner vs PyTorch fake quant: cosine 0.999985"},
         "per_layer": {"first_jump": "conv2_out", "criterion": "1-cos > 1e-4 and 10x",
                       "layers": [{"tensor": "conv1_out", "op": "Conv", "cosine": 1.0, "max_abs": 0.0,
                                   "median_abs": 0.0, "snr_db": math.inf},
