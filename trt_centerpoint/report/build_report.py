@@ -184,8 +184,29 @@ def _section_detections(data: dict) -> list[str]:
     lines = ["## Detection agreement (INT8 vs FP32 boxes)", ""]
     if not det:
         return lines + [f"Detection agreement: {NOT_RUN}."]
-    rows = [[k, _num(v, ".4f") if isinstance(v, float) else _plain(v)] for k, v in det.items()]
+    rows = [[_detection_label(k), _num(v, ".4f") if isinstance(v, float) else _plain(v)] for k, v in det.items()]
     return lines + [_md_table(["measure", "value"], rows)]
+
+
+_RADII = {"0.01m": "1 cm", "0.1m": "10 cm", "0.5m": "50 cm"}
+_DETECTION_LABELS = {
+    "matched_fraction": "INT8 boxes matching FP32 (headline radius)", "within_m": "headline radius (m)",
+    "fp32_boxes": "FP32 boxes", "int8_boxes": "INT8 boxes", "frames": "frames",
+    "matched_fraction_": "INT8 boxes matching FP32 within ",
+    "int8_files_vs_pytorch_fake_quant_": "INT8 files vs PyTorch fake quant, boxes within ",
+    "pytorch_fake_quant_vs_itself_fp16_features_": "baseline: PyTorch fake quant vs itself (FP16 voxel features), within ",
+}
+
+
+def _detection_label(key: str) -> str:
+    """report.json's detection keys in words (`matched_fraction_0.1m` -> "... within 10 cm")."""
+    if key in _DETECTION_LABELS:
+        return _DETECTION_LABELS[key]
+    for prefix, words in _DETECTION_LABELS.items():
+        if prefix.endswith("_") and key.startswith(prefix):
+            radius = key[len(prefix):]
+            return words + _RADII.get(radius, radius)
+    return key
 
 
 def _section_per_layer(data: dict) -> list[str]:
