@@ -105,7 +105,9 @@ class _Build:
         self.cfg = load_config(opts.config)
         self.checkpoint = Path(opts.checkpoint) if opts.checkpoint is not None else SAMPLE_CHECKPOINT
         if not self.checkpoint.is_file():
-            raise UserError(f"{self.checkpoint}: no such checkpoint")
+            hint = "" if opts.checkpoint is not None else (" (the bundled sample ships in the source checkout's "
+                                                          "samples/; give --checkpoint)")
+            raise UserError(f"{self.checkpoint}: no such checkpoint{hint}")
         self.out.mkdir(parents=True, exist_ok=True)
         removed = _remove_leftovers(self.out)
         if removed:
