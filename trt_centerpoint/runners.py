@@ -132,15 +132,19 @@ class Pipeline:
     def _stage(self, timer, name: str):
         return timer.stage(name) if timer is not None else contextlib.nullcontext()
 
+    def voxelize(self, points: np.ndarray):
+        """One frame's points -> a collated voxel batch (batch index 0)."""
+        return collate([self.voxelizer(torch.as_tensor(points, dtype=torch.float32))])
+
     def bev(self, points: np.ndarray) -> torch.Tensor | None:
         """The backbone's BEV map for one frame; None when no point falls in range."""
-        voxels = collate([self.voxelizer(torch.as_tensor(points, dtype=torch.float32))])
+        voxels = self.voxelize(points)
         return self.backbone.run(voxels.features, voxels.coords) if voxels.num_voxels else None
 
     def head_outputs(self, points: np.ndarray, timer=None) -> dict[str, np.ndarray] | None:
         """The head's outputs for one frame; None when no point falls in range."""
         with self._stage(timer, "voxelize"):
-            voxels = collate([self.voxelizer(torch.as_tensor(points, dtype=torch.float32))])
+            voxels = self.voxelize(points)
         if voxels.num_voxels == 0:
             return None
         with self._stage(timer, "backbone"):

@@ -23,6 +23,9 @@ from trt_centerpoint.calib.quantize import DEFAULT_SKIP, quantize_model
 from trt_centerpoint.config import ModelConfig, config_from_dict, config_to_dict, load_config
 from trt_centerpoint.model.centerpoint import CenterPoint, load_model
 from trt_centerpoint.model.checkpoint import CheckpointError, atomic_torch_save, match_state_dict, read_checkpoint
+from trt_centerpoint.model.spconv_compat import import_spconv
+
+spconv = import_spconv()
 
 FORMAT = "trt_centerpoint.ptq"
 FORMAT_VERSION = 1
@@ -64,18 +67,12 @@ def round_sparse_weights_fp16(model: nn.Module) -> int:
     count = 0
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, spconv_conv_types()):
+            if isinstance(module, spconv.conv.SparseConvolution):
                 for tensor in (module.weight, module.bias):
                     if tensor is not None:
                         tensor.copy_(tensor.half().float())
                 count += 1
     return count
-
-
-def spconv_conv_types() -> tuple[type, ...]:
-    from trt_centerpoint.model.spconv_compat import import_spconv
-
-    return (import_spconv().conv.SparseConvolution,)
 
 
 def ptq_model(cfg: ModelConfig, checkpoint: str | Path, files: list[Path], method: str = "mse", skip=DEFAULT_SKIP,

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from trt_centerpoint.engine.trt_env import require_pycuda, require_tensorrt
-from trt_centerpoint.engine.trt_io import TensorSpec, io_specs, prepare_feed
+from trt_centerpoint.engine.trt_io import SpecNames, TensorSpec, io_specs, prepare_feed
 from trt_centerpoint.errors import UserError
 
 
@@ -54,7 +54,7 @@ class _Buffer:
         self.device, self.capacity = None, 0
 
 
-class PycudaEngineRunner:
+class PycudaEngineRunner(SpecNames):
     """A serialized engine as ``feed -> {output: array}`` with CUDA-event timing."""
 
     def __init__(self, plan_path, device: int = 0):
@@ -89,14 +89,6 @@ class PycudaEngineRunner:
         self.last_gpu_ms: float | None = None
         self.last_total_ms: float | None = None
         self._closed = False
-
-    @property
-    def input_names(self) -> list[str]:
-        return [s.name for s in self.specs if s.is_input]
-
-    @property
-    def output_names(self) -> list[str]:
-        return [s.name for s in self.specs if not s.is_input]
 
     def _bind(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Set shapes and addresses, stage inputs in pinned memory; return the output host arrays."""

@@ -28,6 +28,20 @@ class TensorSpec:
         return any(d < 0 for d in self.shape)
 
 
+class SpecNames:
+    """`input_names` / `output_names` of a runner with a `specs` list (both engine runners share them)."""
+
+    specs: list[TensorSpec]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [s.name for s in self.specs if s.is_input]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [s.name for s in self.specs if not s.is_input]
+
+
 def io_specs(engine, trt) -> list[TensorSpec]:
     """The engine's I/O tensors by name (``num_io_tensors`` / ``get_tensor_name`` / ``get_tensor_mode``)."""
     specs = []

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from trt_centerpoint.engine.trt_env import _import, require_tensorrt
-from trt_centerpoint.engine.trt_io import TensorSpec, io_specs, prepare_feed
+from trt_centerpoint.engine.trt_io import SpecNames, TensorSpec, io_specs, prepare_feed
 from trt_centerpoint.errors import UserError
 
 
@@ -47,7 +47,7 @@ def make_trt_runner(plan_path, name: str | None = None):
     return loaders.TrtRunner(engine_loader(path), name=name or path.stem)
 
 
-class TrtEngineRunner:
+class TrtEngineRunner(SpecNames):
     """A TensorRT engine as ``feed -> {output: array}``; activates on first use, ``close()`` releases it."""
 
     def __init__(self, plan_path, name: str | None = None):
@@ -79,14 +79,6 @@ class TrtEngineRunner:
     def specs(self) -> list[TensorSpec]:
         self.activate()
         return list(self._specs)
-
-    @property
-    def input_names(self) -> list[str]:
-        return [s.name for s in self.specs if s.is_input]
-
-    @property
-    def output_names(self) -> list[str]:
-        return [s.name for s in self.specs if not s.is_input]
 
     def infer(self, feed) -> dict[str, np.ndarray]:
         """``{"input": array}`` (or the array alone) -> ``{output name: array}`` (copies)."""

@@ -325,12 +325,14 @@ def validate_rpn_head_int8(exported: RpnHeadExport, qmodel: nn.Module, bevs: lis
     free_diffs: dict[str, list[np.ndarray]] = {name: [] for name in exported.output_names}
     segment_diffs: dict[str, list[np.ndarray]] = {}
     forced_count = 0
+    forced_session = None
     for x in bevs:
         ref, calls = _quantizer_inputs(wrapper, x)
-        forced_model, feeds, checks = _forced(proto, calls)
-        forced_count = len(feeds)
-        forced_session = _ort_session(forced_model.SerializeToString())
-        dtypes = _input_dtypes(forced_session)
+        if forced_session is None:  # which quantizers run, and their shapes, do not change between BEVs
+            forced_model, feeds, checks = _forced(proto, calls)
+            forced_count = len(feeds)
+            forced_session = _ort_session(forced_model.SerializeToString())
+            dtypes = _input_dtypes(forced_session)
         inputs = {RPN_HEAD_INPUT: x.float().numpy(), **{n: calls[k].numpy() for n, k in feeds.items()}}
         inputs = {n: v.astype(dtypes[n], copy=False) for n, v in inputs.items()}
         forced_out = forced_session.run(exported.output_names + list(checks), inputs)

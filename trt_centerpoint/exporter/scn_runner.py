@@ -96,7 +96,7 @@ class ScnRunner:
             found = ", ".join(sorted(set(ops))[:6]) or "no nodes"
             raise self._fail(f"not a libspconv scn ONNX (needs SparseConvolution ... ScatterDense; found {found})")
 
-    def _constant(self, name: str, where: str) -> torch.Tensor | None:
+    def _constant(self, name: str) -> torch.Tensor | None:
         """An initializer, or a Q/DQ chain over initializers evaluated once (float32); None if neither."""
         if name in self.constants:
             return self.constants[name]
@@ -105,7 +105,7 @@ class ScnRunner:
             value = torch.from_numpy(np.array(array, copy=True))
         elif name in self.producers and self.producers[name].op_type in QDQ_OPS:
             node = self.producers[name]
-            args = [self._constant(i, where) for i in node.input]
+            args = [self._constant(i) for i in node.input]
             if any(a is None for a in args):
                 return None
             value = self._qdq(node, args[0], args[1:])
@@ -127,7 +127,7 @@ class ScnRunner:
         return dequantize_linear(x, scale, axis)
 
     def _weight(self, node: onnx.NodeProto, index: int) -> torch.Tensor:
-        value = self._constant(node.input[index], node.name) if len(node.input) > index else None
+        value = self._constant(node.input[index]) if len(node.input) > index else None
         if value is None:
             raise self._fail(f"node {node.name}: input {index} is not an initializer (or a Q/DQ of one)")
         return value.float()
@@ -199,7 +199,7 @@ class ScnRunner:
         op = node.op_type
         if op in QDQ_OPS:
             x = args[0]
-            params = [self._constant(name, node.name) for name in node.input[1:]]
+            params = [self._constant(name) for name in node.input[1:]]
             if any(p is None for p in params):
                 raise self._fail(f"node {node.name}: scale / zero point must be initializers")
             if isinstance(x, spconv.SparseConvTensor):

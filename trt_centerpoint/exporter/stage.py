@@ -191,17 +191,17 @@ def _int8_head(name: str, qmodel, cfg: ModelConfig, bevs, log, **options):
     return rpn, figures
 
 
-def _export_int8_fp16(qmodel, cfg: ModelConfig, validation_frames, fp16_io: bool, log):
+def _export_int8_fp16(qmodel, cfg: ModelConfig, bevs, fp16_io: bool, log):
     """`rpn_head.int8.fp16.onnx`: lint + ONNX Runtime vs PyTorch fake quant at the FP16 tolerance."""
-    bevs = [qmodel.backbone(f, c, 1) for f, c in validation_frames]
     rpn, figures = _int8_head(RPN_HEAD_INT8_FP16_FILE, qmodel, cfg, bevs, log, fp16=True, fp16_io=fp16_io)
     info = {RPN_HEAD_INT8_FP16_FILE: {"format": "onnx", "opset": 19, "precision": "int8", "float_precision": "fp16",
                                       "io": "fp16" if fp16_io else "fp32", "outputs": rpn.output_names}}
     return {RPN_HEAD_INT8_FP16_FILE: rpn.to_bytes()}, {RPN_HEAD_INT8_FP16_FILE: figures}, info
 
 
-def _export_int8(qmodel, cfg: ModelConfig, plan, validation_frames, log) -> tuple[dict, dict, dict]:
-    """The three INT8 files as bytes, their validation figures and pass logs (raises on any failure)."""
+def _export_int8(qmodel, cfg: ModelConfig, plan, validation_frames, bevs, log) -> tuple[dict, dict, dict]:
+    """The three INT8 files as bytes, their validation figures and pass logs (raises on any failure);
+    `bevs`: the PyTorch fake-quant backbone's output on `validation_frames`."""
     from trt_centerpoint.exporter.scn_qdq import scn_to_qdq
     from trt_centerpoint.exporter.scn_quant import precision_summary, scn_quant_specs
 
@@ -213,8 +213,10 @@ def _export_int8(qmodel, cfg: ModelConfig, plan, validation_frames, log) -> tupl
                      quant=specs)
     _require_clean(SCN_INT8_FILE, scn.model)
     runner = ScnRunner(scn.to_bytes(), precision="fp32")
-    scn_figures = validate_scn(runner, fp16_deployed_reference(fused), validation_frames)
-    fp32_weights = validate_scn(runner, qmodel.backbone, validation_frames, min_cosine=0.0)
+    got = [runner.run(f, c) for f, c in validation_frames]
+    scn_figures = validate_scn(runner, fp16_deployed_reference(fused), validation_frames, outputs=got)
+    fp32_weights = validate_scn(runner, qmodel.backbone, validation_frames, min_cosine=0.0, outputs=got,
+                                references=bevs)
     scn_figures["reference"] = "PyTorch fake-quant backbone with the file's FP16 weights and FP16 input features"
     scn_figures["vs_fp32_weights"] = {k: fp32_weights[k] for k in ("min_cosine", "max_abs_error")}
     log(f"{SCN_INT8_FILE}: reference runner vs PyTorch fake-quant backbone on {scn_figures['frames']} frame(s): "
@@ -225,13 +227,12 @@ def _export_int8(qmodel, cfg: ModelConfig, plan, validation_frames, log) -> tupl
     qdq = scn_to_qdq(scn.model)
     _require_clean(SCN_QDQ_FILE, qdq)
     qdq_runner = ScnRunner(qdq.SerializeToString(), precision="fp32")
-    for features, coords in validation_frames:
-        if not torch.equal(qdq_runner.run(features, coords), runner.run(features, coords)):
+    for (features, coords), expected in zip(validation_frames, got):
+        if not torch.equal(qdq_runner.run(features, coords), expected):
             raise ValidationError(f"{SCN_QDQ_FILE}: does not execute identically to {SCN_INT8_FILE}")
     qdq_figures = {"frames": len(validation_frames), "identical_to": SCN_INT8_FILE}
     log(f"{SCN_QDQ_FILE}: executes bit-identically to {SCN_INT8_FILE} on {len(validation_frames)} frame(s)")
 
-    bevs = [qmodel.backbone(f, c, 1) for f, c in validation_frames]
     rpn, rpn_figures = _int8_head(RPN_HEAD_INT8_FILE, qmodel, cfg, bevs, log)
     rpn_figures["polygraphy"] = _polygraphy_check(RPN_HEAD_INT8_FILE, rpn, qmodel, bevs, POLYGRAPHY_INT8, log)
     files = {SCN_INT8_FILE: scn.to_bytes(), SCN_QDQ_FILE: qdq.SerializeToString(), RPN_HEAD_INT8_FILE: rpn.to_bytes()}
@@ -326,9 +327,10 @@ def run_export(config: str | Path | ModelConfig, checkpoint: str | Path, out: st
     if qmodel is not None:
         if not validation_frames:
             raise UserError(f"{checkpoint}: no frame with voxels to validate the INT8 export on")
-        int8_files, int8_figures, int8_info = _export_int8(qmodel, cfg, plan, validation_frames, log)
+        qbevs = [qmodel.backbone(f, c, 1) for f, c in validation_frames]
+        int8_files, int8_figures, int8_info = _export_int8(qmodel, cfg, plan, validation_frames, qbevs, log)
         if fp16:
-            fp16_files, fp16_figures, fp16_info = _export_int8_fp16(qmodel, cfg, validation_frames, fp16_io, log)
+            fp16_files, fp16_figures, fp16_info = _export_int8_fp16(qmodel, cfg, qbevs, fp16_io, log)
             int8_files.update(fp16_files)
             int8_figures.update(fp16_figures)
             int8_info["artifacts"].update(fp16_info)

@@ -34,16 +34,19 @@ def compare_tensors(got: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
-def validate_scn(runner, backbone: nn.Module, batches, min_cosine: float = SCN_MIN_COSINE) -> dict:
-    """Run `runner` (a ScnRunner) and `backbone` (PyTorch FP32) on each (features, coords) frame.
+def validate_scn(runner, backbone: nn.Module, batches, min_cosine: float = SCN_MIN_COSINE,
+                 outputs: list | None = None, references: list | None = None) -> dict:
+    """Run `runner` (a ScnRunner) and `backbone` (PyTorch) on each (features, coords) frame and compare.
 
-    Returns the worst cosine / max abs error over the frames; raises ValidationError below `min_cosine`.
+    `outputs` / `references`: the runner's / the backbone's results on `batches` when the caller already
+    has them (one validation compares one file with several references). Returns the worst cosine / max
+    abs error over the frames; raises ValidationError below `min_cosine`.
     """
-    frames = []
-    for features, coords in batches:
-        got = runner.run(features, coords)
-        ref = backbone(features, coords, 1)
-        frames.append({**compare_tensors(got, ref), "voxels": int(features.shape[0])})
+    batches = list(batches)
+    outputs = outputs if outputs is not None else [runner.run(f, c) for f, c in batches]
+    references = references if references is not None else [backbone(f, c, 1) for f, c in batches]
+    frames = [{**compare_tensors(got, ref), "voxels": int(features.shape[0])}
+              for (features, _), got, ref in zip(batches, outputs, references)]
     if not frames:
         raise ValidationError("scn validation: no frames to run")
     worst = min(f["cosine"] for f in frames)
@@ -69,16 +72,11 @@ def fp16_deployed_reference(fused: nn.Module) -> nn.Module:
 
     Why: libspconv stores weights in FP16. Under INT8 that rounding is not negligible the way it is in
     FP16: a weight or activation that moves by an FP16 ulp can cross a quantization boundary and move by
-    a whole INT8 step. Comparing the INT8 file with this reference checks the export itself (the file
-    computes the fake-quant model to ~1e-8); comparing with the FP32-weight model measures what FP16
-    weight storage costs. The export records both.
+    a whole INT8 step. Comparing the INT8 file with this reference checks the export itself; comparing
+    with the model as loaded measures what the FP16 storage and inputs cost. The export records both.
     """
+    from trt_centerpoint.calib.ptq import round_sparse_weights_fp16
+
     ref = copy.deepcopy(fused).eval()
-    with torch.no_grad():
-        for module in ref.modules():
-            if hasattr(module, "indice_key"):  # spconv convs (float and quantized)
-                for name in ("weight", "bias"):
-                    tensor = getattr(module, name, None)
-                    if tensor is not None:
-                        tensor.copy_(tensor.half().float())
+    round_sparse_weights_fp16(ref)
     return _Fp16Input(ref)

@@ -57,7 +57,7 @@ class _Fp16Features:
         return self.inner.run(features.half().float(), coords)
 
 
-def _deployment_check(cfg, checkpoint, artifacts, frames) -> dict:
+def _deployment_check(cfg, checkpoint, onnx_int8, frames) -> dict:
     """INT8 files vs the PyTorch fake-quant model: boxes matched within 1 cm / 10 cm / 50 cm, next to a
     baseline: the PyTorch fake-quant model against itself with FP16-rounded voxel features.
 
@@ -70,7 +70,6 @@ def _deployment_check(cfg, checkpoint, artifacts, frames) -> dict:
 
     torch_int8 = make_pipeline(cfg, "torch", "int8", checkpoint=checkpoint)
     perturbed = Pipeline(cfg, _Fp16Features(torch_int8.backbone), torch_int8.head)
-    onnx_int8 = make_pipeline(cfg, "onnx", "int8", artifacts=artifacts)
     ref = [torch_int8(p) for p in frames]
     out = {}
     for name, pipe in (("files", onnx_int8), ("baseline_fp16_features", perturbed)):
@@ -80,23 +79,20 @@ def _deployment_check(cfg, checkpoint, artifacts, frames) -> dict:
     return out
 
 
-def compare_scn_layers(artifacts: Path, cfg: ModelConfig, points) -> dict:
-    """Every SparseConvolution / Add output of `scn.int8.onnx` against `scn.fp16.onnx` on one frame.
+def compare_scn_layers(pipes: dict, points) -> dict:
+    """Every SparseConvolution / Add / Relu output of `scn.int8.onnx` against `scn.fp16.onnx` on one frame
+    (`pipes`: the onnx pipelines by precision, whose backbones are the reference runners of both files).
 
     Both files name a tensor after the module that makes it ("conv2.3.conv1"), and share the geometry, so
     the active sites line up and the features compare element by element. Same output as `per_layer_onnx`.
     """
-    import torch
-
     from trt_centerpoint.engine.compare import find_first_jump
     from trt_centerpoint.eval.tensor_metrics import tensor_metrics
-    from trt_centerpoint.exporter.scn_runner import ScnRunner
-    from trt_centerpoint.model.voxelizer import Voxelizer, collate
 
-    voxels = collate([Voxelizer(cfg.voxel)(torch.as_tensor(points, dtype=torch.float32))])
+    voxels = pipes["fp32"].voxelize(points)
     runs = {}
     for precision in ("fp32", "int8"):
-        runner = ScnRunner(artifacts / FILES[("scn", precision)])
+        runner = pipes[precision].backbone.runner
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", OutputBoundWarning)
             runs[precision] = runner.run(voxels.features, voxels.coords, keep=True)[1]
@@ -112,18 +108,17 @@ def compare_scn_layers(artifacts: Path, cfg: ModelConfig, points) -> dict:
     return {"layers": layers, "first_jump": find_first_jump(layers)}
 
 
-def compare_outputs(cfg: ModelConfig, artifacts: Path, frames, progress: bool = True):
-    """({precision: outputs per frame}, {precision: detections per frame}, output_bound overflows), from the
-    files; an overflow is a conv whose active voxels exceeded its output_bound (libspconv would truncate)."""
-    fp32 = make_pipeline(cfg, "onnx", "fp32", artifacts=artifacts)
-    int8 = make_pipeline(cfg, "onnx", "int8", artifacts=artifacts)
+def compare_outputs(cfg: ModelConfig, pipes: dict, frames, progress: bool = True):
+    """({precision: outputs per frame}, {precision: detections per frame}, output_bound overflows) of the
+    onnx pipelines `pipes` ({"fp32": ..., "int8": ...}); an overflow is a conv whose active voxels exceeded
+    its output_bound (libspconv would truncate)."""
     outs = {"fp32": [], "int8": []}
     dets = {"fp32": [], "int8": []}
     overflows: dict[str, dict] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OutputBoundWarning)  # collected below, reported once
         for points in tqdm(frames, desc="compare", unit="frame", disable=not progress):
-            for precision, pipe in (("fp32", fp32), ("int8", int8)):
+            for precision, pipe in pipes.items():
                 outputs = pipe.head_outputs(points)
                 outs[precision].append(outputs)
                 dets[precision].append(_decode(outputs, cfg))
@@ -151,7 +146,8 @@ def run_compare(cfg: ModelConfig, artifacts: str | Path, data: str | Path, *, ou
     frames = load_frames(data, cfg, max_frames)
     if not frames.points:
         raise UserError(f"{data}: no point files")
-    outs, dets, overflows = compare_outputs(cfg, artifacts, frames.points, progress)
+    pipes = {p: make_pipeline(cfg, "onnx", p, artifacts=artifacts) for p in ("fp32", "int8")}
+    outs, dets, overflows = compare_outputs(cfg, pipes, frames.points, progress)
     if overflows:
         worst = max(overflows, key=lambda n: overflows[n]["max_active"] / overflows[n]["output_bound"])
         log(f"warning: {len(overflows)} sparse conv(s) exceed their output_bound on these frames (worst {worst}: "
@@ -168,8 +164,8 @@ def run_compare(cfg: ModelConfig, artifacts: str | Path, data: str | Path, *, ou
     accuracy_check = polygraphy_accuracy(to_run_results(saved), POLYGRAPHY_ATOL, POLYGRAPHY_RTOL)
 
     # per layer: the two scn files on the same voxels, and the two head files on the same FP32 BEV
-    per_layer_backbone = compare_scn_layers(artifacts, cfg, frames.points[ran[0]])
-    bev = make_pipeline(cfg, "onnx", "fp32", artifacts=artifacts).bev(frames.points[ran[0]]).numpy()
+    per_layer_backbone = compare_scn_layers(pipes, frames.points[ran[0]])
+    bev = pipes["fp32"].bev(frames.points[ran[0]]).numpy()
     per_layer = per_layer_onnx(onnx.load(str(artifacts / FILES[("onnx", "fp32")])),
                                onnx.load(str(artifacts / FILES[("onnx", "int8")])), {"input": bev})
     if per_layer["first_jump"]:
@@ -180,7 +176,7 @@ def run_compare(cfg: ModelConfig, artifacts: str | Path, data: str | Path, *, ou
     detections = {"int8_vs_fp32": agreement, "frames": len(frames.points)}
     if checkpoint is not None and verify_frames > 0:
         detections["int8_files_vs_pytorch_fake_quant"] = _deployment_check(
-            cfg, checkpoint, artifacts, [frames.points[i] for i in ran[:verify_frames]])
+            cfg, checkpoint, pipes["int8"], [frames.points[i] for i in ran[:verify_frames]])
 
     predictions = {p: {s: d.to_json_list() for s, d in zip(frames.stems, dets[p])} for p in ("fp32", "int8")}
     accuracy = None
