@@ -21,12 +21,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_spconv_threads import lidar_points  # noqa: E402  (the same emulated LiDAR)
 
-from trt_centerpoint.calib.ptq import run_ptq  # noqa: E402
 from trt_centerpoint.config import load_config  # noqa: E402
 from trt_centerpoint.data.points import write_points_bin  # noqa: E402
-from trt_centerpoint.exporter.stage import run_export  # noqa: E402
 from trt_centerpoint.model.centerpoint import CenterPoint  # noqa: E402
 from trt_centerpoint.model.checkpoint import save_checkpoint  # noqa: E402
+from trt_centerpoint.quant.ptq import run_ptq  # noqa: E402
+from trt_centerpoint.stages.export import run_export  # noqa: E402
 
 
 def random_bn(model: torch.nn.Module, seed: int) -> None:
@@ -72,7 +72,9 @@ def main() -> None:
         "scn.int8 vs PyTorch as loaded cosine": v["scn.int8.onnx"]["vs_fp32_weights"]["min_cosine"],
         "rpn_head.fp32 max abs error": v["rpn_head.fp32.onnx"]["max_abs_error"],
         "rpn_head.int8 median abs error (layer by layer)": v["rpn_head.int8.onnx"]["max_median_abs_error"],
-        "rpn_head.int8 median abs error (free running)": v["rpn_head.int8.onnx"]["free_running"]["max_median_abs_error"],
+        "rpn_head.int8 median abs error (free running)": v["rpn_head.int8.onnx"]["free_running"][
+            "max_median_abs_error"
+        ],
         "voxels per frame": [f["voxels"] for f in record["extra"]["calib_data"]["frames"]],
     }
     print(json.dumps(figures, indent=2))

@@ -22,11 +22,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_spconv_threads import lidar_points  # noqa: E402  (the same emulated 32-beam LiDAR)
 
-from trt_centerpoint.calib.calibrate import calibrate  # noqa: E402
-from trt_centerpoint.calib.fuse_bn import fuse_bn  # noqa: E402
-from trt_centerpoint.calib.quantize import quantize_model  # noqa: E402
 from trt_centerpoint.config import load_config  # noqa: E402
 from trt_centerpoint.model.centerpoint import CenterPoint  # noqa: E402
+from trt_centerpoint.quant.calibrate import calibrate  # noqa: E402
+from trt_centerpoint.quant.fuse_bn import fuse_bn  # noqa: E402
+from trt_centerpoint.quant.quantize import quantize_model  # noqa: E402
 
 
 def timed(model, voxels, repeats: int) -> list[float]:

@@ -1,6 +1,6 @@
 """Time the nuScenes-size sparse backbone on CPU at 2 torch threads vs 1, with the spconv CPU fixes.
 
-spconv 2.3.8's CPU scatter-add races with more than one thread; trt_centerpoint.model.spconv_compat replaces it
+spconv 2.3.8's CPU scatter-add races with more than one thread; trt_centerpoint._compat.spconv replaces it
 with torch.index_add_. This script checks that the fixed backbone is repeatable at 2 threads, agrees with the
 1-thread result, and shows what the second thread buys.
 
@@ -22,8 +22,8 @@ import time
 import numpy as np
 import torch
 
+from trt_centerpoint._compat.spconv import apply_spconv_cpu_fixes
 from trt_centerpoint.config import load_config
-from trt_centerpoint.model.spconv_compat import apply_spconv_cpu_fixes
 
 
 def _boxes(rng: np.random.Generator, num_cars: int, num_walls: int) -> np.ndarray:

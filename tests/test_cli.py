@@ -11,8 +11,8 @@ import torch
 from trt_centerpoint import __version__
 from trt_centerpoint.cli import main
 from trt_centerpoint.config import load_config
-from trt_centerpoint.data.synth import write_dataset
-from trt_centerpoint.data.synth_sensor import SensorConfig
+from trt_centerpoint.data.synth.dataset import write_dataset
+from trt_centerpoint.data.synth.sensor import SensorConfig
 from trt_centerpoint.model.centerpoint import CenterPoint
 from trt_centerpoint.model.checkpoint import save_checkpoint
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from trt_centerpoint.errors import UserError
-from trt_centerpoint.manifest import Manifest, file_sha256, tree_sha256
+from trt_centerpoint.manifest import Manifest, file_sha256, json_sha256, tree_sha256
 
 
 def test_stage_is_up_to_date_until_something_changes(tmp_path):
@@ -38,6 +38,11 @@ def test_tree_hash_sees_any_file(tmp_path):
     h2 = tree_sha256(tmp_path)
     (tmp_path / "points" / "a.bin").write_bytes(b"3")
     assert len({h1, h2, tree_sha256(tmp_path)}) == 3
+
+
+def test_json_hash_ignores_key_order_only():
+    assert json_sha256({"a": 1, "b": [1, 2]}) == json_sha256({"b": [1, 2], "a": 1})
+    assert json_sha256({"a": 1, "b": [1, 2]}) != json_sha256({"a": 1, "b": [2, 1]})
 
 
 def test_broken_manifest_is_a_clear_error(tmp_path):

@@ -1,32 +1,83 @@
 """The `trt-centerpoint` command: one thin subcommand per stage.
 
-Each subcommand parses its options and calls one function of the package. A `UserError` (bad file, bad
-config, unfit checkpoint) is printed as one line on stderr with exit status 2; anything else is a bug and
-keeps its traceback.
+Each subcommand parses its options (the shared groups live in `trt_centerpoint.args`) and calls one function
+of the package. A `UserError` (bad file, bad config, unfit checkpoint) is printed as one line on stderr with
+exit status 2; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
+import time
+import warnings
 
 from trt_centerpoint import __version__
+from trt_centerpoint.args import (
+    DataArgs,
+    FrameArgs,
+    FrameCount,
+    MethodArgs,
+    ModelArgs,
+    OutputArgs,
+    ProgressArgs,
+    RuntimeArgs,
+    TrainingArgs,
+)
+from trt_centerpoint.artifacts import BENCH_JSON, BENCH_PNG, MANIFEST, REPORT_MD
+from trt_centerpoint.config import load_config
+from trt_centerpoint.data.synth.dataset import write_dataset
 from trt_centerpoint.errors import UserError
+from trt_centerpoint.eval.ap import format_table
+from trt_centerpoint.export.lint import lint_file
+from trt_centerpoint.export.scn.output_bound import DEFAULT_MARGIN
+from trt_centerpoint.quant.ptq import DEFAULT_NUM_FRAMES as PTQ_FRAMES
+from trt_centerpoint.quant.ptq import run_ptq
+from trt_centerpoint.quant.qat import OBJECTIVES, QATOptions, run_qat
+from trt_centerpoint.quant.quantize import DEFAULT_SKIP
+from trt_centerpoint.quant.sensitivity import DEFAULT_NUM_FRAMES as SENSITIVITY_FRAMES
+from trt_centerpoint.quant.sensitivity import run_sensitivity
+from trt_centerpoint.quant.skip import resolve_skip_list
+from trt_centerpoint.report.markdown import summary_table
+from trt_centerpoint.runtime.trt.build import build_engine
+from trt_centerpoint.runtime.trt.inspect import format_counts
+from trt_centerpoint.stages.bench import run_bench
+from trt_centerpoint.stages.build import BuildOptions, run_build
+from trt_centerpoint.stages.compare import BACKENDS as COMPARE_BACKENDS
+from trt_centerpoint.stages.compare import DEFAULT_MAX_FRAMES as COMPARE_FRAMES
+from trt_centerpoint.stages.compare import run_compare, summary_lines
+from trt_centerpoint.stages.evaluate import run_eval
+from trt_centerpoint.stages.export import DEFAULT_MAX_FRAMES as EXPORT_FRAMES
+from trt_centerpoint.stages.export import run_export
+from trt_centerpoint.stages.infer import detections_table, run_inference
+from trt_centerpoint.train.loop import TrainOptions, train
 
 EXIT_USER_ERROR = 2
 
+DEFAULT_SYNTH_FRAMES = 100
+DEFAULT_SHOW = 20
 
-def _add_model_args(p: argparse.ArgumentParser, checkpoint_required: bool = True) -> None:
-    p.add_argument("--config", "-c", default="synthetic_small",
-                   help="bundled config name (nuscenes_voxel0075, synthetic_small, tiny) or a YAML path "
-                        "(default: synthetic_small)")
-    p.add_argument("--checkpoint", "-p", required=checkpoint_required, help="det3d-layout checkpoint (.pth)")
+
+def _silent(line: str) -> None:
+    """A `log` that drops its lines (`--quiet`)."""
+
+
+def _require_checkpoint_for_torch(backend: str, checkpoint: str | None) -> None:
+    if backend == "torch" and not checkpoint:
+        raise UserError("--backend torch needs --checkpoint (onnx / trt read --artifacts BUILD_DIR)")
+
+
+# --- commands
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from trt_centerpoint.inference import detections_table, run_inference
-
-    results = run_inference(args.config, args.checkpoint, args.points, out=args.out, progress=not args.quiet)
+    model, runtime = ModelArgs.read(args), RuntimeArgs.read(args)
+    _require_checkpoint_for_torch(runtime.backend, model.checkpoint)
+    results = run_inference(model.config, model.checkpoint, args.points, out=args.out, backend=runtime.backend,
+                            precision=runtime.precision, artifacts=DataArgs.read(args).artifacts,
+                            progress=ProgressArgs.read(args))
     for stem, dets in results.items():
         print(f"{stem}: {len(dets)} detections")
         if dets:
@@ -37,38 +88,29 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from trt_centerpoint.config import load_config
-    from trt_centerpoint.data.synth import write_dataset
-
-    cfg = load_config(args.config)
-    write_dataset(args.out, frames=args.frames, seed=args.seed, config=cfg, progress=not args.quiet)
+    write_dataset(args.out, frames=args.frames, seed=args.seed, config=load_config(ModelArgs.read(args).config),
+                  progress=ProgressArgs.read(args))
     print(f"wrote {args.frames} frames to {args.out} (points/, labels/)")
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from trt_centerpoint.config import load_config
-    from trt_centerpoint.training import TrainOptions, train
-
-    opts = TrainOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                        augment=not args.no_augment, half=args.half)
-    meta = train(load_config(args.config), args.data, args.out, opts, init=args.init,
-                 resume=not args.no_resume, progress=not args.quiet)
+    t = TrainingArgs.read(args)
+    opts = TrainOptions(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, seed=t.seed, augment=t.augment,
+                        half=args.half)
+    meta = train(load_config(ModelArgs.read(args).config), DataArgs.read(args).data, args.out, opts, init=args.init,
+                 resume=not args.no_resume, progress=ProgressArgs.read(args))
     last = meta["history"][-1] if meta["history"] else {}
     print(f"wrote {args.out} (epochs {opts.epochs}, final loss {last.get('loss', float('nan')):.4f})")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from trt_centerpoint.config import load_config
-    from trt_centerpoint.eval.ap import format_table
-    from trt_centerpoint.evaluate import run_eval
-
-    if args.backend == "torch" and not args.checkpoint:
-        raise UserError("--backend torch needs --checkpoint (onnx / trt read --artifacts BUILD_DIR)")
-    metrics = run_eval(load_config(args.config), args.checkpoint, args.data, out=args.out,
-                       dump_detections=args.dump_detections, backend=args.backend, precision=args.precision,
-                       progress=not args.quiet, artifacts=args.artifacts)
+    model, runtime, data = ModelArgs.read(args), RuntimeArgs.read(args), DataArgs.read(args)
+    _require_checkpoint_for_torch(runtime.backend, model.checkpoint)
+    metrics = run_eval(load_config(model.config), model.checkpoint, data.data, out=args.out,
+                       dump_detections=args.dump_detections, backend=runtime.backend, precision=runtime.precision,
+                       progress=ProgressArgs.read(args), artifacts=data.artifacts)
     print(format_table(metrics))
     for path in (args.out, args.dump_detections):
         if path:
@@ -77,19 +119,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_ptq(args: argparse.Namespace) -> int:
-    from trt_centerpoint.calib.ptq import run_ptq
-    from trt_centerpoint.calib.quantize import DEFAULT_SKIP
-
-    skip = DEFAULT_SKIP if args.skip is None else args.skip
-    if getattr(args, "skip_from", None):  # a sensitivity.json's proposed list, plus any explicit --skip
-        from trt_centerpoint.calib.sensitivity import read_skip_list
-        from trt_centerpoint.config import load_config
-
-        from_file = read_skip_list(args.skip_from, expect_config=load_config(args.config))
-        skip = list(dict.fromkeys([*(args.skip or []), *from_file]))
-    meta = run_ptq(args.config, args.checkpoint, args.calib_data, args.out, num_frames=args.num_frames,
-                   method=args.method, skip=skip, percentile=args.percentile, bn_fused=not args.no_fuse_bn,
-                   device=args.device, progress=not args.quiet)
+    model = ModelArgs.read(args)
+    skip = resolve_skip_list(args.skip, args.skip_from, model.config)
+    meta = run_ptq(model.config, model.checkpoint, DataArgs.read(args).calib_data, args.out,
+                             num_frames=FrameArgs.read(args).frames, method=MethodArgs.read(args), skip=skip,
+                             percentile=args.percentile, bn_fused=not args.no_fuse_bn, device=args.device,
+                             progress=ProgressArgs.read(args))
     print(f"quantized {len(meta['quantized_layers'])} layers ({meta['num_quantizers']} quantizers), "
           f"skipped {', '.join(meta['skip']) or 'nothing'}; amax {meta['amax_method']} over "
           f"{meta['num_frames']} frames ({meta['num_frames_empty']} empty)")
@@ -98,14 +133,12 @@ def cmd_ptq(args: argparse.Namespace) -> int:
 
 
 def cmd_qat(args: argparse.Namespace) -> int:
-    import os
-
-    from trt_centerpoint.calib.qat import QATOptions, run_qat
-
-    opts = QATOptions(objective=args.objective, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                      seed=args.seed, augment=not args.no_augment, num_frames=args.num_frames,
-                      teacher=args.teacher, device=args.device)
-    _, meta = run_qat(args.checkpoint, args.data, args.out, opts, progress=not args.quiet)
+    t = TrainingArgs.read(args)
+    opts = QATOptions(objective=args.objective, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
+                                seed=t.seed, augment=t.augment, num_frames=FrameArgs.read(args).frames,
+                                teacher=args.teacher, device=args.device)
+    _, meta = run_qat(ModelArgs.read(args).checkpoint, DataArgs.read(args).data, args.out, opts,
+                                progress=ProgressArgs.read(args))
     qat = meta["qat"]
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
         last = qat["history"][-1] if qat["history"] else {}
@@ -116,14 +149,12 @@ def cmd_qat(args: argparse.Namespace) -> int:
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
-    import time
-
-    from trt_centerpoint.calib.sensitivity import run_sensitivity
-
+    model, data, frames = ModelArgs.read(args), DataArgs.read(args), FrameArgs.read(args)
     start = time.perf_counter()
-    doc = run_sensitivity(args.config, args.checkpoint, args.calib_data, args.out, data=args.data,
-                          num_frames=args.num_frames, eval_frames=args.eval_frames, budget=args.budget,
-                          method=args.method, seed=args.seed, progress=not args.quiet)
+    doc = run_sensitivity(model.config, model.checkpoint, data.calib_data, args.out,
+                                            data=data.data, num_frames=frames.calib, eval_frames=frames.eval,
+                                            budget=args.budget, method=MethodArgs.read(args), seed=args.seed,
+                                            progress=ProgressArgs.read(args))
     name = doc["metric"]
     print(f"{len(doc['layers'])} layers, {doc['frames']} frames, {name}: FP32 {doc['reference']['metric']:.6f}, "
           f"all quantized {doc['all_quantized']['metric']:.6f} ({time.perf_counter() - start:.1f} s)")
@@ -138,9 +169,6 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
 
 
 def cmd_engine(args: argparse.Namespace) -> int:
-    from trt_centerpoint.engine.trt_build import build_engine
-    from trt_centerpoint.engine.trt_inspect import format_counts
-
     result = build_engine(args.onnx, args.out, workspace_mb=args.workspace, timing_cache=args.timing_cache,
                           fp16_io=args.fp16_io)
     print(f"built {result.engine} in {result.seconds:.1f} s ({result.settings.describe()}); "
@@ -152,85 +180,74 @@ def cmd_engine(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from trt_centerpoint.exporter.stage import run_export
-
-    record = run_export(args.config, args.checkpoint, args.out, calib_data=args.calib_data,
-                        max_frames=args.max_frames, margin=args.bound_margin, fp16=args.fp16, fp16_io=args.fp16_io)
+    model = ModelArgs.read(args)
+    record = run_export(model.config, model.checkpoint, args.out,
+                                     calib_data=DataArgs.read(args).calib_data, max_frames=FrameArgs.read(args).frames,
+                                     margin=args.bound_margin, fp16=args.fp16, fp16_io=args.fp16_io,
+                                     log=print if ProgressArgs.read(args) else _silent)
     for name, digest in record["outputs"].items():
         print(f"wrote {args.out}/{name} (sha256 {digest[:12]})")
-    print(f"wrote {args.out}/manifest.json (stage export)")
+    print(f"wrote {args.out}/{MANIFEST} (stage export)")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from trt_centerpoint.config import load_config
-    from trt_centerpoint.pipeline.compare_stage import COMPARE_JSON, RUN_RESULTS, run_compare
-
-    figures = run_compare(load_config(args.config), args.artifacts, args.data, out=args.out,
-                          checkpoint=args.checkpoint, max_frames=args.max_frames, save_frames=args.save_frames,
-                          progress=not args.quiet)
-    from trt_centerpoint.report.table import format_table
-
-    rows = [[name, f"{m['cosine']:.6f}", f"{m['max_abs']:.3g}", f"{m['median_abs']:.3g}", f"{m['snr_db']:.1f}"]
-            for name, m in figures["tensors"].items()]
-    print(format_table(["output", "cosine", "max abs", "median abs", "SNR dB"], rows))
-    if figures["per_layer"]["first_jump"]:
-        print(f"per layer: the error first jumps at {figures['per_layer']['first_jump']}")
-    for radius, m in figures["detections"]["int8_vs_fp32"].items():
-        print(f"INT8 vs FP32 boxes within {radius}: {m['matched_fraction']:.3f}")
-    check = figures["detections"].get("int8_files_vs_pytorch_fake_quant")
-    if check:
-        for radius, m in check["files"].items():
-            base = check["baseline_fp16_features"][radius]["matched_fraction"]
-            print(f"INT8 files vs PyTorch fake quant within {radius}: {m['matched_fraction']:.3f} (PyTorch vs itself "
-                  f"with FP16-rounded voxel features: {base:.3f})")
-    if figures["accuracy"]:
-        a = figures["accuracy"]
-        print(f"mAP FP32 {a['fp32']['mAP']:.4f}  INT8 {a['int8']['mAP']:.4f}  ({a['delta_mAP']:+.4f})")
-    out = args.out or args.artifacts
-    print(f"wrote {out}/{COMPARE_JSON} and {out}/{RUN_RESULTS} (Polygraphy RunResults)")
+    model, data = ModelArgs.read(args), DataArgs.read(args)
+    figures = run_compare(load_config(model.config), data.artifacts, data.data, out=args.out,
+                                        checkpoint=model.checkpoint, max_frames=FrameArgs.read(args).frames,
+                                        save_frames=args.save_frames, progress=ProgressArgs.read(args),
+                                        backend=args.backend)
+    for line in summary_lines(figures, args.out or data.artifacts):
+        print(line)
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from trt_centerpoint.config import load_config
-    from trt_centerpoint.pipeline.bench_stage import BENCH_JSON, BENCH_PNG, run_bench
-
-    run_bench(load_config(args.config), args.artifacts, args.data, out=args.out, backends=args.backend,
-              precisions=args.precision, checkpoint=args.checkpoint, iterations=args.iterations, warmup=args.warmup,
-              progress=not args.quiet)
-    out = args.out or args.artifacts
+    model, data, runtime = ModelArgs.read(args), DataArgs.read(args), RuntimeArgs.read(args)
+    run_bench(load_config(model.config), data.artifacts, data.data, out=args.out, backends=list(runtime.backends),
+              precisions=list(runtime.precisions), checkpoint=model.checkpoint, iterations=args.iterations,
+              warmup=args.warmup, progress=ProgressArgs.read(args))
+    out = args.out or data.artifacts
     print(f"wrote {out}/{BENCH_JSON} and {out}/{BENCH_PNG}")
     return 0
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from trt_centerpoint.pipeline.build import BuildOptions, run_build
-    from trt_centerpoint.report.build_report import summary_table
-
-    opts = BuildOptions(config=args.config, checkpoint=args.checkpoint, calib_data=args.calib_data,
-                        eval_data=args.eval_data, out=args.out, qat=args.qat, method=args.method,
-                        calib_frames=args.calib_frames, eval_frames=args.eval_frames,
-                        bench_iterations=args.iterations, progress=not args.quiet)
-    data = run_build(opts)
-    print(summary_table(data))
-    ran = [name for name, s in data["stages"].items() if s["status"] == "ran"]
-    print(f"build finished in {data['seconds']:.1f} s (ran: {', '.join(ran)}); report: {args.out}/report.md")
+    model, data, frames = ModelArgs.read(args), DataArgs.read(args), FrameArgs.read(args)
+    opts = BuildOptions(config=model.config, checkpoint=model.checkpoint, calib_data=data.calib_data,
+                        eval_data=data.eval_data, out=args.out, qat=args.qat, method=MethodArgs.read(args),
+                        calib_frames=frames.calib, eval_frames=frames.eval, bench_iterations=args.iterations,
+                        progress=ProgressArgs.read(args))
+    report = run_build(opts)
+    print(summary_table(report))
+    ran = [name for name, s in report["stages"].items() if s["status"] == "ran"]
+    print(f"build finished in {report['seconds']:.1f} s (ran: {', '.join(ran)}); report: {args.out}/{REPORT_MD}")
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from trt_centerpoint.exporter.lint import lint_file
-
+    verbose = ProgressArgs.read(args)
     failed = False
     for path in args.files:
         kind, lines = lint_file(path)
         for line in lines:
             print(line)
-        if not lines:
+        if not lines and verbose:
             print(f"{path}: ok ({kind})")
         failed = failed or bool(lines)
     return 1 if failed else 0
+
+
+# --- the parser
+
+
+def _command(sub, name: str, summary: str, description: str, func, *groups) -> argparse.ArgumentParser:
+    """A subcommand: `summary` in the command list, `description` atop its --help, then the option groups."""
+    p = sub.add_parser(name, help=summary, description=description)
+    for group in groups:
+        group.add_to_parser(p)
+    p.set_defaults(func=func)
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,182 +257,223 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"trt-centerpoint {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    progress = ProgressArgs()
 
-    p = sub.add_parser("infer", help="run the PyTorch model on point clouds and print / save detections")
-    _add_model_args(p)
+    p = _command(sub, "infer", "run a model on point clouds and print / save detections",
+                 "Detect objects in point clouds with the PyTorch model (--backend torch) or the exported files "
+                 "of a build folder (onnx, trt), and print a table per frame or write detection JSON.",
+                 cmd_infer,
+                 ModelArgs(checkpoint="optional", checkpoint_help="det3d-layout checkpoint (.pth); needed by the "
+                                                                  "torch backend"),
+                 RuntimeArgs(),
+                 DataArgs(artifacts="build folder holding the exported files (onnx / trt backends)"),
+                 OutputArgs("write detections JSON here ({frame stem: [{box, score, name}, ...]}) (default: "
+                            "print only)", required=False),
+                 progress)
     p.add_argument("--points", required=True, help="a .bin / .npy point cloud, or a folder of them")
-    p.add_argument("--out", help="write detections JSON here ({frame stem: [{box, score, name}, ...]})")
-    p.add_argument("--show", type=int, default=20, help="rows of the table printed per frame (default 20)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_infer)
+    p.add_argument("--show", type=int, default=DEFAULT_SHOW,
+                   help=f"rows of the table printed per frame (default {DEFAULT_SHOW})")
 
-    p = sub.add_parser("synth", help="generate a labeled synthetic LiDAR data set (points/*.bin, labels/*.json)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--frames", type=int, default=100, help="number of frames (default 100)")
-    p.add_argument("--seed", type=int, default=0, help="data set seed; frames are deterministic per (seed, index)")
-    p.add_argument("--config", "-c", default="synthetic_small", help="config whose range and classes to use")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_synth)
+    p = _command(sub, "synth", "generate a labeled synthetic LiDAR data set (points/*.bin, labels/*.json)",
+                 "Generate a labeled synthetic LiDAR data set: points/*.bin and labels/*.json, deterministic per "
+                 "(seed, frame index).",
+                 cmd_synth,
+                 OutputArgs("output folder"),
+                 ModelArgs(checkpoint=None, config_help="config whose point cloud range and classes to use"),
+                 progress)
+    p.add_argument("--frames", type=int, default=DEFAULT_SYNTH_FRAMES, metavar="N",
+                   help=f"frames to generate (default {DEFAULT_SYNTH_FRAMES})")
+    p.add_argument("--seed", type=int, default=0,
+                   help="data set seed; frames are deterministic per (seed, index) (default 0)")
 
-    p = sub.add_parser("train", help="train a config on labeled frames (CenterPoint loss, resumable)")
-    p.add_argument("--config", "-c", default="synthetic_small", help="bundled config name or YAML path")
-    p.add_argument("--data", required=True, help="labeled data folder (points/, labels/), e.g. from `synth`")
-    p.add_argument("--out", required=True, help="checkpoint to write (det3d layout)")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--lr", type=float, default=2e-3, help="one-cycle maximum learning rate (default 2e-3)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--init", help="start from this checkpoint instead of random weights")
-    p.add_argument("--no-augment", action="store_true", help="no flip / rotation / scale augmentation")
+    t = TrainOptions()
+    p = _command(sub, "train", "train a config on labeled frames (CenterPoint loss, resumable)",
+                 "Train a model config from scratch (or from --init) on labeled frames with the CenterPoint loss; "
+                 "resumes from <out>.state.pth unless --no-resume.",
+                 cmd_train,
+                 ModelArgs(checkpoint=None),
+                 DataArgs(data="labeled data folder (points/, labels/), e.g. from `synth`", required=("data",)),
+                 OutputArgs("checkpoint to write (det3d layout)"),
+                 TrainingArgs(epochs=t.epochs, lr=t.lr, batch_size=t.batch_size, seed=t.seed),
+                 progress)
+    p.add_argument("--init", help="start from this checkpoint instead of random weights (default: random)")
     p.add_argument("--no-resume", action="store_true", help="ignore a saved <out>.state.pth and start over")
     p.add_argument("--half", action="store_true", help="store the checkpoint in FP16 (half the size)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="score a model on labeled frames (nuScenes-style AP, mAP)")
-    _add_model_args(p, checkpoint_required=False)
-    p.add_argument("--data", required=True, help="labeled data folder (points/, labels/)")
-    p.add_argument("--out", help="write metrics JSON here")
-    p.add_argument("--dump-detections", help="write all detections (detection JSON) here")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnx", "trt"],
-                   help="torch: the PyTorch model (--checkpoint); onnx: the exported files (scn reference runner + "
-                        "ONNX Runtime); trt: scn runner + TensorRT engine (default torch)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
-                   help="default fp32; int8 with torch: fake quant, --checkpoint is a `ptq` / `qat` output")
-    p.add_argument("--artifacts", help="build folder holding the exported files (onnx / trt backends)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_eval)
+    p = _command(sub, "eval", "score a model on labeled frames (nuScenes-style AP, mAP)",
+                 "Score a model on labeled frames: nuScenes-style AP per class and mAP, for the PyTorch model or "
+                 "the exported files of a build folder.",
+                 cmd_eval,
+                 ModelArgs(checkpoint="optional", checkpoint_help="det3d-layout checkpoint (.pth); needed by the "
+                                                                  "torch backend"),
+                 DataArgs(data="labeled data folder (points/, labels/)",
+                          artifacts="build folder holding the exported files (onnx / trt backends)",
+                          required=("data",)),
+                 RuntimeArgs(),
+                 OutputArgs("write metrics JSON here (default: print only)", required=False),
+                 progress)
+    p.add_argument("--dump-detections", help="write all detections (detection JSON) here (default: not written)")
 
-    p = sub.add_parser("ptq", help="post-training quantization: fold BN, insert quantizers, calibrate, save ptq.pth")
-    _add_model_args(p)
-    p.add_argument("--calib-data", required=True, help="a point-cloud file or folder of them (.bin / .npy, or DIR/points/)")
-    p.add_argument("--num-frames", type=int, default=100,
-                   help="calibration frames, spread evenly over the folder (default 100; all if fewer)")
-    p.add_argument("--method", default="mse", choices=["mse", "percentile", "entropy", "max"],
-                   help="activation amax method (default mse); weights always use their per-channel max")
+    skip_default = " ".join(DEFAULT_SKIP)
+    p = _command(sub, "ptq", "post-training quantization: fold BN, insert quantizers, calibrate, save ptq.pth",
+                 "Post-training quantization: fold BatchNorm, insert quantizers, calibrate activation ranges on "
+                 "point clouds, and save the quantized checkpoint.",
+                 cmd_ptq,
+                 ModelArgs(),
+                 DataArgs(calib_data="a point-cloud file or folder of them (.bin / .npy, or DIR/points/)",
+                          required=("calib_data",)),
+                 FrameArgs(FrameCount("--frames", PTQ_FRAMES, "calibration frames",
+                                      old=("--num-frames",))),
+                 MethodArgs(),
+                 OutputArgs("quantized checkpoint to write (ptq.pth)"),
+                 progress)
     p.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default 99.99)")
     p.add_argument("--skip", nargs="*", metavar="PATTERN",
-                   help="module-path glob patterns to leave in float; replaces the default "
-                        "(backbone.conv_input* backbone.conv1.0.* bbox_head.tasks.*.reg.3); `--skip` alone "
-                        "quantizes everything")
+                   help=f"module-path glob patterns to leave in float; replaces the default ({skip_default}); "
+                        "`--skip` alone quantizes everything")
     p.add_argument("--skip-from", metavar="SENSITIVITY_JSON",
                    help="leave in float the skip list proposed by `sensitivity --budget` (its sensitivity.json), "
-                        "together with any --skip patterns; replaces the default skip list")
+                        "together with any --skip patterns; replaces the default skip list (default: not used)")
     p.add_argument("--no-fuse-bn", action="store_true", help="keep BatchNorm unfolded (default: fold into convs)")
     p.add_argument("--device", default="cpu", help="where calibration runs (default cpu; e.g. cuda)")
-    p.add_argument("--out", required=True, help="quantized checkpoint to write (ptq.pth)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_ptq)
 
-    p = sub.add_parser("qat", help="quantization-aware fine-tuning of a ptq.pth (supervised or distillation; torchrun-ready)")
-    p.add_argument("--checkpoint", "-p", required=True, help="quantized checkpoint from `ptq` (or `qat`)")
-    p.add_argument("--data", required=True,
-                   help="supervised: labeled folder (points/, labels/); distill: any point-cloud folder")
-    p.add_argument("--objective", default="supervised", choices=["supervised", "distill"],
-                   help="supervised: CenterPoint loss on labels; distill: match the FP32 teacher (no labels)")
+    q = QATOptions()
+    p = _command(sub, "qat", "quantization-aware fine-tuning of a ptq.pth (supervised or distillation; "
+                             "torchrun-ready)",
+                 "Quantization-aware fine-tuning of a `ptq` checkpoint, supervised on labels or distilled from the "
+                 "FP32 teacher; runs on several GPUs under torchrun.",
+                 cmd_qat,
+                 ModelArgs(config=False, checkpoint_help="quantized checkpoint from `ptq` (or `qat`)"),
+                 DataArgs(data="supervised: labeled folder (points/, labels/); distill: any point-cloud folder",
+                          required=("data",)),
+                 TrainingArgs(epochs=q.epochs, lr=q.lr, batch_size=q.batch_size, seed=q.seed, per_process=True),
+                 FrameArgs(FrameCount("--frames", None, "training frames", old=("--num-frames",))),
+                 OutputArgs("quantized checkpoint to write (qat.pth, same format as ptq.pth)"),
+                 progress)
+    p.add_argument("--objective", default=q.objective, choices=OBJECTIVES,
+                   help="supervised: CenterPoint loss on labels; distill: match the FP32 teacher (no labels) "
+                        f"(default {q.objective})")
     p.add_argument("--teacher", help="distill: FP32 checkpoint (default: the ptq file's source checkpoint)")
-    p.add_argument("--epochs", type=int, default=2, help="default 2")
-    p.add_argument("--lr", type=float, default=1e-4, help="one-cycle maximum learning rate (default 1e-4)")
-    p.add_argument("--batch-size", type=int, default=2, help="frames per step and process (default 2)")
-    p.add_argument("--num-frames", type=int, help="use this many frames, spread evenly (default: all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-augment", action="store_true", help="no flip / rotation / scale augmentation")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: one GPU per local rank)")
-    p.add_argument("--out", required=True, help="quantized checkpoint to write (qat.pth, same format as ptq.pth)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_qat)
+    p.add_argument("--device", default=q.device,
+                   help=f"cpu or cuda (under torchrun: one GPU per local rank) (default {q.device})")
 
-    p = sub.add_parser("sensitivity", help="per-layer INT8 sensitivity: rank layers, propose a skip list (--budget)")
-    _add_model_args(p)
-    p.add_argument("--calib-data", required=True, help="point-cloud file or folder to calibrate on (once, all layers)")
-    p.add_argument("--data", help="labeled folder (points/, labels/): metric mAP; without it: output fidelity "
-                                  "vs FP32 on the calibration frames (heatmap cosine, SNR)")
-    p.add_argument("--num-frames", type=int, default=16,
-                   help="calibration frames, spread evenly over the folder (default 16; all if fewer)")
-    p.add_argument("--eval-frames", type=int, help="frames evaluated per configuration, spread evenly (default all)")
+    p = _command(sub, "sensitivity", "per-layer INT8 sensitivity: rank layers, propose a skip list (--budget)",
+                 "Per-layer INT8 sensitivity: calibrate once, quantize one layer at a time, rank the layers by the "
+                 "metric drop, and with --budget propose the smallest skip list that meets it.",
+                 cmd_sensitivity,
+                 ModelArgs(),
+                 DataArgs(calib_data="point-cloud file or folder to calibrate on (once, all layers)",
+                          data="labeled folder (points/, labels/): metric mAP (default: output fidelity vs FP32 on "
+                               "the calibration frames: heatmap cosine, SNR)",
+                          required=("calib_data",)),
+                 FrameArgs(FrameCount("--calib-frames", SENSITIVITY_FRAMES, "calibration frames",
+                                      old=("--num-frames",)),
+                           FrameCount("--eval-frames", None, "frames evaluated per configuration")),
+                 MethodArgs(),
+                 OutputArgs("output folder: sensitivity.json, sensitivity.md, sensitivity.png"),
+                 progress)
     p.add_argument("--budget", type=float,
-                   help="propose the smallest skip list with mAP drop <= B (with --data) or 1 - cosine <= B")
-    p.add_argument("--method", default="mse", choices=["mse", "percentile", "entropy", "max"],
-                   help="activation amax method (default mse)")
-    p.add_argument("--seed", type=int, default=0, help="torch / numpy seed (frames are picked deterministically)")
+                   help="propose the smallest skip list with mAP drop <= B (with --data) or 1 - cosine <= B "
+                        "(default: no proposal)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="torch / numpy seed (frames are picked deterministically) (default 0)")
     p.add_argument("--show", type=int, default=10, help="most sensitive layers printed (default 10)")
-    p.add_argument("--out", required=True, help="output folder: sensitivity.json, sensitivity.md, sensitivity.png")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_sensitivity)
-    p = sub.add_parser("engine", help="build a TensorRT engine from an exported ONNX (needs TensorRT and a GPU)")
+
+    p = _command(sub, "engine", "build a TensorRT engine from an exported ONNX (needs TensorRT and a GPU)",
+                 "Build a TensorRT engine from an exported ONNX file (explicit Q/DQ for INT8), with its build log "
+                 "and per-layer precision summary; needs TensorRT and a GPU.",
+                 cmd_engine,
+                 OutputArgs("engine to write, e.g. rpn_head.int8.plan (also writes <stem>.build.log and "
+                            "<stem>.layers.json)"))
     p.add_argument("--onnx", required=True, help="exported ONNX, e.g. rpn_head.int8.onnx (explicit Q/DQ)")
-    p.add_argument("--out", required=True,
-                   help="engine to write, e.g. rpn_head.int8.plan (also writes <stem>.build.log and <stem>.layers.json)")
     p.add_argument("--workspace", type=int, default=2048, metavar="MB",
                    help="builder workspace memory pool limit in MiB (default 2048)")
-    p.add_argument("--timing-cache", metavar="FILE", help="tactic timing cache: loaded if it exists, saved after the build")
+    p.add_argument("--timing-cache", metavar="FILE",
+                   help="tactic timing cache: loaded if it exists, saved after the build (default: none)")
     p.add_argument("--fp16-io", action="store_true",
                    help="the engine takes / returns FP16: the ONNX's float inputs and outputs must already be FLOAT16")
-    p.set_defaults(func=cmd_engine)
-    p = sub.add_parser("export", help="export scn.fp16.onnx (libspconv) + rpn_head.fp32.onnx (+ the INT8 files for a "
-                                      "quantized checkpoint), validated, with manifest.json")
-    _add_model_args(p)
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--calib-data", help="point-cloud file or folder: per-layer output_bound statistics and validation "
-                                        "frames (without it: safe-bound fallback, synthetic validation frames)")
-    p.add_argument("--max-frames", type=int, default=16, help="frames used from --calib-data, spread evenly (default 16)")
+
+    p = _command(sub, "export", "export scn.fp16.onnx (libspconv) + rpn_head.fp32.onnx (+ the INT8 files for a "
+                                "quantized checkpoint), validated, with manifest.json",
+                 "Export the sparse backbone for libspconv and the RPN + head as standard ONNX (plus the INT8 files "
+                 "for a quantized checkpoint), validate each against PyTorch, and record them in manifest.json.",
+                 cmd_export,
+                 ModelArgs(),
+                 OutputArgs("output folder"),
+                 DataArgs(calib_data="point-cloud file or folder: per-layer output_bound statistics and validation "
+                                     "frames (default: safe-bound fallback, synthetic validation frames)"),
+                 FrameArgs(FrameCount("--frames", EXPORT_FRAMES, "frames used from --calib-data",
+                                      old=("--max-frames",))),
+                 ProgressArgs("print only the files written (default: also the validation lines)"))
     p.add_argument("--fp16", action="store_true",
                    help="also rpn_head.int8.fp16.onnx: INT8 head with FP16 float parts (strongly typed TensorRT)")
     p.add_argument("--fp16-io", action="store_true", help="with --fp16: FP16 input and outputs too")
-    p.add_argument("--bound-margin", type=float, default=1.5,
-                   help="output_bound = observed max active voxels x this (default 1.5)")
-    p.set_defaults(func=cmd_export)
+    p.add_argument("--bound-margin", type=float, default=DEFAULT_MARGIN,
+                   help=f"output_bound = observed max active voxels x this (default {DEFAULT_MARGIN:g})")
 
-    p = sub.add_parser("compare", help="FP32 vs INT8 files on frames: tensors, per layer, detections, mAP")
-    p.add_argument("--config", "-c", default="synthetic_small", help="bundled config name or YAML path")
-    p.add_argument("--artifacts", required=True, help="build folder with scn.*.onnx and rpn_head.*.onnx")
-    p.add_argument("--data", required=True, help="point files or a labeled folder (labels -> mAP)")
-    p.add_argument("--checkpoint", help="the quantized checkpoint: also check the INT8 files against it")
-    p.add_argument("--out", help="where to write compare.json etc. (default: --artifacts)")
-    p.add_argument("--max-frames", type=int, default=50, help="frames to compare (default 50, evenly spread)")
+    p = _command(sub, "compare", "FP32 vs INT8 files on frames: tensors, per layer, detections, mAP",
+                 "Run the FP32 and INT8 files of a build folder on the same frames and compare output tensors, "
+                 "per-layer errors, detections and (with labels) mAP.",
+                 cmd_compare,
+                 ModelArgs(checkpoint="optional", checkpoint_help="the quantized checkpoint: also check the INT8 "
+                                                                  "files against it (default: not checked)"),
+                 DataArgs(artifacts="build folder with scn.*.onnx and rpn_head.*.onnx",
+                          data="point files or a labeled folder (labels -> mAP)", required=("artifacts", "data")),
+                 OutputArgs("where to write compare.json etc. (default: --artifacts)", required=False),
+                 FrameArgs(FrameCount("--frames", COMPARE_FRAMES, "frames to compare",
+                                      old=("--max-frames",))),
+                 progress)
     p.add_argument("--save-frames", type=int, default=3, help="frames kept in the Polygraphy RunResults (default 3)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_compare)
+    p.add_argument("--backend", default="onnx", choices=COMPARE_BACKENDS,
+                   help="onnx: the ONNX head files on ONNX Runtime; trt: the head engines (TensorRT, a GPU); the "
+                        "sparse part runs in the scn reference runner either way (default onnx)")
 
-    p = sub.add_parser("bench", help="latency per stage (voxelize, backbone, rpn_head, decode) and end to end")
-    p.add_argument("--config", "-c", default="synthetic_small", help="bundled config name or YAML path")
-    p.add_argument("--artifacts", help="build folder (onnx / trt backends)")
-    p.add_argument("--checkpoint", help="checkpoint for the torch backend")
-    p.add_argument("--data", required=True, help="point files to run (cycled)")
-    p.add_argument("--backend", nargs="+", default=["onnx"], choices=["torch", "onnx", "trt"])
-    p.add_argument("--precision", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8"])
+    p = _command(sub, "bench", "latency per stage (voxelize, backbone, rpn_head, decode) and end to end",
+                 "Measure latency per stage (voxelize, backbone, rpn_head, decode) and end to end, for each backend "
+                 "x precision.",
+                 cmd_bench,
+                 ModelArgs(checkpoint="optional", checkpoint_help="checkpoint for the torch backend"),
+                 DataArgs(artifacts="build folder (onnx / trt backends)", data="point files to run (cycled)",
+                          required=("data",)),
+                 RuntimeArgs(multiple=True, backends=("onnx",), precisions=("fp32", "int8")),
+                 OutputArgs("where to write bench.json / bench.png (default: --artifacts)", required=False),
+                 ProgressArgs("no progress output"))
     p.add_argument("--iterations", type=int, default=20, help="timed frames per backend x precision (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed frames first (default 3)")
-    p.add_argument("--out", help="where to write bench.json / bench.png (default: --artifacts)")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("build", help="the whole chain: PTQ/QAT -> export -> check -> engine -> compare -> bench -> "
-                                     "report (no arguments: the bundled sample)")
-    p.add_argument("--config", "-c", default="synthetic_small", help="bundled config name or YAML path")
-    p.add_argument("--checkpoint", "-p", help="float det3d checkpoint (default: samples/synthetic_small.pth)")
-    p.add_argument("--calib-data", help="calibration point files (default: generated into OUT/data/calib)")
-    p.add_argument("--eval-data", help="labeled evaluation frames (default: generated into OUT/data/eval)")
+    b = BuildOptions()
+    p = _command(sub, "build", "the whole chain: PTQ/QAT -> export -> check -> engine -> compare -> bench -> "
+                               "report (no arguments: the bundled sample)",
+                 "Run the whole chain into one build folder: PTQ (and QAT) -> export -> check -> engine -> compare "
+                 "-> bench -> report; stages whose inputs did not change are skipped. No arguments: the bundled "
+                 "sample.",
+                 cmd_build,
+                 ModelArgs(checkpoint="optional",
+                           checkpoint_help="float det3d checkpoint (default: samples/synthetic_small.pth)"),
+                 DataArgs(calib_data="calibration point files (default: generated into OUT/data/calib)",
+                          eval_data="labeled evaluation frames (default: generated into OUT/data/eval)"),
+                 MethodArgs(),
+                 FrameArgs(FrameCount("--calib-frames", b.calib_frames,
+                                      "calibration frames (this many generated without --calib-data)"),
+                           FrameCount("--eval-frames", b.eval_frames,
+                                      "evaluation frames (this many generated without --eval-data)")),
+                 OutputArgs(f"build folder (default {b.out}/)", required=False, default=str(b.out)),
+                 progress)
     p.add_argument("--qat", action="store_true", help="fine-tune after PTQ (1 epoch on the calibration data)")
-    p.add_argument("--method", default="mse", choices=["mse", "percentile", "entropy", "max"])
-    p.add_argument("--calib-frames", type=int, default=32, help="calibration frames (default 32)")
-    p.add_argument("--eval-frames", type=int, default=50, help="evaluation frames (default 50)")
-    p.add_argument("--iterations", type=int, default=20, help="bench iterations per backend x precision")
-    p.add_argument("--out", default="build", help="build folder (default build/)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_build)
+    p.add_argument("--iterations", type=int, default=b.bench_iterations,
+                   help=f"bench iterations per backend x precision (default {b.bench_iterations})")
 
-    p = sub.add_parser("check", help="lint exported ONNX files (scn: what libspconv's parser accepts); exit 1 on findings")
-    p.add_argument("files", nargs="+", metavar="FILE.onnx")
-    p.set_defaults(func=cmd_check)
+    p = _command(sub, "check", "lint exported ONNX files (scn: what libspconv's parser accepts); exit 1 on findings",
+                 "Lint exported ONNX files: the scn files against what libspconv's parser accepts, the others as "
+                 "standard ONNX. Exit status 1 when anything is found.",
+                 cmd_check,
+                 ProgressArgs("print findings only (default: also an 'ok' line per clean file)"))
+    p.add_argument("files", nargs="+", metavar="FILE.onnx", help="exported ONNX files to lint")
     return parser
 
 
 def _quiet_library_warnings() -> None:
     """Hide known, harmless warnings of our dependencies (spconv's dense(), torch.fx) from users."""
-    import logging
-    import warnings
-
     warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing")
     logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
 

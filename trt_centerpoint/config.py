@@ -159,7 +159,8 @@ class ModelConfig:
                 "(needs at least 25 after four z-downsampling convs)"
             )
         if len(self.backbone.channels) != 4:
-            raise ConfigError(f"{source}: backbone.channels needs 4 values (conv1..conv4), got {self.backbone.channels}")
+            raise ConfigError(f"{source}: backbone.channels needs 4 values (conv1..conv4), "
+                              f"got {self.backbone.channels}")
         n = self.neck
         if not (len(n.layer_nums) == len(n.ds_layer_strides) == len(n.ds_num_filters)):
             raise ConfigError(f"{source}: neck.layer_nums, ds_layer_strides and ds_num_filters differ in length")
@@ -187,7 +188,9 @@ def _build(cls, data, where: str, source: str):
     unknown = sorted(set(data) - known)
     if unknown:
         prefix = f"{where}." if where else ""
-        raise ConfigError(f"{source}: unknown key(s) {', '.join(prefix + k for k in unknown)} (known: {', '.join(sorted(known))})")
+        raise ConfigError(
+            f"{source}: unknown key(s) {', '.join(prefix + k for k in unknown)} (known: {', '.join(sorted(known))})"
+        )
     kwargs = {}
     for name, value in data.items():
         key = f"{where}.{name}" if where else name

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from trt_centerpoint.artifacts import MANIFEST
 from trt_centerpoint.errors import UserError
 from trt_centerpoint.fileio import atomic_write_json
 
-MANIFEST_NAME = "manifest.json"
 TRACKED_PACKAGES = ("trt-centerpoint", "torch", "spconv", "pytorch-quantization", "onnx", "onnxruntime",
                     "onnx-graphsurgeon", "polygraphy", "tensorrt")
 
@@ -30,6 +30,11 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def json_sha256(obj) -> str:
+    """Hash of a JSON-able value, independent of key order (a config, a parameter set)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def tree_sha256(path: str | Path) -> str:
@@ -69,7 +74,7 @@ class Manifest:
 
     def __init__(self, build_dir: str | Path):
         self.dir = Path(build_dir)
-        self.path = self.dir / MANIFEST_NAME
+        self.path = self.dir / MANIFEST
         self.stages: dict[str, StageRecord] = {}
         self.versions = library_versions()
         if self.path.is_file():

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from trt_centerpoint.config import load_config
-from trt_centerpoint.data import synth_scene as sc
-from trt_centerpoint.data.synth import (
+from trt_centerpoint.data.synth import scene as sc
+from trt_centerpoint.data.synth.dataset import (
     CLASSES,
     SceneConfig,
     SensorConfig,
@@ -25,7 +25,7 @@ from trt_centerpoint.data.synth import (
     simulate_frame,
     write_dataset,
 )
-from trt_centerpoint.data.synth_raycast import BOX, CYLINDER, Ground, intersect_ground
+from trt_centerpoint.data.synth.raycast import BOX, CYLINDER, Ground, intersect_ground
 from trt_centerpoint.errors import UserError
 
 SENSOR = SensorConfig()

@@ -207,7 +207,9 @@ def test_bad_inputs_are_reported(cfg):
 
 def _ref_corners(b):
     c, s = math.cos(b[6]), math.sin(b[6])
-    return [(b[0] + c * u - s * v, b[1] + s * u + c * v) for u, v in ((b[3] / 2, b[4] / 2), (-b[3] / 2, b[4] / 2), (-b[3] / 2, -b[4] / 2), (b[3] / 2, -b[4] / 2))]
+    half_w, half_l = b[3] / 2, b[4] / 2
+    corners = ((half_w, half_l), (-half_w, half_l), (-half_w, -half_l), (half_w, -half_l))
+    return [(b[0] + c * u - s * v, b[1] + s * u + c * v) for u, v in corners]
 
 
 def _ref_iou(a, b):
@@ -254,8 +256,12 @@ def ref_decode(preds, cfg):
                     probs = [sigmoid(hm[c][i][j]) for c in range(ncls)]
                     score = max(probs)
                     label = probs.index(score)
-                    x = (j + reg[0][i][j]) * cfg.head.out_size_factor * cfg.voxel.voxel_size[0] + cfg.voxel.point_cloud_range[0]
-                    y = (i + reg[1][i][j]) * cfg.head.out_size_factor * cfg.voxel.voxel_size[1] + cfg.voxel.point_cloud_range[1]
+                    x = (j + reg[0][i][j]) * cfg.head.out_size_factor * cfg.voxel.voxel_size[
+                        0
+                    ] + cfg.voxel.point_cloud_range[0]
+                    y = (i + reg[1][i][j]) * cfg.head.out_size_factor * cfg.voxel.voxel_size[
+                        1
+                    ] + cfg.voxel.point_cloud_range[1]
                     z = hei[0][i][j]
                     lo, hi = post.post_center_range[:3], post.post_center_range[3:]
                     if score <= post.score_threshold or not all(lo[k] <= v <= hi[k] for k, v in enumerate((x, y, z))):
@@ -318,7 +324,16 @@ def test_decode_on_cuda_matches_cpu(cfg):
     preds = blank_preds(cfg, batch=2)
     rng = random.Random(0)
     for _ in range(30):
-        put(preds, rng.randrange(2), 0, rng.randrange(16), rng.randrange(16), rng.uniform(-1, 3), dims=(2.0, 2.0, 1.0), b=rng.randrange(2))
+        put(
+            preds,
+            rng.randrange(2),
+            0,
+            rng.randrange(16),
+            rng.randrange(16),
+            rng.uniform(-1, 3),
+            dims=(2.0, 2.0, 1.0),
+            b=rng.randrange(2),
+        )
     cpu = decode(preds, cfg)
     gpu = decode([{k: v.cuda() for k, v in p.items()} for p in preds], cfg)
     for c, g in zip(cpu, gpu):

@@ -11,7 +11,7 @@ import torch
 
 from trt_centerpoint.config import load_config
 from trt_centerpoint.errors import UserError
-from trt_centerpoint.model.voxelizer import VoxelBatch, VoxelOverflowWarning, Voxelizer, VoxelStats, collate
+from trt_centerpoint.model.voxelizer import VoxelBatch, Voxelizer, VoxelOverflowWarning, VoxelStats, collate
 
 
 def reference(points: np.ndarray, vcfg, training: bool = False):
@@ -92,7 +92,9 @@ def make_points(vcfg, n: int, seed: int, num_hot: int = 300) -> np.ndarray:
 
 def assert_matches(out: VoxelBatch, points: np.ndarray, vcfg, training: bool = False):
     feats, coords, nums, stats = reference(points, vcfg, training)
-    assert out.features.dtype == torch.float32 and out.coords.dtype == torch.int32 and out.num_points.dtype == torch.int32
+    assert (
+        out.features.dtype == torch.float32 and out.coords.dtype == torch.int32 and out.num_points.dtype == torch.int32
+    )
     assert out.features.shape == feats.shape and out.coords.shape == coords.shape
     np.testing.assert_array_equal(out.coords.numpy(), coords)
     np.testing.assert_array_equal(out.num_points.numpy(), nums)

@@ -1,4 +1,4 @@
-"""report.build_report: a full report, a minimal one ("not run" everywhere), the terminal table, atomicity."""
+"""report.markdown: a full report, a minimal one ("not run" everywhere), the terminal table, atomicity."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 
 from trt_centerpoint.eval.tensor_metrics import error_histogram, tensor_metrics
-from trt_centerpoint.report import build_report
-from trt_centerpoint.report.build_report import (
+from trt_centerpoint.report import markdown as build_report
+from trt_centerpoint.report.markdown import (
+    latency_series,
     render_markdown,
     summary_table,
     write_report,
 )
+from trt_centerpoint.report.plots import latency_chart
 
 
 def _tensor(seed: int, noise: float) -> dict:
@@ -59,18 +61,21 @@ def full_data() -> dict:
 
 
 def test_full_report(tmp_path, full_data):
+    # the bench stage's chart, next to the report: linked, not redrawn
+    latency_chart(tmp_path / "out" / "bench.png", latency_series(full_data["latency"]))
     paths = write_report(tmp_path / "out", full_data)
     names = sorted(p.name for p in paths)
-    assert names == ["errors.png", "latency.png", "report.json", "report.md"]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == names  # no temp file left
-    for png in ("errors.png", "latency.png"):
+    assert names == ["errors.png", "report.json", "report.md"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([*names, "bench.png"])  # no temp file
+    for png in ("errors.png", "bench.png"):
         data = (tmp_path / "out" / png).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 1000
     md = (tmp_path / "out" / "report.md").read_text()
+    assert "latency.png" not in md
     for text in ("# Tiny CenterPoint INT8", "configs/tiny.yaml", "ckpt/model.pt", "0.5123", "0.5049", "-0.0074",
                  "0.7311", "pedestrian", "0.9731", "`conv2_out`", "0.998710", "12.25", "6.12", "2.00x",
                  "rpn_head.onnx", "2.2 MiB", "0123456789ab", "unavailable", "no TensorRT",
-                 "tensorrt is not installed", "(errors.png)", "(latency.png)", "(sensitivity.png)",
+                 "tensorrt is not installed", "(errors.png)", "(bench.png)", "(sensitivity.png)",
                  "How to read", "pytorch/fp32", "tensorrt/int8", "Test CPU", "2.13.0", "inf"):
         assert text in md, text
     assert "max |x|" not in md and "`ptq`" in md
@@ -83,6 +88,12 @@ def test_full_report(tmp_path, full_data):
     assert loaded["latency"]["pytorch"]["int8"]["backbone"]["median_ms"] == 12.25 * 0.5
     assert loaded["artifacts"] == full_data["artifacts"]
     assert set(loaded) == set(full_data)  # nothing invented
+
+
+def test_latency_without_bench_png_has_no_image_link(tmp_path, full_data):
+    write_report(tmp_path, full_data)
+    md = (tmp_path / "report.md").read_text()
+    assert "12.25" in md and "![latency]" not in md and not (tmp_path / "bench.png").exists()
 
 
 def test_minimal_report_says_not_run(tmp_path):
@@ -148,7 +159,7 @@ def test_pipe_in_a_cell_is_escaped():
 
 
 def test_summary_shows_the_cosine_of_every_output_per_task():
-    from trt_centerpoint.report.build_report import summary_table
+    from trt_centerpoint.report.markdown import summary_table
 
     data = {"model": {"config": "x"}, "tensors": {"reg_0": {"cosine": 0.9}, "hm_0": {"cosine": 0.99},
                                                   "reg_1": {"cosine": 0.8}, "hm_1": {"cosine": 0.999}}}

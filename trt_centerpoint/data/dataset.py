@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from trt_centerpoint.data.points import list_point_files, read_points
-from trt_centerpoint.data.synth import read_labels
+from trt_centerpoint.data.synth.dataset import read_labels
 from trt_centerpoint.errors import UserError
 
 

@@ -134,14 +134,13 @@ def read_points(path: str | Path, num_features: int) -> PointCloud:
     num_bad = int(pts.shape[0] - finite.sum())
     if num_bad:
         pts = pts[finite]
-    return PointCloud(path, pts, ReadStats(num_read=int(raw.shape[0]), num_nonfinite=num_bad, file_columns=file_columns))
+    stats = ReadStats(num_read=int(raw.shape[0]), num_nonfinite=num_bad, file_columns=file_columns)
+    return PointCloud(path, pts, stats)
 
 
 def _point_files_in(folder: Path) -> list[Path]:
     return sorted(
-        p
-        for p in folder.iterdir()
-        if p.suffix.lower() in POINT_SUFFIXES and not p.name.startswith(".") and p.is_file()
+        p for p in folder.iterdir() if p.suffix.lower() in POINT_SUFFIXES and not p.name.startswith(".") and p.is_file()
     )
 
 
@@ -168,7 +167,9 @@ def list_point_files(path: str | Path) -> list[Path]:
     seen: dict[str, Path] = {}
     for f in files:
         if f.stem in seen:
-            raise UserError(f"{f.parent}: two point files share the frame name {f.stem!r}: {seen[f.stem].name}, {f.name}")
+            raise UserError(
+                f"{f.parent}: two point files share the frame name {f.stem!r}: {seen[f.stem].name}, {f.name}"
+            )
         seen[f.stem] = f
     return files
 

@@ -1,6 +1,6 @@
 """SpMiddleResNetFHD: det3d's sparse 3D backbone, with det3d's module names so checkpoints load as they are.
 
-Layout (REFERENCE section 1): conv_input (SubM) -> conv1 (residual blocks) -> conv2..conv4 (strided sparse
+Layout (det3d's SpMiddleResNetFHD): conv_input (SubM) -> conv1 (residual blocks) -> conv2..conv4 (strided sparse
 conv + BN + ReLU + residual blocks) -> extra_conv (z-only stride) -> dense -> BEV [B, C * D, H, W].
 The channel plan and the number of blocks per stage come from the config.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from trt_centerpoint._compat.spconv import import_spconv
 from trt_centerpoint.config import ModelConfig
-from trt_centerpoint.model.spconv_compat import import_spconv
 
 spconv = import_spconv()
 

@@ -29,7 +29,9 @@ class CenterPoint(nn.Module):
         self.bbox_head = CenterHead(cfg, self.neck.out_channels)
         self.voxelizer = Voxelizer(cfg.voxel)
 
-    def forward(self, voxel_features: torch.Tensor, coords: torch.Tensor, batch_size: int) -> list[dict[str, torch.Tensor]]:
+    def forward(
+        self, voxel_features: torch.Tensor, coords: torch.Tensor, batch_size: int
+    ) -> list[dict[str, torch.Tensor]]:
         """Voxels -> per-task head outputs (raw: hm logits, log dims, sin/cos)."""
         bev = self.backbone(voxel_features, coords, batch_size)
         return self.bbox_head(self.neck(bev))

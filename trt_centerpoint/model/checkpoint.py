@@ -54,16 +54,20 @@ def read_checkpoint(path: str | Path) -> dict:
         return {**obj, "state_dict": obj["model"]}
     if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return {"state_dict": obj}
-    raise CheckpointError(f"{path}: no 'state_dict' in the checkpoint (top-level keys: {', '.join(map(str, list(obj)[:8]))})")
+    raise CheckpointError(
+        f"{path}: no 'state_dict' in the checkpoint (top-level keys: {', '.join(map(str, list(obj)[:8]))})"
+    )
 
 
 def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if state and all(k.startswith("module.") for k in state):
-        return {k[len("module."):]: v for k, v in state.items()}
+        return {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 
-def convert_spconv1_weights(state: dict[str, torch.Tensor], expected: dict[str, torch.Size], source: str) -> tuple[dict, int]:
+def convert_spconv1_weights(
+    state: dict[str, torch.Tensor], expected: dict[str, torch.Size], source: str
+) -> tuple[dict, int]:
     """Permute 5-D sparse conv weights stored in spconv 1.x layout; returns (state, number permuted).
 
     A weight counts as spconv 1.x when its shape is the 2.x shape permuted back. Mixed layouts in one

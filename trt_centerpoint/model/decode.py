@@ -135,7 +135,9 @@ def _decode_maps(pred: dict[str, Tensor], cfg: ModelConfig) -> tuple[Tensor, Ten
     voxel, rng = cfg.voxel.voxel_size, cfg.voxel.point_cloud_range
     stride = cfg.head.out_size_factor
     ys, xs = torch.meshgrid(
-        torch.arange(h, device=hm.device, dtype=hm.dtype), torch.arange(w, device=hm.device, dtype=hm.dtype), indexing="ij"
+        torch.arange(h, device=hm.device, dtype=hm.dtype),
+        torch.arange(w, device=hm.device, dtype=hm.dtype),
+        indexing="ij",
     )
     x = (xs + reg[:, 0]) * stride * voxel[0] + rng[0]
     y = (ys + reg[:, 1]) * stride * voxel[1] + rng[1]

@@ -48,7 +48,9 @@ class CenterHead(nn.Module):
             nn.ReLU(),
         )
         self.tasks = nn.ModuleList(
-            SepHead(h.share_conv_channel, {**h.common_heads, "hm": len(names)}, h.head_conv, h.final_kernel, h.init_bias)
+            SepHead(
+                h.share_conv_channel, {**h.common_heads, "hm": len(names)}, h.head_conv, h.final_kernel, h.init_bias
+            )
             for names in h.tasks
         )
 

@@ -80,7 +80,11 @@ def _paired_intersection(a: Tensor, b: Tensor) -> Tensor:
     p = a.shape[0]
     eps = torch.finfo(a.dtype).eps
     ca, cb = bev_corners(a), bev_corners(b)
-    scale = torch.maximum(a[:, 0:2].abs().amax(1), b[:, 0:2].abs().amax(1)) + a[:, 3:5].abs().sum(1) + b[:, 3:5].abs().sum(1)
+    scale = (
+        torch.maximum(a[:, 0:2].abs().amax(1), b[:, 0:2].abs().amax(1))
+        + a[:, 3:5].abs().sum(1)
+        + b[:, 3:5].abs().sum(1)
+    )
     tol = 16 * eps * scale  # absolute slack (metres) for "on the boundary"
 
     in_a = _inside(ca, b, tol)  # corners of a inside b
@@ -241,12 +245,11 @@ def circle_nms(boxes_or_centers: Tensor, scores: Tensor, radius: float, post_max
     """Greedy NMS by BEV centre distance: suppress centres within `radius` metres of a kept, better one.
 
     `boxes_or_centers` is [N, >=2] (only x and y are used). The squared distance is compared with the
-    squared radius, inclusive (`dx**2 + dy**2 <= radius**2`), as det3d compares it with its threshold. Returns indices into the input,
-    best score first, at most `post_max` of them.
+    squared radius, inclusive (`dx**2 + dy**2 <= radius**2`), as det3d compares it with its threshold. Returns
+    indices into the input, best score first, at most `post_max` of them.
 
     Note: det3d's config value `min_radius` is itself the squared-distance threshold (det3d passes it
     unchanged as `thresh`), so det3d's circle NMS equals `circle_nms_sq(centers, scores, min_radius)`, i.e.
     `circle_nms(..., radius=sqrt(min_radius))`; `decode` uses `circle_nms_sq` to match det3d bit for bit.
     """
     return circle_nms_sq(boxes_or_centers, scores, float(radius) * float(radius), post_max)
-

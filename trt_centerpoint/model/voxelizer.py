@@ -71,7 +71,10 @@ class VoxelBatch:
 
     def to(self, device) -> "VoxelBatch":
         return dataclasses.replace(
-            self, features=self.features.to(device), coords=self.coords.to(device), num_points=self.num_points.to(device)
+            self,
+            features=self.features.to(device),
+            coords=self.coords.to(device),
+            num_points=self.num_points.to(device),
         )
 
 
@@ -166,9 +169,9 @@ class Voxelizer:
         features = padded.sum(dim=1) / num_points.to(torch.float32).unsqueeze(1)
 
         vkey = skey[starts][order][:num_voxels]
-        coords = torch.stack(
-            [torch.zeros_like(vkey), vkey // (gx * gy), (vkey // gx) % gy, vkey % gx], dim=1
-        ).to(torch.int32)
+        coords = torch.stack([torch.zeros_like(vkey), vkey // (gx * gy), (vkey // gx) % gy, vkey % gx], dim=1).to(
+            torch.int32
+        )
 
         if stats.voxels_dropped:
             which = "max_voxels_train" if training else "max_voxels"

@@ -1,33 +1,40 @@
-"""PNG charts for reports. matplotlib (Agg backend) is imported lazily; without it a plain chart with no
-text is drawn with numpy and written by a small PNG encoder, so a report never fails for want of it."""
+"""PNG charts for reports: grouped bars, latency per stage, error histograms.
+
+matplotlib's object-oriented API on the Agg canvas: no pyplot, so no global figure state and no display
+needed. Every chart is written atomically and its path returned.
+"""
 
 from __future__ import annotations
 
-import struct
-import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-from trt_centerpoint.fileio import atomic_path, atomic_write_bytes
+from trt_centerpoint.fileio import atomic_path
 
-_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]
+__all__ = ["bar_chart", "errors_chart", "latency_chart"]
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return Path(path)
 
 
 def bar_chart(path: str | Path, labels: list[str], series: dict[str, list[float]], title: str = "",
               ylabel: str = "") -> Path:
-    """Grouped vertical bars, one group per label, one bar per series; written atomically to `path`."""
-    try:
-        import matplotlib
-    except ImportError:
-        warnings.warn("matplotlib is not installed: writing a bar chart without text", stacklevel=2)
-        return atomic_write_bytes(path, _plain_bar_png(len(labels), series))
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
+    """Grouped vertical bars, one group per label, one bar per series."""
     n = len(labels)
-    fig = Figure(figsize=(max(6.0, 0.22 * n + 2.0), 5.5), dpi=100)
+    fig = _figure(max(6.0, 0.22 * n + 2.0), 5.5)
     ax = fig.add_subplot(1, 1, 1)
     width = 0.8 / max(1, len(series))
     x = np.arange(n)
@@ -39,38 +46,48 @@ def bar_chart(path: str | Path, labels: list[str], series: dict[str, list[float]
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return Path(path)
+    return _save(fig, path)
 
 
-def _plain_bar_png(n: int, series: dict[str, list[float]], height: int = 300) -> bytes:
+def latency_chart(path: str | Path, series: dict[str, dict[str, dict]], title: str = "Latency") -> Path:
+    """Grouped horizontal bars: one group per stage, one bar per label (median ms), whisker up to p90.
+
+    `series` is {label: {stage: {"median_ms": .., "p90_ms": ..}}}.
+    """
+    stages: list[str] = []
+    for per_stage in series.values():
+        stages += [s for s in per_stage if s not in stages]
     k = max(1, len(series))
-    bar = 4
-    width = max(64, n * (k * bar + 4) + 8)
-    img = np.full((height, width, 3), 255, np.uint8)
-    values = np.array([list(v) for v in series.values()], dtype=np.float64).reshape(k, n) if n else np.zeros((k, 0))
-    values = np.nan_to_num(values)
-    span = max(float(np.abs(values).max()) if values.size else 0.0, 1e-12)
-    zero = height // 2
-    img[zero, :] = 0
-    for j in range(n):
-        for i in range(k):
-            left = 4 + j * (k * bar + 4) + i * bar
-            h = round(abs(values[i, j]) / span * (zero - 4))
-            top, bottom = (zero - h, zero) if values[i, j] >= 0 else (zero + 1, zero + 1 + h)
-            img[top:bottom, left:left + bar - 1] = _COLORS[i % len(_COLORS)]
-    return encode_png(img)
+    fig = _figure(8.0, max(3.0, 0.35 * len(stages) * k + 1.5))
+    ax = fig.add_subplot(1, 1, 1)
+    height = 0.8 / k
+    y = np.arange(len(stages))
+    for i, (label, per_stage) in enumerate(series.items()):
+        med = np.array([float(per_stage.get(s, {}).get("median_ms") or 0.0) for s in stages])
+        p90 = np.array([float(per_stage.get(s, {}).get("p90_ms") or m) for s, m in zip(stages, med)])
+        err = np.vstack([np.zeros_like(med), np.maximum(p90 - med, 0.0)])
+        ax.barh(y + (i - (k - 1) / 2) * height, med, height, xerr=err, capsize=2, label=label)
+    ax.set_yticks(y)
+    ax.set_yticklabels(stages, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("ms (bar: median, whisker: p90)")
+    ax.set_title(title, fontsize=10)
+    if series:
+        ax.legend(fontsize=8)
+    return _save(fig, path)
 
 
-def encode_png(img: np.ndarray) -> bytes:
-    """RGB uint8 [H, W, 3] -> PNG bytes."""
-    h, w, _ = img.shape
-    raw = b"".join(b"\x00" + img[r].tobytes() for r in range(h))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+def errors_chart(path: str | Path, tensors: dict[str, dict]) -> Path:
+    """One small histogram of log10 |INT8 - FP32| per output (from tensors[name]["histogram"])."""
+    hists = {name: m["histogram"] for name, m in tensors.items() if isinstance(m.get("histogram"), dict)}
+    cols = min(3, len(hists))
+    rows = -(-len(hists) // cols)
+    fig = _figure(4.0 * cols, 2.8 * rows)
+    for i, (name, hist) in enumerate(hists.items()):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        edges, counts = hist["edges"], hist["counts"]
+        ax.bar(edges[:-1], counts, np.diff(edges), align="edge")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("log10 |INT8 - FP32|", fontsize=8)
+        ax.tick_params(labelsize=7)
+    return _save(fig, path)

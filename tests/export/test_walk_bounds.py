@@ -1,0 +1,85 @@
+"""The backbone walk (the hand trace) and the per-layer output_bound plan."""
+
+import math
+
+import pytest
+import torch
+
+from trt_centerpoint.export.scn.fuse import fuse_backbone
+from trt_centerpoint.export.scn.output_bound import (
+    DEFAULT_MARGIN,
+    observe_active_voxels,
+    plan_output_bounds,
+    safe_bounds,
+)
+from trt_centerpoint.export.scn.walk import NotFusedError, walk_backbone
+
+
+@pytest.fixture(scope="module")
+def fused(model):
+    return fuse_backbone(model.backbone)
+
+
+@pytest.fixture(scope="module")
+def ops(fused):
+    return walk_backbone(fused)
+
+
+def test_walk_lists_the_forward_in_order(ops, cfg):
+    kinds = [op.kind for op in ops]
+    assert kinds[:5] == ["conv", "conv", "conv", "add", "relu"] and kinds[-2:] == ["scatter", "reshape"]
+    assert kinds.count("conv") == 13 and kinds.count("add") == 4 and kinds.count("relu") == 4
+    add = next(op for op in ops if op.path == "conv1.0.add")
+    assert add.inputs == (3, 1)  # conv1.0.conv2's output + the block input (conv_input's output)
+    assert [op.output for op in ops] == list(range(1, len(ops) + 1))
+    assert ops[-1].dense_shape == (1, cfg.bev_channels, *cfg.bev_shape)
+    assert ops[-2].dense_shape == (1, cfg.backbone.channels[-1], cfg.backbone_out_depth, *cfg.bev_shape)
+
+
+def test_walk_spatial_shapes_match_spconv(fused, ops, frames):
+    seen = {}
+    handles = [op.module.register_forward_hook(lambda m, i, o, p=op.path: seen.__setitem__(p, list(o.spatial_shape)))
+               for op in ops if op.kind == "conv"]
+    try:
+        with torch.no_grad():
+            fused(*frames[0], 1)
+    finally:
+        for h in handles:
+            h.remove()
+    assert seen == {op.path: list(op.out_spatial) for op in ops if op.kind == "conv"}
+
+
+def test_walk_refuses_an_unfused_backbone(model):
+    with pytest.raises(NotFusedError, match=r"conv_input\.0: sparse conv without a bias \(run fuse_backbone first\)"):
+        walk_backbone(model.backbone)
+
+
+def test_safe_bounds_hold_on_real_frames(fused, ops, frames, cfg):
+    observed = observe_active_voxels(fused, ops, frames)
+    safe = safe_bounds(ops, cfg.voxel.max_voxels)
+    assert set(observed) == set(safe) and all(0 < observed[p] <= safe[p] for p in safe)
+    assert safe["conv_input.0"] == cfg.voxel.max_voxels  # subm keeps the input's sites
+    grid = math.prod(next(op for op in ops if op.path == "extra_conv.0").out_spatial)
+    assert safe["extra_conv.0"] <= grid
+
+
+def test_plan_uses_observed_times_margin_capped_by_safe(ops, cfg):
+    observed = {"conv_input.0": 1000, "conv2.0": 10, "extra_conv.0": 10**9}
+    plan = plan_output_bounds(ops, cfg.voxel.max_voxels, observed)
+    assert plan["conv_input.0"].bound == math.ceil(1000 * DEFAULT_MARGIN) and plan["conv_input.0"].source == "observed"
+    assert plan["conv2.0"].bound == 15
+    assert plan["extra_conv.0"].bound == plan["extra_conv.0"].safe  # never above what the grid can hold
+    assert plan["conv3.0"].source == "fallback" and plan["conv3.0"].bound == plan["conv3.0"].safe
+    with pytest.raises(ValueError, match="margin must be >= 1"):
+        plan_output_bounds(ops, cfg.voxel.max_voxels, observed, margin=0.5)
+
+
+def test_walk_refuses_a_leftover_batchnorm(model):
+    import copy
+
+    backbone = copy.deepcopy(model.backbone)
+    for m in backbone.modules():
+        if hasattr(m, "act_type") and m.bias is None:
+            m.bias = torch.nn.Parameter(torch.zeros(m.out_channels))
+    with pytest.raises(NotFusedError, match=r"conv_input\.1: BatchNorm1d left in the backbone; fuse BN / ReLU"):
+        walk_backbone(backbone)

@@ -1,0 +1,290 @@
+"""Option groups shared by the `trt-centerpoint` subcommands.
+
+Each group adds a coherent set of options to a subcommand's parser and reads them back into typed values, so
+an option has one spelling, one help text and one default in every command that takes it (Polygraphy's
+`tools/args` idea, in small). Paths are read back as typed on the command line: the stages turn them into
+`Path`s and name them, as given, in their error messages.
+
+Frame counts follow one scheme: `--frames` for the one data set a command reads, `--calib-frames` /
+`--eval-frames` where a command reads two. Earlier spellings (`--num-frames`, `--max-frames`) still parse
+but are left out of `--help`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from trt_centerpoint.artifacts import PRECISIONS
+from trt_centerpoint.config import bundled_names
+from trt_centerpoint.quant.calibrate import METHODS
+from trt_centerpoint.runtime.pipeline import BACKENDS
+
+DEFAULT_CONFIG = "synthetic_small"
+DEFAULT_METHOD = "mse"
+
+
+def add_option(parser: argparse.ArgumentParser, flags: str | Sequence[str], *, old: Sequence[str] = (),
+               **kwargs) -> argparse.Action:
+    """`parser.add_argument(*flags, **kwargs)`, also accepting each spelling in `old` (same destination)
+    without listing it in `--help`: scripts written for an earlier spelling keep working."""
+    flags = (flags,) if isinstance(flags, str) else tuple(flags)
+    action = parser.add_argument(*flags, **kwargs)
+    for spelling in old:
+        parser.add_argument(spelling, dest=action.dest, type=action.type, choices=action.choices,
+                            nargs=action.nargs, metavar=action.metavar, default=argparse.SUPPRESS,
+                            help=argparse.SUPPRESS)
+    return action
+
+
+# --- model: --config / --checkpoint
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    config: str  # bundled config name or YAML path
+    checkpoint: str | None
+
+
+class ModelArgs:
+    """`--config/-c` (bundled name or YAML path) and `--checkpoint/-p`.
+
+    checkpoint: "required", "optional" or None (the command takes no checkpoint); config=False for commands
+    that read the config from the checkpoint (`qat`).
+    """
+
+    def __init__(self, checkpoint: str | None = "required", checkpoint_help: str = "det3d-layout checkpoint (.pth)",
+                 config: bool = True, config_help: str | None = None):
+        if checkpoint not in ("required", "optional", None):
+            raise ValueError(f"checkpoint must be 'required', 'optional' or None, not {checkpoint!r}")
+        self.checkpoint, self.checkpoint_help = checkpoint, checkpoint_help
+        self.config, self.config_help = config, config_help
+
+    def add_to_parser(self, parser: argparse.ArgumentParser) -> None:
+        if self.config:
+            what = self.config_help or f"bundled config name ({', '.join(bundled_names())}) or a YAML path"
+            parser.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=f"{what} (default {DEFAULT_CONFIG})")
+        if self.checkpoint is not None:
+            parser.add_argument("--checkpoint", "-p", required=self.checkpoint == "required",
+                                help=self.checkpoint_help)
+
+    @staticmethod
+    def read(args: argparse.Namespace) -> ModelChoice:
+        return ModelChoice(config=getattr(args, "config", DEFAULT_CONFIG), checkpoint=getattr(args, "checkpoint", None))
+
+
+# --- progress: --quiet
+
+
+class ProgressArgs:
+    """`--quiet`: no progress bars (or, for commands without one, only the essential lines)."""
+
+    def __init__(self, help: str = "no progress bars (default: shown)"):
+        self.help = help
+
+    def add_to_parser(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--quiet", action="store_true", help=self.help)
+
+    @staticmethod
+    def read(args: argparse.Namespace) -> bool:
+        """True where progress output is wanted."""
+        return not getattr(args, "quiet", False)
+
+
+# --- calibration method: --method
+
+
+class MethodArgs:
+    """`--method`: how activation ranges (amax) are calibrated; the same choices and help in every command."""
+
+    def add_to_parser(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
+                            help=f"activation amax method: {', '.join(METHODS)} (default {DEFAULT_METHOD}); "
+                                 "weights always use their per-channel max")
+
+    @staticmethod
+    def read(args: argparse.Namespace) -> str:
+        return args.method
+
+
+# --- frame counts: --frames, or --calib-frames / --eval-frames
+
+
+@dataclass(frozen=True)
+class FrameCount:
+    """One frame-count option: its flag, default (None: all frames), what the frames are for, old spellings."""
+
+    flag: str
+    default: int | None
+    what: str
+    old: tuple[str, ...] = ()
+
+    def help(self) -> str:
+        default = "all" if self.default is None else f"{self.default}; all if fewer"
+        return f"{self.what}, spread evenly over the data (default {default})"
+
+
+@dataclass(frozen=True)
+class Frames:
+    frames: int | None = None  # the one data set a command reads
+    calib: int | None = None
+    eval: int | None = None
+
+
+class FrameArgs:
+    """The frame counts a command takes: `--frames`, or `--calib-frames` and `--eval-frames`."""
+
+    FLAGS = ("--frames", "--calib-frames", "--eval-frames")
+
+    def __init__(self, *counts: FrameCount):
+        for count in counts:
+            if count.flag not in self.FLAGS:
+                raise ValueError(f"frame count flag {count.flag} is not one of {', '.join(self.FLAGS)}")
+        self.counts = counts
+
+    def add_to_parser(self, parser: argparse.ArgumentParser) -> None:
+        for count in self.counts:
+            add_option(parser, count.flag, old=count.old, type=int, default=count.default, metavar="N",
+                       help=count.help())
+
+    @staticmethod
+    def read(args: argparse.Namespace) -> Frames:
+        return Frames(getattr(args, "frames", None), getattr(args, "calib_frames", None),
+                      getattr(args, "eval_frames", None))
+
+
+# --- data: --data, --calib-data, --eval-data, --artifacts
+
+
+@dataclass(frozen=True)
+class DataPaths:
+    data: str | None = None
+    calib_data: str | None = None
+    eval_data: str | None = None
+    artifacts: str | None = None
+
+
+class DataArgs:
+    """The input folders a command reads. Each keyword is that option's help text (None: not taken); the
+    names in `required` must be given."""
+
+    FLAGS = {"data": "--data", "calib_data": "--calib-data", "eval_data": "--eval-data", "artifacts": "--artifacts"}
+
+    def __init__(self, *, data: str | None = None, calib_data: str | None = None, eval_data: str | None = None,
+                 artifacts: str | None = None, required: Sequence[str] = ()):
+        self.helps = {"data": data, "calib_data": calib_data, "eval_data": eval_data, "artifacts": artifacts}
+        unknown = [name for name in required if self.helps.get(name) is None]
+        if unknown:
+            raise ValueError(f"required data option(s) not taken: {', '.join(unknown)}")
+        self.required = set(required)
+
+    def add_to_parser(self, parser: argparse.ArgumentParser) -> None:
+        for name, help in self.helps.items():
+            if help is not None:
+                parser.add_argument(self.FLAGS[name], required=name in self.required, metavar="DIR", help=help)
+
+    @staticmethod
+    def read(args: argparse.Namespace) -> DataPaths:
+        return DataPaths(*(getattr(args, name, None) for name in DataArgs.FLAGS))
+
+
+# --- output: --out
+
+
+class OutputArgs:
+    """`--out`: where a command writes (a file or a folder, per command)."""
+
+    def __init__(self, help: str, required: bool = True, default: str | None = None):
+        self.help, self.required, self.default = help, required, default
+
+    def add_to_parser(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--out", required=self.required, default=self.default, help=self.help)
+
+    @staticmethod
+    def read(args: argparse.Namespace) -> str | None:
+        return args.out
+
+
+# --- runtime: --backend / --precision
+
+
+@dataclass(frozen=True)
+class RuntimeChoice:
+    backends: tuple[str, ...]
+    precisions: tuple[str, ...]
+
+    @property
+    def backend(self) -> str:
+        return self.backends[0]
+
+    @property
+    def precision(self) -> str:
+        return self.precisions[0]
+
+
+class RuntimeArgs:
+    """`--backend` (torch: the PyTorch model; onnx: the exported files on ONNX Runtime; trt: TensorRT engines) and
+    `--precision`; `multiple=True` (bench) takes several of each."""
+
+    def __init__(self, multiple: bool = False, backends: Sequence[str] = ("torch",),
+                 precisions: Sequence[str] = ("fp32",)):
+        self.multiple, self.backends, self.precisions = multiple, tuple(backends), tuple(precisions)
+
+    def add_to_parser(self, parser: argparse.ArgumentParser) -> None:
+        nargs, pick = ("+", list) if self.multiple else (None, lambda values: values[0])
+        parser.add_argument("--backend", nargs=nargs, default=pick(self.backends), choices=BACKENDS,
+                            help="torch: the PyTorch model (--checkpoint); onnx: the exported files (scn reference "
+                                 "runner + ONNX Runtime, --artifacts); trt: scn runner + TensorRT engine "
+                                 f"(--artifacts) (default {' '.join(self.backends)})")
+        parser.add_argument("--precision", nargs=nargs, default=pick(self.precisions), choices=PRECISIONS,
+                            help="fp32 or int8; int8 with torch: fake quant, --checkpoint is a `ptq` / `qat` output "
+                                 f"(default {' '.join(self.precisions)})")
+
+    @staticmethod
+    def read(args: argparse.Namespace) -> RuntimeChoice:
+        def as_tuple(value):
+            return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+
+        return RuntimeChoice(as_tuple(args.backend), as_tuple(args.precision))
+
+
+# --- training: --epochs --batch-size --lr --seed --no-augment
+
+
+@dataclass(frozen=True)
+class TrainingChoice:
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int
+    augment: bool
+
+
+class TrainingArgs:
+    """The optimizer loop options `train` and `qat` share."""
+
+    def __init__(self, epochs: int, lr: float, batch_size: int = 2, seed: int = 0, per_process: bool = False):
+        self.epochs, self.lr, self.batch_size, self.seed = epochs, lr, batch_size, seed
+        self.per_process = per_process  # under torchrun each process takes its own batch
+
+    def add_to_parser(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--epochs", type=int, default=self.epochs, help=f"training epochs (default {self.epochs})")
+        parser.add_argument("--batch-size", type=int, default=self.batch_size,
+                            help=f"frames per step{' and process' if self.per_process else ''} "
+                                 f"(default {self.batch_size})")
+        parser.add_argument("--lr", type=float, default=self.lr,
+                            help=f"one-cycle maximum learning rate (default {self.lr:g})")
+        parser.add_argument("--seed", type=int, default=self.seed,
+                            help=f"torch / numpy seed: weights, frame order, augmentation (default {self.seed})")
+        parser.add_argument("--no-augment", action="store_true", help="no flip / rotation / scale augmentation")
+
+    @staticmethod
+    def read(args: argparse.Namespace) -> TrainingChoice:
+        return TrainingChoice(args.epochs, args.batch_size, args.lr, args.seed, not args.no_augment)
+
+
+__all__ = [
+    "DataArgs", "DataPaths", "FrameArgs", "FrameCount", "Frames", "MethodArgs", "ModelArgs", "ModelChoice",
+    "OutputArgs", "ProgressArgs", "RuntimeArgs", "RuntimeChoice", "TrainingArgs", "TrainingChoice", "add_option",
+]

@@ -1,0 +1,41 @@
+"""The frames a stage runs on: a labeled `synth`-layout folder (labels -> mAP) or any folder of point files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from trt_centerpoint.config import ModelConfig
+from trt_centerpoint.data.dataset import LabeledFrames
+from trt_centerpoint.data.points import list_point_files, read_points
+from trt_centerpoint.data.sampling import evenly_spaced, evenly_spaced_indices
+from trt_centerpoint.errors import UserError
+
+__all__ = ["EvalFrames", "load_frames"]
+
+
+@dataclass
+class EvalFrames:
+    stems: list[str]
+    points: list[np.ndarray]
+    ground_truth: dict | None  # {stem: {"boxes", "names"}} when the folder has labels
+
+
+def load_frames(data: str | Path, cfg: ModelConfig, limit: int | None = None) -> EvalFrames:
+    """Up to `limit` frames (evenly spread) of `data`, with labels when `data/labels/` exists."""
+    data = Path(data)
+    if not data.is_dir():
+        raise UserError(f"{data}: no such data folder")
+    if (data / "labels").is_dir():
+        frames = LabeledFrames(data, cfg.voxel.num_point_features, cfg.class_names)
+        picked = evenly_spaced_indices(len(frames), limit)
+        items = [frames[i] for i in picked]
+        truth = frames.ground_truth()
+        stems = [item[0] for item in items]
+        return EvalFrames(stems, [item[1] for item in items], {s: truth[s] for s in stems})
+    files = list_point_files(data)
+    picked = evenly_spaced(files, limit)
+    return EvalFrames([f.stem for f in picked], [read_points(f, cfg.voxel.num_point_features).points for f in picked],
+                      None)

@@ -1,0 +1,279 @@
+"""Output-by-output and layer-by-layer comparison of a reference run (FP32) with a run under test (INT8).
+
+Why Polygraphy's formats: the saved outputs are a Polygraphy ``RunResults`` JSON, so anyone can open them
+with ``polygraphy inspect data`` or re-check them with ``polygraphy run --load-outputs``, without this
+project. Our own figures (cosine, SNR, ...) come from `trt_centerpoint.eval.tensor_metrics`; Polygraphy's
+``compare_accuracy`` verdict (`accuracy_check`, the one wrapper around it) is reported next to them as the
+familiar atol/rtol check, both for saved runs (`polygraphy_accuracy`) and for an ONNX file run against its
+PyTorch module (`polygraphy_compare`).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+from polygraphy.common import TensorMetadata
+from polygraphy.comparator import Comparator, IterationResult, RunResults
+from polygraphy.logger import G_LOGGER
+
+from trt_centerpoint._compat.polygraphy import PytorchRunner, quiet_logger, simple_compare_func
+from trt_centerpoint._compat.pytorch_quantization import quiet_library_logs
+from trt_centerpoint.eval import tensor_metrics as tm
+from trt_centerpoint.fileio import atomic_path
+
+__all__ = ["accuracy_check", "compare_runs", "find_first_jump", "load_run_results", "per_layer_onnx",
+           "polygraphy_accuracy", "polygraphy_compare", "save_run_results", "to_run_results"]
+
+Frames = list[dict[str, np.ndarray]]
+
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                onnx.TensorProto.BFLOAT16}
+
+
+# ---------------------------------------------------------------------------------------- RunResults files
+
+def to_run_results(results: Mapping[str, Frames]) -> RunResults:
+    """{runner name: [frame outputs]} -> Polygraphy ``RunResults`` (one ``IterationResult`` per frame)."""
+    run_results = RunResults()
+    for runner, frames in results.items():
+        run_results[runner] = [IterationResult({k: np.asarray(v) for k, v in frame.items()}, runner_name=runner)
+                               for frame in frames]
+    return run_results
+
+
+def save_run_results(path: str | Path, results: Mapping[str, Frames]) -> Path:
+    """Save outputs as a Polygraphy ``RunResults`` JSON; atomically (Polygraphy writes a temp path we rename)."""
+    run_results = to_run_results(results)
+    with atomic_path(path) as tmp, quiet_logger(G_LOGGER.ERROR):  # no "[I] Saving ..." line
+        run_results.save(os.fspath(tmp))
+    return Path(path)
+
+
+def load_run_results(path: str | Path) -> dict[str, Frames]:
+    """A saved ``RunResults`` JSON -> {runner name: [frame outputs as numpy arrays]}."""
+    loaded = RunResults.load(os.fspath(path))
+    return {runner: [{name: np.asarray(arr) for name, arr in iteration.items()} for iteration in iterations]
+            for runner, iterations in loaded.items()}
+
+
+# ---------------------------------------------------------------------------------------- output comparison
+
+def compare_runs(ref_iters: Frames, got_iters: Frames, bins: int = 50) -> dict[str, dict]:
+    """Per output: `tensor_metrics` per frame merged worst-case, plus a log10-error histogram over all frames.
+
+    Every output of the reference must be in every frame under test; extra outputs in `got` are ignored.
+    """
+    if len(ref_iters) != len(got_iters):
+        raise ValueError(f"frame count mismatch: ref {len(ref_iters)} vs got {len(got_iters)}")
+    if not ref_iters:
+        raise ValueError("compare_runs: no frames")
+    names = list(ref_iters[0])
+    for index, frame in enumerate(got_iters):
+        missing = [n for n in names if n not in frame]
+        if missing:
+            raise ValueError(f"frame {index}: outputs {missing} missing from the run under test")
+    out = {}
+    for name in names:
+        per_frame, lo, hi = [], np.inf, -np.inf
+        for ref, got in zip(ref_iters, got_iters):
+            try:
+                per_frame.append(tm.tensor_metrics(ref[name], got[name]))
+            except ValueError as exc:
+                raise ValueError(f"output {name!r}: {exc}") from None
+            logs = tm.log_abs_error(ref[name], got[name])
+            if logs.size:
+                lo, hi = min(lo, float(logs.min())), max(hi, float(logs.max()))
+        value_range = (lo, hi) if np.isfinite(lo) else None
+        merged = tm.merge_metrics(per_frame)
+        counts = None
+        for ref, got in zip(ref_iters, got_iters):  # fixed edges, so the frames' counts add up
+            hist = tm.error_histogram(ref[name], got[name], bins=bins, value_range=value_range)
+            counts = hist["counts"] if counts is None else [a + b for a, b in zip(counts, hist["counts"])]
+        merged["histogram"] = {**hist, "counts": counts}
+        out[name] = merged
+    return out
+
+
+# ---------------------------------------------------------------------------------------- Polygraphy's verdict
+
+_STATS = ("max_absdiff", "max_reldiff", "median_absdiff", "mean_absdiff")
+
+
+def accuracy_check(run_results: RunResults, atol: float, rtol: float, check_error_stat: str = "elemwise",
+                   runners: tuple[str, str] | None = None) -> tuple[list[str], dict[str, dict]]:
+    """Polygraphy's ``compare_accuracy`` with its simple compare function, summarised per output.
+
+    Compares the first two runners of `run_results` unless `runners` names them. An output passes a frame
+    when its `check_error_stat` ("elemwise": every element) is within atol + rtol * |ref| (Polygraphy's
+    rule). Returns (the two runner names, {output: {"passed", "frames_passed", "frames", "max_absdiff",
+    "max_reldiff", "median_absdiff", "mean_absdiff"}}), each statistic the worst over frames.
+    """
+    names = list(run_results.keys())
+    pair = tuple(runners) if runners is not None else tuple(names[:2])
+    if len(pair) != 2 or any(n not in names for n in pair):
+        raise ValueError(f"need two runners to compare, have {names}")
+    compare_func = simple_compare_func(atol=atol, rtol=rtol, check_error_stat=check_error_stat)
+    with quiet_logger(G_LOGGER.CRITICAL):  # its per-output log is long; the figures below are the result
+        accuracy = Comparator.compare_accuracy(run_results, compare_func=compare_func,
+                                               comparisons=[(names.index(pair[0]), names.index(pair[1]))])
+    outputs: dict[str, dict] = {}
+    for iteration in accuracy[0][pair]:
+        for name, verdict in iteration.items():
+            entry = outputs.setdefault(name, {"passed": True, "frames_passed": 0, "frames": 0,
+                                              **dict.fromkeys(_STATS, 0.0)})
+            ok = bool(verdict)
+            entry["passed"] = entry["passed"] and ok
+            entry["frames_passed"] += int(ok)
+            entry["frames"] += 1
+            for key in _STATS:
+                value = getattr(verdict, key, None)
+                if value is not None:
+                    entry[key] = max(entry[key], float(value))
+    return list(pair), outputs
+
+
+def polygraphy_accuracy(results, atol: float, rtol: float, runners: tuple[str, str] | None = None) -> dict:
+    """Polygraphy's per-element check (|ref - got| <= atol + rtol * |ref|) of two saved runs.
+
+    `results` is a ``RunResults`` or {runner: [frame outputs]}. Returns {"passed", "runners", "atol", "rtol",
+    "outputs": {name: {"passed", "frames_passed", "frames", "max_absdiff", "max_reldiff", ...}}}.
+    """
+    run_results = results if isinstance(results, RunResults) else to_run_results(results)
+    pair, outputs = accuracy_check(run_results, atol, rtol, runners=runners)
+    return {"passed": bool(outputs) and all(e["passed"] for e in outputs.values()), "runners": pair,
+            "atol": atol, "rtol": rtol, "outputs": outputs}
+
+
+def polygraphy_compare(onnx_bytes: bytes, torch_module: torch.nn.Module, bevs: list[torch.Tensor], input_name: str,
+                       output_names: list[str], atol: float, rtol: float, check_error_stat: str = "median") -> dict:
+    """Polygraphy `Comparator.run` of ONNX Runtime (`OnnxrtRunner(SessionFromOnnx)`, CPU, graph optimizations
+    off) and the PyTorch module on `bevs`, then `accuracy_check` with `check_error_stat`.
+
+    Returns {"passed", "check_error_stat", "atol", "rtol", "iterations", "per_output": {name: {"max_abs",
+    "median_abs", "mean_abs", "passed"}}}: the figures are the worst over the inputs. Use it on the FP32 file
+    with the float model and on the INT8 file with the fake-quant model ("median" for INT8: the two
+    quantize by different arithmetic, see `export.head.int8`).
+    """
+    module = torch_module.eval()
+    shape = list(bevs[0].shape) if bevs else []
+    session = SessionFromOnnx(onnx_bytes, providers=["cpu"],
+                              graph_optimization_level=ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    runners = [OnnxrtRunner(session, name="onnxrt"),
+               # a loader, not the module: Polygraphy would call a callable model to load it
+               PytorchRunner(lambda: module, TensorMetadata().add(input_name, np.float32, shape), output_names,
+                             name="pytorch")]
+    feeds = [OrderedDict([(input_name, x.float().cpu().numpy())]) for x in bevs]
+    # ERROR: its per-output warnings (e.g. "Some values are 0 ... relative difference") are noise here, as are
+    # pytorch-quantization's absl lines from a fake-quant module
+    with quiet_logger(G_LOGGER.ERROR), quiet_library_logs():
+        results = Comparator.run(runners, data_loader=feeds)
+    _, outputs = accuracy_check(results, atol, rtol, check_error_stat)
+    per_output = {name: {"max_abs": e["max_absdiff"], "median_abs": e["median_absdiff"],
+                         "mean_abs": e["mean_absdiff"], "passed": e["passed"]} for name, e in outputs.items()}
+    passed = bool(outputs) and all(e["passed"] for e in outputs.values()) and set(per_output) == set(output_names)
+    return {"passed": passed, "check_error_stat": check_error_stat, "atol": atol, "rtol": rtol,
+            "iterations": len(bevs), "per_output": per_output}
+
+
+# ---------------------------------------------------------------------------------------- per-layer (ONNX)
+
+def _float_tensor_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every float tensor that shape inference can type (intermediates and outputs)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except onnx.shape_inference.InferenceError:  # fall back to the types the file declares
+        inferred = model
+    graph = inferred.graph
+    types = {}
+    for value in [*graph.value_info, *graph.output]:
+        elem = value.type.tensor_type.elem_type
+        if elem in _FLOAT_TYPES:
+            types[value.name] = elem
+    return types
+
+
+def _mark_all_outputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """A copy of `model` with every float node output made a graph output; returns it and those names."""
+    types = _float_tensor_types(model)
+    marked = copy.deepcopy(model)
+    existing = {o.name for o in marked.graph.output}
+    names = []
+    for node in marked.graph.node:
+        for name in node.output:
+            if name and name in types:
+                names.append(name)
+                if name not in existing:
+                    marked.graph.output.append(onnx.helper.make_tensor_value_info(name, types[name], None))
+                    existing.add(name)
+    return marked, names
+
+
+def _run_all(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+    """ONNX Runtime, CPU, one thread, no graph optimisation (each tensor is computed as the graph says)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    inputs = {i.name for i in session.get_inputs()}
+    missing = sorted(inputs - set(feeds))
+    if missing:
+        raise ValueError(f"feeds lack graph inputs {missing}")
+    values = session.run(names, {k: np.asarray(v) for k, v in feeds.items() if k in inputs})
+    return dict(zip(names, values))
+
+
+def find_first_jump(layers: list[dict], jump: float = 1e-4, ratio: float = 10.0) -> str | None:
+    """The first layer that *introduces* error, not merely carries it.
+
+    With e = 1 - cosine, a layer is the jump when e > `jump` (a visible error) and e > `ratio` times the
+    largest e of every layer before it (ten times worse than anything upstream). Later layers that inherit
+    the error do not qualify, since they are compared with the jump's own e. None when no layer qualifies.
+    """
+    worst_before = 0.0
+    for layer in layers:
+        cosine = layer["cosine"]
+        e = 1.0 - cosine if cosine is not None and np.isfinite(cosine) else np.inf
+        if e > jump and e > ratio * worst_before:
+            return layer["tensor"]
+        worst_before = max(worst_before, e)
+    return None
+
+
+def per_layer_onnx(ref_model: onnx.ModelProto, got_model: onnx.ModelProto, feeds: Mapping[str, np.ndarray],
+                   jump: float = 1e-4, ratio: float = 10.0) -> dict:
+    """Every float tensor named alike in both graphs, compared in the reference's topological order.
+
+    Both models are copied with every intermediate float tensor marked as an output, run with ONNX Runtime
+    (CPU, one thread) on `feeds`, and compared with `tensor_metrics`. Returns {"layers": [{tensor, op,
+    cosine, max_abs, median_abs, snr_db}], "first_jump": name or None, "criterion": text} (see
+    `find_first_jump`). Memory: all activations of one frame are held for both models.
+    """
+    ref_marked, ref_names = _mark_all_outputs(ref_model)
+    got_marked, got_names = _mark_all_outputs(got_model)
+    got_set = set(got_names)
+    common = [n for n in ref_names if n in got_set]
+    if not common:
+        raise ValueError("the two models share no float tensor names: nothing to compare")
+    ref_values = _run_all(ref_marked, feeds, common)
+    got_values = _run_all(got_marked, feeds, common)
+    producer = {out: node.op_type for node in ref_model.graph.node for out in node.output}
+    layers = []
+    for name in common:
+        ref, got = ref_values[name], got_values[name]
+        if ref.shape != got.shape:
+            continue  # the same name for a different tensor: nothing meaningful to compare
+        m = tm.tensor_metrics(ref, got)
+        layers.append({"tensor": name, "op": producer.get(name, "?"), "cosine": m["cosine"],
+                       "max_abs": m["max_abs"], "median_abs": m["median_abs"], "snr_db": m["snr_db"]})
+    return {"layers": layers, "first_jump": find_first_jump(layers, jump, ratio),
+            "criterion": f"first tensor with 1-cosine > {jump:g} and > {ratio:g}x the worst 1-cosine before it"}

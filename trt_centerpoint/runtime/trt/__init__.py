@@ -1,0 +1,1 @@
+"""TensorRT: availability, engine build through Polygraphy's loaders, engine runners, the layer inspector."""

@@ -1,0 +1,238 @@
+"""`trt-centerpoint compare`: what INT8 changes, measured on the deployed files (no PyTorch in the loop).
+
+FP32 = `scn.fp16.onnx` (reference runner) + `rpn_head.fp32.onnx` (ONNX Runtime; with backend "trt" the
+engine `rpn_head.fp32.plan`); INT8 = `scn.int8.onnx` + `rpn_head.int8.onnx` (or `rpn_head.int8.plan`). On
+every frame of `--data`:
+- per head output: cosine, max / mean / median abs error, SNR, a log-error histogram (`compare_runs`),
+  and Polygraphy's own per-element check; the first `save_frames` frames of both runs are saved as
+  Polygraphy RunResults JSON (`polygraphy inspect data compare.run_results.json` reads it);
+- per layer of the 2D head: both rpn_head files on the same FP32 BEV, every intermediate tensor marked,
+  pointing at the first layer where the error jumps (`per_layer_onnx`);
+- detection agreement INT8 vs FP32 (boxes of the same class within 1 cm / 10 cm / 50 cm);
+- with labels: mAP of both;
+- with a quantized `checkpoint`: the deployment check of the export issue, the INT8 files against the
+  PyTorch fake-quant model (boxes matched within 1 cm) on `verify_frames` frames.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import onnx
+from tqdm import tqdm
+
+from trt_centerpoint.artifacts import COMPARE_JSON, DETECTIONS, HEAD_FILES, RUN_RESULTS
+from trt_centerpoint.config import ModelConfig
+from trt_centerpoint.data.detections import write_detections
+from trt_centerpoint.data.frames import load_frames
+from trt_centerpoint.errors import UserError
+from trt_centerpoint.eval.ap import evaluate
+from trt_centerpoint.eval.compare import (
+    compare_runs,
+    find_first_jump,
+    per_layer_onnx,
+    polygraphy_accuracy,
+    save_run_results,
+    to_run_results,
+)
+from trt_centerpoint.eval.match import match_detections, merge_matches
+from trt_centerpoint.eval.tensor_metrics import tensor_metrics
+from trt_centerpoint.export.head.export import RPN_HEAD_INPUT
+from trt_centerpoint.fileio import atomic_write_json
+from trt_centerpoint.model.decode import Detections, decode
+from trt_centerpoint.report.table import format_table
+from trt_centerpoint.runtime.pipeline import Pipeline, make_pipeline, split_tasks
+from trt_centerpoint.runtime.scn_runner import OutputBoundWarning
+
+BACKENDS = ("onnx", "trt")  # the deployed files: the head on ONNX Runtime, or its TensorRT engines
+RUNNER_NAMES = {"onnx": "onnxrt", "trt": "tensorrt"}  # runner names in the saved RunResults
+AGREEMENT_RADII = (0.01, 0.1, 0.5)
+DEFAULT_MAX_FRAMES = 50
+# Polygraphy's per-element check: INT8 logits are expected to move; the bound flags gross breakage only.
+POLYGRAPHY_ATOL, POLYGRAPHY_RTOL = 0.5, 0.1
+
+__all__ = ["BACKENDS", "compare_outputs", "run_compare",
+           "summary_lines"]
+
+
+def _decode(outputs, cfg: ModelConfig) -> Detections:
+    return decode(split_tasks(outputs), cfg)[0] if outputs is not None else Detections.empty(cfg.class_names)
+
+
+class _Fp16Features:
+    """A torch backbone fed FP16-rounded voxel features (what a scn file's FLOAT16 input does to them)."""
+
+    def __init__(self, backbone):
+        self.inner, self.name = backbone, f"{backbone.name}+fp16-features"
+
+    def run(self, features, coords):
+        return self.inner.run(features.half().float(), coords)
+
+
+def _deployment_check(cfg, checkpoint, files_int8: Pipeline, frames) -> dict:
+    """INT8 files vs the PyTorch fake-quant model: boxes matched within 1 cm / 10 cm / 50 cm, next to a
+    baseline: the PyTorch fake-quant model against itself with FP16-rounded voxel features.
+
+    Why the baseline: an INT8 network is discontinuous; a value that moves by a last bit can cross a
+    quantization boundary, and the one-step flips cascade. Two INT8 implementations (or one, perturbed by
+    the FP16 rounding of its input) therefore never agree to 1 cm on every box, while FP32 does (100 %).
+    Files that agree with PyTorch about as well as PyTorch agrees with itself are faithful.
+    """
+    torch_int8 = make_pipeline(cfg, "torch", "int8", checkpoint=checkpoint)
+    perturbed = Pipeline(cfg, _Fp16Features(torch_int8.backbone), torch_int8.head)
+    ref = [torch_int8.detect(p) for p in frames]
+    out = {}
+    for name, pipe in (("files", files_int8), ("baseline_fp16_features", perturbed)):
+        got = [pipe.detect(p) for p in frames]
+        out[name] = {f"{r:g}m": merge_matches([match_detections(a, b, r) for a, b in zip(ref, got)], r)
+                     for r in AGREEMENT_RADII}
+    return out
+
+
+def compare_scn_layers(pipes: dict, points) -> dict:
+    """Every SparseConvolution / Add / Relu output of `scn.int8.onnx` against `scn.fp16.onnx` on one frame
+    (`pipes`: the pipelines of the files by precision, whose backbones are the reference runners of both).
+
+    Both files name a tensor after the module that makes it ("conv2.3.conv1"), and share the geometry, so
+    the active sites line up and the features compare element by element. Same output as `per_layer_onnx`.
+    """
+    voxels = pipes["fp32"].voxelize(points)
+    runs = {}
+    for precision in ("fp32", "int8"):
+        runner = pipes[precision].backbone
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OutputBoundWarning)
+            runs[precision] = runner.run(voxels.features, voxels.coords, keep=True)[1]
+    ops = {n.output[0]: n.op_type for n in runner.model.graph.node}
+    layers = []
+    for name, op in ops.items():
+        if op not in ("SparseConvolution", "Add", "Relu") or name not in runs["fp32"]:
+            continue
+        ref, got = runs["fp32"][name].features, runs["int8"][name].features
+        m = tensor_metrics(ref.float().cpu().numpy(), got.float().cpu().numpy())
+        layers.append({"tensor": name, "op": op, "cosine": m["cosine"], "max_abs": m["max_abs"],
+                       "median_abs": m["median_abs"], "snr_db": m["snr_db"]})
+    return {"layers": layers, "first_jump": find_first_jump(layers)}
+
+
+def compare_outputs(cfg: ModelConfig, pipes: dict, frames, progress: bool = True):
+    """({precision: outputs per frame}, {precision: detections per frame}, output_bound overflows) of the
+    pipelines of the files `pipes` ({"fp32": ..., "int8": ...}); an overflow is a conv whose active voxels exceeded
+    its output_bound (libspconv would truncate)."""
+    outs = {"fp32": [], "int8": []}
+    dets = {"fp32": [], "int8": []}
+    overflows: dict[str, dict] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OutputBoundWarning)  # collected below, reported once
+        for points in tqdm(frames, desc="compare", unit="frame", disable=not progress):
+            for precision, pipe in pipes.items():
+                outputs = pipe.head_outputs(points)
+                outs[precision].append(outputs)
+                dets[precision].append(_decode(outputs, cfg))
+                for node, (count, bound) in pipe.backbone.overflows.items():
+                    seen = overflows.setdefault(node, {"max_active": 0, "output_bound": bound, "frames": 0})
+                    seen["max_active"] = max(seen["max_active"], count)
+                    seen["frames"] += precision == "fp32"
+    return outs, dets, overflows
+
+
+def run_compare(cfg: ModelConfig, artifacts: str | Path, data: str | Path, *, out: str | Path | None = None,
+                checkpoint: str | Path | None = None, max_frames: int = DEFAULT_MAX_FRAMES, save_frames: int = 3,
+                verify_frames: int = 3, progress: bool = True, log: Callable[[str], None] = print,
+                backend: str = "onnx") -> dict:
+    """Compare the FP32 and INT8 files on `data`, the head run by `backend` ("onnx": ONNX Runtime, "trt": the
+    TensorRT engines); write compare.json, the RunResults and the detections to `out` (default:
+    `artifacts`). Returns the figures (the report's `tensors`, `detections`, `accuracy`, `per_layer`
+    sections)."""
+    start = time.perf_counter()
+    if backend not in BACKENDS:
+        raise UserError(f"--backend {backend}: compare runs the deployed files, choose from {', '.join(BACKENDS)}")
+    artifacts = Path(artifacts)
+    out = Path(out) if out is not None else artifacts
+    if max_frames < 1:
+        raise UserError(f"--max-frames must be >= 1, got {max_frames}")
+    frames = load_frames(data, cfg, max_frames)
+    if not frames.points:
+        raise UserError(f"{data}: no point files")
+    pipes = {p: make_pipeline(cfg, backend, p, artifacts=artifacts) for p in ("fp32", "int8")}
+    outs, dets, overflows = compare_outputs(cfg, pipes, frames.points, progress)
+    if overflows:
+        worst = max(overflows, key=lambda n: overflows[n]["max_active"] / overflows[n]["output_bound"])
+        log(f"warning: {len(overflows)} sparse conv(s) exceed their output_bound on these frames (worst {worst}: "
+            f"{overflows[worst]['max_active']} active voxels > {overflows[worst]['output_bound']}); libspconv would "
+            "drop voxels: export with more --calib-data frames or a larger --bound-margin")
+    ran = [i for i, o in enumerate(outs["fp32"]) if o is not None]
+    if not ran:
+        raise UserError(f"{data}: no frame has a point inside the config's point_cloud_range")
+    ref, got = [outs["fp32"][i] for i in ran], [outs["int8"][i] for i in ran]
+
+    tensors = compare_runs(ref, got)
+    runner = RUNNER_NAMES[backend]
+    saved = {f"{runner}-fp32": ref[:save_frames], f"{runner}-int8": got[:save_frames]}
+    run_results_path = save_run_results(out / RUN_RESULTS, saved)
+    accuracy_check = polygraphy_accuracy(to_run_results(saved), POLYGRAPHY_ATOL, POLYGRAPHY_RTOL)
+
+    # per layer: the two scn files on the same voxels, and the two head ONNX files on the same FP32 BEV (an
+    # engine's intermediate tensors cannot be marked as outputs, so the head is compared on its ONNX files)
+    per_layer_backbone = compare_scn_layers(pipes, frames.points[ran[0]])
+    bev = pipes["fp32"].bev(frames.points[ran[0]]).numpy()
+    per_layer = per_layer_onnx(onnx.load(str(artifacts / HEAD_FILES["fp32"])),
+                               onnx.load(str(artifacts / HEAD_FILES["int8"])), {RPN_HEAD_INPUT: bev})
+    if per_layer["first_jump"]:
+        log(f"per layer: the error first jumps at {per_layer['first_jump']}")
+
+    agreement = {f"{r:g}m": merge_matches([match_detections(a, b, r) for a, b in zip(dets["fp32"], dets["int8"])], r)
+                 for r in AGREEMENT_RADII}
+    detections = {"int8_vs_fp32": agreement, "frames": len(frames.points)}
+    if checkpoint is not None and verify_frames > 0:
+        detections["int8_files_vs_pytorch_fake_quant"] = _deployment_check(
+            cfg, checkpoint, pipes["int8"], [frames.points[i] for i in ran[:verify_frames]])
+    for pipe in pipes.values():
+        pipe.close()
+
+    predictions = {p: {s: d.to_json_list() for s, d in zip(frames.stems, dets[p])} for p in ("fp32", "int8")}
+    accuracy = None
+    if frames.ground_truth is not None:
+        accuracy = {"frames": len(frames.stems), "backend": backend}
+        for precision in ("fp32", "int8"):
+            metrics = evaluate(predictions[precision], frames.ground_truth, cfg.class_names)
+            accuracy[precision] = {"mAP": metrics["mAP"], "per_class": metrics["per_class"]}
+        accuracy["delta_mAP"] = accuracy["int8"]["mAP"] - accuracy["fp32"]["mAP"]
+
+    for precision, name in DETECTIONS.items():
+        write_detections(out / name, predictions[precision])
+    figures = {"output_bound_overflows": overflows, "per_layer_backbone": per_layer_backbone, "tensors": tensors,
+               "polygraphy": accuracy_check, "per_layer": per_layer, "detections": detections,
+               "accuracy": accuracy, "run_results": run_results_path.name, "frames": len(frames.points),
+               "frames_with_voxels": len(ran), "data": str(data), "seconds": time.perf_counter() - start}
+    atomic_write_json(out / COMPARE_JSON, figures)
+    worst = min(tensors, key=lambda n: tensors[n]["cosine"])
+    log(f"compare: {len(ran)} frame(s); lowest cosine {tensors[worst]['cosine']:.6f} ({worst}); boxes matched "
+        f"within 10 cm {agreement['0.1m']['matched_fraction']:.3f}"
+        + (f"; mAP FP32 {accuracy['fp32']['mAP']:.4f} INT8 {accuracy['int8']['mAP']:.4f}" if accuracy else ""))
+    return figures
+
+
+def summary_lines(figures: dict, out_dir: str | Path) -> list[str]:
+    """What `trt-centerpoint compare` prints: per-output figures, the first jump, box agreement, mAP, files."""
+    rows = [[name, f"{m['cosine']:.6f}", f"{m['max_abs']:.3g}", f"{m['median_abs']:.3g}", f"{m['snr_db']:.1f}"]
+            for name, m in figures["tensors"].items()]
+    lines = format_table(["output", "cosine", "max abs", "median abs", "SNR dB"], rows).splitlines()
+    if figures["per_layer"]["first_jump"]:
+        lines.append(f"per layer: the error first jumps at {figures['per_layer']['first_jump']}")
+    for radius, m in figures["detections"]["int8_vs_fp32"].items():
+        lines.append(f"INT8 vs FP32 boxes within {radius}: {m['matched_fraction']:.3f}")
+    check = figures["detections"].get("int8_files_vs_pytorch_fake_quant")
+    if check:
+        for radius, m in check["files"].items():
+            base = check["baseline_fp16_features"][radius]["matched_fraction"]
+            lines.append(f"INT8 files vs PyTorch fake quant within {radius}: {m['matched_fraction']:.3f} (PyTorch vs "
+                         f"itself with FP16-rounded voxel features: {base:.3f})")
+    if figures["accuracy"]:
+        a = figures["accuracy"]
+        lines.append(f"mAP FP32 {a['fp32']['mAP']:.4f}  INT8 {a['int8']['mAP']:.4f}  ({a['delta_mAP']:+.4f})")
+    lines.append(f"wrote {out_dir}/{COMPARE_JSON} and {out_dir}/{RUN_RESULTS} (Polygraphy RunResults)")
+    return lines

@@ -1,0 +1,382 @@
+"""The `export` stage: checkpoint -> validated deployment files + `manifest.json`.
+
+A float checkpoint gives `scn.fp16.onnx` + `rpn_head.fp32.onnx`. A quantized one (`trt-centerpoint ptq` /
+`qat`) gives those (its float weights, BN folded, quantizers off) and the INT8 files `scn.int8.onnx`
+(libspconv ranges), `scn.int8.qdq.onnx` (the same graph with Q/DQ) and `rpn_head.int8.onnx` (Q/DQ).
+
+Order (nothing is written until every file passed its checks):
+1. load config + checkpoint;
+2. frames: from `--calib-data` (up to `max_frames`, evenly spread) for the output_bound statistics and
+   for validation; without it, bounds fall back to the safe bound and validation uses synthetic frames;
+3. fuse BN + ReLU, export scn, lint it, run it in the reference runner vs the PyTorch backbone;
+4. export rpn_head (graphsurgeon passes), lint, checker + shape inference + ONNX Runtime vs PyTorch on
+   the BEV maps of the same frames;
+5. INT8 (quantized checkpoint): specs from the calibrated quantizers (`export.scn.quant`), scn.int8 lint +
+   reference runner vs the PyTorch fake-quant backbone; the Q/DQ form lint + executed bit-identically
+   to scn.int8; rpn_head.int8 lint + ONNX Runtime vs the PyTorch fake-quant head;
+6. write every file atomically, then record the stage "export" in the build folder's `manifest.json`
+   (`trt_centerpoint.manifest`: input hashes, parameters, output hashes, library versions; `extra` holds
+   the pass log, the output_bound plan, validation figures and the frames used).
+
+Steps 1-5 are `export_checkpoint` (an `ExportResult`, nothing written); step 6 is `record_export` for the
+standalone command, and `build`'s own stage runner for a build.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from trt_centerpoint.artifacts import (
+    OPSETS,
+    RPN_HEAD_FP32,
+    RPN_HEAD_INT8,
+    RPN_HEAD_INT8_FP16,
+    SCN_FP16,
+    SCN_INT8,
+    SCN_INT8_QDQ,
+)
+from trt_centerpoint.config import ModelConfig, config_to_dict, load_config
+from trt_centerpoint.data.points import list_point_files, read_points
+from trt_centerpoint.data.sampling import evenly_spaced
+from trt_centerpoint.data.synth.dataset import generate_frame, scene_for_config
+from trt_centerpoint.errors import UserError
+from trt_centerpoint.eval.compare import polygraphy_compare
+from trt_centerpoint.export.head.export import RPN_HEAD_INPUT, RpnHeadModule, export_rpn_head, validate_rpn_head
+from trt_centerpoint.export.head.int8 import export_rpn_head_int8, validate_rpn_head_int8
+from trt_centerpoint.export.lint import lint_model
+from trt_centerpoint.export.scn.fuse import fuse_backbone, fusion_summary
+from trt_centerpoint.export.scn.output_bound import DEFAULT_MARGIN, observe_active_voxels, plan_output_bounds
+from trt_centerpoint.export.scn.qdq import scn_to_qdq
+from trt_centerpoint.export.scn.quant import precision_summary, scn_quant_specs
+from trt_centerpoint.export.scn.walk import walk_backbone
+from trt_centerpoint.export.scn.writer import SCN_INPUT, SCN_OUTPUT, export_scn
+from trt_centerpoint.export.validate import ValidationError, fp16_deployed_reference, validate_scn
+from trt_centerpoint.fileio import atomic_write_bytes
+from trt_centerpoint.manifest import Manifest, file_sha256, json_sha256, tree_sha256
+from trt_centerpoint.quant.ptq import is_quantized_checkpoint, load_model_pair
+from trt_centerpoint.runtime.scn_runner import ScnRunner
+
+DEFAULT_MAX_FRAMES = 16
+VALIDATION_FRAMES = 2  # the reference runner and PyTorch each run the backbone once per frame
+
+STAGE = "export"
+
+__all__ = ["DEFAULT_MAX_FRAMES", "STAGE", "ExportResult", "ExportedFile", "export_checkpoint", "export_key",
+           "record_export", "run_export"]
+
+
+@dataclass
+class ExportedFile:
+    """One deployment file, exported and checked, not yet written."""
+
+    name: str  # its file name in the build folder (`trt_centerpoint.artifacts`)
+    data: bytes
+    format: str  # "onnx", "libspconv-scn" or "scn-qdq"
+    precision: str
+    validation: dict  # the figures of its checks
+    passes: list | None = None  # its pass log; None: the manifest keeps none for this file
+    info: dict = field(default_factory=dict)  # what a reader of the file needs: inputs, outputs, node paths...
+
+    @property
+    def opset(self) -> int:
+        return OPSETS[self.name]
+
+    def describe(self) -> dict:
+        """The file's entry in the manifest's `artifacts`."""
+        return {"format": self.format, "opset": self.opset, "precision": self.precision, **self.info}
+
+
+@dataclass
+class ExportResult:
+    """Everything an export made and checked: the files and how they were made (for the manifest)."""
+
+    checkpoint: Path
+    quantized: bool
+    files: list[ExportedFile]
+    bound_plan: dict  # sparse conv path -> its planned output bound (`output_bound.plan_output_bounds`)
+    bound_margin: float
+    bounds_observed: bool  # False: the safe fallback (no --calib-data)
+    calib_data: dict | None  # the folder and frames the bounds were observed on
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.files]
+
+    def file(self, name: str) -> ExportedFile:
+        return next(f for f in self.files if f.name == name)
+
+    def write(self, out: Path) -> None:
+        for f in self.files:
+            atomic_write_bytes(Path(out) / f.name, f.data)
+
+    def extra(self) -> dict:
+        """The stage's `extra` in the manifest (JSON)."""
+        return {
+            "checkpoint": str(self.checkpoint),
+            "quantized": self.quantized,
+            "calib_data": self.calib_data,
+            "passes": {f.name: f.passes for f in self.files if f.passes is not None},
+            "output_bounds": {"margin": self.bound_margin,
+                              "source": "calib_data" if self.bounds_observed else "fallback",
+                              "layers": {p: b.as_dict() for p, b in self.bound_plan.items()}},
+            "validation": {f.name: f.validation for f in self.files},
+            "artifacts": {f.name: f.describe() for f in self.files},
+        }
+
+    def summary(self) -> str:
+        """One line of validation figures (the build's stage table)."""
+        if self.quantized:
+            scn, head = self.file(SCN_INT8).validation, self.file(RPN_HEAD_INT8).validation
+            return (f"scn.int8 cosine {scn['min_cosine']:.6f} (file weights), "
+                    f"{scn['vs_fp32_weights']['min_cosine']:.6f} (FP32 weights); rpn_head.int8 median "
+                    f"abs error {head['max_median_abs_error']:.2g} layer by layer")
+        scn, head = self.file(SCN_FP16).validation, self.file(RPN_HEAD_FP32).validation
+        cosine = f"scn.fp16 cosine {scn['min_cosine']:.6f}; " if scn else ""
+        return f"{cosine}rpn_head.fp32 max abs error {head['max_abs_error']:.2g}"
+
+
+def export_key(cfg: ModelConfig, checkpoint: Path, calib_data, max_frames: int = DEFAULT_MAX_FRAMES,
+               margin: float = DEFAULT_MARGIN, fp16: bool = False, fp16_io: bool = False) -> tuple[dict, dict]:
+    """(inputs, params) the manifest records for an export: what decides whether it must run again."""
+    inputs = {"checkpoint": file_sha256(checkpoint), "config": json_sha256(config_to_dict(cfg))}
+    if calib_data is not None:
+        inputs["calib_data"] = tree_sha256(calib_data)
+    params = {"config": cfg.name, "max_frames": max_frames, "bound_margin": margin,
+              "precision": "int8" if is_quantized_checkpoint(Path(checkpoint)) else "float"}
+    if fp16:
+        params.update(fp16=True, fp16_io=bool(fp16_io))
+    return inputs, params
+
+
+def _calib_frames(model, cfg: ModelConfig, calib_data, max_frames: int) -> tuple[list, dict]:
+    frames, used = [], []
+    for f in evenly_spaced(list_point_files(calib_data), max_frames):
+        points = read_points(f, cfg.voxel.num_point_features).points
+        voxels = model.voxelize([torch.from_numpy(points)])
+        if voxels.num_voxels:
+            frames.append((voxels.features, voxels.coords))
+            used.append({"name": f.name, "voxels": voxels.num_voxels})
+    if not frames:
+        raise UserError(f"{calib_data}: no frame has a point inside the config's point_cloud_range")
+    return frames, {"path": str(calib_data), "frames": used}
+
+
+def _synthetic_frames(model, cfg: ModelConfig, count: int) -> list:
+    """Validation frames when no data was given: the synthetic generator's scenes (seed 0)."""
+    try:
+        scene = scene_for_config(cfg)
+    except UserError:  # classes the generator cannot make: any scene will do for validation
+        scene = None
+    frames = []
+    for index in range(count):
+        points, _ = generate_frame(0, index, scene=scene)
+        voxels = model.voxelize([torch.from_numpy(points[:, : cfg.voxel.num_point_features].copy())])
+        if voxels.num_voxels:
+            frames.append((voxels.features, voxels.coords))
+    return frames
+
+
+def _require_clean(name: str, model) -> list[str]:
+    findings = [f.line(name) for f in lint_model(model)]
+    if findings:
+        raise ValidationError(f"{findings[0]} ({len(findings)} lint finding(s))")
+    return findings
+
+
+# Polygraphy's own comparison (OnnxrtRunner vs PyTorch) of each 2D file, a second, independent check:
+# (statistic, atol, rtol); an output passes when the statistic of its abs OR its relative error is within
+# tolerance (Polygraphy's rule). FP32: every element (max). INT8 runs free here (no layer-by-layer
+# forcing), so one-step rounding flips cascade (rpn_head_int8.validate_rpn_head_int8): on the sample the
+# median abs error reaches 1.2e-2 on an output the model never learned (vel); 5e-2 catches a broken file,
+# and the layer-by-layer gate (1e-4) catches a wrong scale.
+POLYGRAPHY_FP32 = ("max", 1e-4, 1e-4)
+POLYGRAPHY_INT8 = ("median", 5e-2, 5e-2)
+
+
+def _polygraphy_check(name: str, exported, model, bevs, rule, log) -> dict:
+    stat, atol, rtol = rule
+    figures = polygraphy_compare(exported.to_bytes(), RpnHeadModule(model), bevs, RPN_HEAD_INPUT,
+                                 exported.output_names, atol=atol, rtol=rtol, check_error_stat=stat)
+    worst = max(v[f"{stat}_abs"] for v in figures["per_output"].values())
+    log(f"{name}: Polygraphy OnnxrtRunner vs PyTorch: {'passed' if figures['passed'] else 'FAILED'} "
+        f"({stat} abs error <= {atol:g}; worst {worst:.3g})")
+    if not figures["passed"]:
+        failed = [n for n, v in figures["per_output"].items() if not v["passed"]]
+        raise ValidationError(f"{name}: Polygraphy comparison with PyTorch failed on {', '.join(failed[:4])} "
+                              f"({stat} abs error above {atol:g})")
+    return figures
+
+
+def _export_scn_fp16(model, cfg: ModelConfig, fused, fusion_line: str, plan, validation_frames, log) -> ExportedFile:
+    """`scn.fp16.onnx`: lint + reference runner vs the PyTorch backbone."""
+    scn = export_scn(fused, output_bounds={p: b.bound for p, b in plan.items()}, max_voxels=cfg.voxel.max_voxels)
+    data = scn.to_bytes()
+    _require_clean(SCN_FP16, scn.model)
+    runner = ScnRunner(data, precision="fp32")
+    figures = validate_scn(runner, model.backbone, validation_frames) if validation_frames else {}
+    if figures:
+        log(f"{SCN_FP16}: reference runner vs PyTorch backbone on {figures['frames']} frame(s): "
+            f"cosine {figures['min_cosine']:.8f}, max abs error {figures['max_abs_error']:.3g}")
+    return ExportedFile(SCN_FP16, data, "libspconv-scn", "fp16", figures, [fusion_line],
+                        info={"inputs": {SCN_INPUT: ["num_voxels", cfg.voxel.num_point_features]},
+                              "outputs": {SCN_OUTPUT: [1, cfg.bev_channels, *cfg.bev_shape]},
+                              "node_paths": scn.node_paths})
+
+
+def _export_rpn_head_fp32(model, cfg: ModelConfig, bevs, log) -> ExportedFile:
+    """`rpn_head.fp32.onnx`: lint + ONNX Runtime vs PyTorch + Polygraphy's comparison."""
+    rpn = export_rpn_head(model, cfg)
+    for report in rpn.passes:
+        log(f"{RPN_HEAD_FP32}: {report.line()}")
+    _require_clean(RPN_HEAD_FP32, rpn.model)
+    figures = validate_rpn_head(rpn, model, bevs)
+    log(f"{RPN_HEAD_FP32}: ONNX Runtime vs PyTorch on {figures['frames']} BEV map(s): "
+        f"max abs error {figures['max_abs_error']:.3g} ({figures['max_scaled_error']:.3g} relative to "
+        f"max(1, |output|); PyTorch FP32 vs float64: {figures['pytorch_fp32_vs_fp64_max_abs']:.3g})")
+    figures["polygraphy"] = _polygraphy_check(RPN_HEAD_FP32, rpn, model, bevs, POLYGRAPHY_FP32, log)
+    return ExportedFile(RPN_HEAD_FP32, rpn.to_bytes(), "onnx", "fp32", figures, [r.as_dict() for r in rpn.passes],
+                        info={"inputs": {"input": [1, cfg.bev_channels, *cfg.bev_shape]},
+                              "outputs": rpn.output_names})
+
+
+def _int8_head(name: str, qmodel, cfg: ModelConfig, bevs, log, **options):
+    """Export one INT8 head file (options: fp16, fp16_io), print its pass log, lint and validate it."""
+    rpn = export_rpn_head_int8(qmodel, cfg, **options)
+    for report in rpn.passes:
+        log(f"{name}: {report.line()}")
+    _require_clean(name, rpn.model)
+    figures = validate_rpn_head_int8(rpn, qmodel, bevs)
+    log(f"{name}: ONNX Runtime vs PyTorch fake-quant head on {len(bevs)} BEV map(s): worst median abs error "
+        f"{figures['max_median_abs_error']:.3g} layer by layer (tolerance {figures['tolerance']:g}), max abs error "
+        f"{figures['max_abs_error']:.3g}")
+    return rpn, figures
+
+
+def _export_int8_fp16(qmodel, cfg: ModelConfig, bevs, fp16_io: bool, log) -> ExportedFile:
+    """`rpn_head.int8.fp16.onnx`: lint + ONNX Runtime vs PyTorch fake quant at the FP16 tolerance."""
+    rpn, figures = _int8_head(RPN_HEAD_INT8_FP16, qmodel, cfg, bevs, log, fp16=True, fp16_io=fp16_io)
+    return ExportedFile(RPN_HEAD_INT8_FP16, rpn.to_bytes(), "onnx", "int8", figures,
+                        info={"float_precision": "fp16", "io": "fp16" if fp16_io else "fp32",
+                              "outputs": rpn.output_names})
+
+
+def _export_int8(qmodel, cfg: ModelConfig, plan, validation_frames, bevs, log) -> list[ExportedFile]:
+    """The three INT8 files, validated (raises on any failure); `bevs`: the PyTorch fake-quant backbone's
+    output on `validation_frames`."""
+    fused = fuse_backbone(qmodel.backbone)
+    specs = scn_quant_specs(walk_backbone(fused))
+    summary = precision_summary(specs)
+    log(f"{SCN_INT8}: {summary}")
+    scn = export_scn(fused, output_bounds={p: b.bound for p, b in plan.items()}, max_voxels=cfg.voxel.max_voxels,
+                     quant=specs)
+    scn_data = scn.to_bytes()
+    _require_clean(SCN_INT8, scn.model)
+    runner = ScnRunner(scn_data, precision="fp32")
+    got = [runner.run(f, c) for f, c in validation_frames]
+    scn_figures = validate_scn(runner, fp16_deployed_reference(fused), validation_frames, outputs=got)
+    fp32_weights = validate_scn(runner, qmodel.backbone, validation_frames, min_cosine=0.0, outputs=got,
+                                references=bevs)
+    scn_figures["reference"] = "PyTorch fake-quant backbone with the file's FP16 weights and FP16 input features"
+    scn_figures["vs_fp32_weights"] = {k: fp32_weights[k] for k in ("min_cosine", "max_abs_error")}
+    log(f"{SCN_INT8}: reference runner vs PyTorch fake-quant backbone on {scn_figures['frames']} frame(s): "
+        f"cosine {scn_figures['min_cosine']:.8f} with the file's FP16 weights and inputs (max abs error "
+        f"{scn_figures['max_abs_error']:.3g}); {fp32_weights['min_cosine']:.6f} against the model as loaded "
+        "(FP32 inputs; FP32 weights unless `ptq` rounded them to FP16)")
+    layers = {p: {"precision": q.precision, "output_precision": q.output_precision} for p, q in specs.items()}
+    scn_file = ExportedFile(SCN_INT8, scn_data, "libspconv-scn", "int8", scn_figures, [summary],
+                            info={"node_paths": scn.node_paths, "layers": layers})
+
+    qdq = scn_to_qdq(scn.model)
+    _require_clean(SCN_INT8_QDQ, qdq)
+    qdq_data = qdq.SerializeToString()
+    qdq_runner = ScnRunner(qdq_data, precision="fp32")
+    for (features, coords), expected in zip(validation_frames, got):
+        if not torch.equal(qdq_runner.run(features, coords), expected):
+            raise ValidationError(f"{SCN_INT8_QDQ}: does not execute identically to {SCN_INT8}")
+    log(f"{SCN_INT8_QDQ}: executes bit-identically to {SCN_INT8} on {len(validation_frames)} frame(s)")
+    qdq_file = ExportedFile(SCN_INT8_QDQ, qdq_data, "scn-qdq", "int8",
+                            {"frames": len(validation_frames), "identical_to": SCN_INT8})
+
+    rpn, rpn_figures = _int8_head(RPN_HEAD_INT8, qmodel, cfg, bevs, log)
+    rpn_figures["polygraphy"] = _polygraphy_check(RPN_HEAD_INT8, rpn, qmodel, bevs, POLYGRAPHY_INT8, log)
+    rpn_file = ExportedFile(RPN_HEAD_INT8, rpn.to_bytes(), "onnx", "int8", rpn_figures,
+                            [r.as_dict() for r in rpn.passes],
+                            info={"inputs": {"input": [1, cfg.bev_channels, *cfg.bev_shape]},
+                                  "outputs": rpn.output_names})
+    return [scn_file, qdq_file, rpn_file]
+
+
+@torch.no_grad()
+def export_checkpoint(cfg: ModelConfig, checkpoint: str | Path, calib_data: str | Path | None = None,
+                      max_frames: int = DEFAULT_MAX_FRAMES, margin: float = DEFAULT_MARGIN, fp16: bool = False,
+                      fp16_io: bool = False, log: Callable[[str], None] = print) -> ExportResult:
+    """Export and validate the deployment files in memory (steps 1-5); raises before anything is written.
+
+    fp16 (quantized checkpoints): also `rpn_head.int8.fp16.onnx`, the INT8 head with its float parts in
+    FP16 (opset 19, FP16 scales) for strongly typed TensorRT builds; fp16_io gives it FP16 input / outputs.
+    """
+    if fp16_io and not fp16:
+        raise UserError(f"--fp16-io needs --fp16 (it applies to {RPN_HEAD_INT8_FP16})")
+    if max_frames < 1:
+        raise UserError(f"--max-frames must be >= 1, got {max_frames}")
+    checkpoint = Path(checkpoint)
+    model, qmodel = load_model_pair(cfg, checkpoint)
+    log(f"{checkpoint}: {'quantized' if qmodel is not None else 'float'} checkpoint")
+    if fp16 and qmodel is None:
+        raise UserError(f"{checkpoint}: --fp16 applies to the INT8 head; give a quantized checkpoint (`ptq` / `qat`)")
+
+    if calib_data is not None:
+        frames, calib_record = _calib_frames(model, cfg, calib_data, max_frames)
+    else:
+        frames, calib_record = _synthetic_frames(model, cfg, VALIDATION_FRAMES), None
+    validation_frames = frames[:VALIDATION_FRAMES]
+
+    fused = fuse_backbone(model.backbone)
+    fusion_line = fusion_summary(model.backbone, fused)
+    log(fusion_line)
+    ops = walk_backbone(fused)
+    observed = observe_active_voxels(fused, ops, frames) if calib_record else None
+    plan = plan_output_bounds(ops, cfg.voxel.max_voxels, observed, margin)
+    log(f"output_bound: {f'observed max x {margin:.2f}' if observed else 'safe fallback (no --calib-data)'}; "
+        + ", ".join(f"{p}={b.bound}" for p, b in plan.items()))
+    files = [_export_scn_fp16(model, cfg, fused, fusion_line, plan, validation_frames, log)]
+    bevs = [model.backbone(f, c, 1) for f, c in validation_frames] or [torch.zeros(1, cfg.bev_channels, *cfg.bev_shape)]
+    files.append(_export_rpn_head_fp32(model, cfg, bevs, log))
+
+    if qmodel is not None:
+        if not validation_frames:
+            raise UserError(f"{checkpoint}: no frame with voxels to validate the INT8 export on")
+        qbevs = [qmodel.backbone(f, c, 1) for f, c in validation_frames]
+        files += _export_int8(qmodel, cfg, plan, validation_frames, qbevs, log)
+        if fp16:
+            files.append(_export_int8_fp16(qmodel, cfg, qbevs, fp16_io, log))
+    return ExportResult(checkpoint=checkpoint, quantized=qmodel is not None, files=files, bound_plan=plan,
+                        bound_margin=margin, bounds_observed=bool(observed), calib_data=calib_record)
+
+
+def record_export(out: str | Path, result: ExportResult, inputs: dict, params: dict, seconds: float) -> dict:
+    """Write the files, then record the stage in `out`'s manifest; returns the record (JSON, with the library
+    versions). `build` records its export through its own stage runner instead."""
+    out = Path(out)
+    manifest = Manifest(out)  # read first: a broken manifest fails before anything is written
+    result.write(out)
+    record = manifest.record(STAGE, inputs, params, result.names, seconds, result.extra())
+    return {**vars(record), "versions": manifest.versions}
+
+
+def run_export(config: str | Path | ModelConfig, checkpoint: str | Path, out: str | Path,
+               calib_data: str | Path | None = None, max_frames: int = DEFAULT_MAX_FRAMES,
+               margin: float = DEFAULT_MARGIN, fp16: bool = False, fp16_io: bool = False,
+               log: Callable[[str], None] = print) -> dict:
+    """`trt-centerpoint export`: export, validate and write the deployment files and the stage's manifest
+    record; returns that record as a dict (`outputs`: file name -> sha256, `extra`, `versions`...)."""
+    start = time.perf_counter()
+    cfg = config if isinstance(config, ModelConfig) else load_config(config)
+    result = export_checkpoint(cfg, checkpoint, calib_data, max_frames, margin, fp16, fp16_io, log)
+    inputs, params = export_key(cfg, Path(checkpoint), calib_data, max_frames, margin, fp16, fp16_io)
+    return record_export(out, result, inputs, params, time.perf_counter() - start)

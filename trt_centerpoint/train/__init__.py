@@ -1,0 +1,1 @@
+"""Training the float model on labeled frames (`trt-centerpoint train`); QAT reuses its loop pieces."""
