@@ -1,5 +1,6 @@
 # `make demo` and `make test` each create .venv on a fresh machine (pip only), then run.
 # torch is pinned to the CPU wheel on this path; on a GPU machine install torch + the `cu120` extra yourself.
+# The `rtx` extra (TensorRT-RTX) builds real engines without a GPU: the engine stage of `make demo` uses it.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,7 +12,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check $(TORCH_PIN)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[cpu,test]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[cpu,test,rtx]"
 	touch $(STAMP)
 
 test: $(STAMP)

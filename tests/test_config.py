@@ -56,3 +56,29 @@ def test_too_shallow_grid_is_refused(tmp_path):
 def test_unknown_name():
     with pytest.raises(ConfigError, match="no such config.*bundled: "):
         load_config("nuscenes_voxel0100")
+
+
+VOXEL = "voxel:\n  point_cloud_range: [-54, -54, -5, 54, 54, 3]\n  voxel_size: [0.075, 0.075, 0.2]\n"
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("post:\n  score_threshold: -0.1\n", r"post\.score_threshold = -0\.1 is out of range \(allowed: in \[0, 1\]\)"),
+    ("post:\n  nms_iou_threshold: 7.0\n", r"post\.nms_iou_threshold = 7\.0 is out of range \(allowed: in \[0, 1\]\)"),
+    ("  max_voxels: -1\n", r"voxel\.max_voxels = -1 is out of range \(allowed: >= 1\)"),
+    ("backbone:\n  channels: [16, 0, 64, 128]\n", r"backbone\.channels\[1\] = 0 is out of range \(allowed: >= 1\)"),
+    ("backbone:\n  bn_momentum: 0.0\n", r"backbone\.bn_momentum = 0\.0 is out of range \(allowed: in \(0, 1\]\)"),
+    ("head:\n  common_heads: {reg: 2, height: 0}\n", r"head\.common_heads\['height'\] = 0 is out of range"),
+    ("post:\n  circle_radius: [4.0, -1.0]\n", r"post\.circle_radius\[1\] = -1\.0 is out of range \(allowed: > 0\)"),
+])
+def test_every_value_out_of_range_names_file_key_value_and_range(tmp_path, extra, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(VOXEL + extra)
+    with pytest.raises(ConfigError, match=rf"^{tmp_path / 'c.yaml'}: {message}"):
+        load_config(path)
+
+
+def test_a_range_with_min_above_max_says_so(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("voxel:\n  point_cloud_range: [54, -54, -5, -54, 54, 3]\n  voxel_size: [0.075, 0.075, 0.2]\n")
+    with pytest.raises(ConfigError, match=r"r\.yaml: voxel\.point_cloud_range: x_min 54 must be below x_max -54"):
+        load_config(path)

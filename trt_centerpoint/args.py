@@ -20,6 +20,8 @@ from trt_centerpoint.artifacts import PRECISIONS
 from trt_centerpoint.config import bundled_names
 from trt_centerpoint.quant.calibrate import METHODS
 from trt_centerpoint.runtime.pipeline import BACKENDS
+from trt_centerpoint.runtime.trt.build import RTX_DEFAULT_TARGETS
+from trt_centerpoint.runtime.trt.env import BUILDERS
 
 DEFAULT_CONFIG = "synthetic_small"
 DEFAULT_METHOD = "mse"
@@ -247,6 +249,34 @@ class RuntimeArgs:
             return tuple(value) if isinstance(value, (list, tuple)) else (value,)
 
         return RuntimeChoice(as_tuple(args.backend), as_tuple(args.precision))
+
+
+# --- engine builder: --builder / --compute-capability
+
+
+@dataclass(frozen=True)
+class BuilderChoice:
+    builder: str
+    compute_capabilities: tuple[str, ...]
+
+
+class BuilderArgs:
+    """Which NVIDIA builder makes engines (`engine`, `build`): TensorRT needs a GPU; TensorRT-RTX builds without
+    one, for RTX GPUs, and `--compute-capability` picks those GPUs."""
+
+    @staticmethod
+    def add_to_parser(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--builder", choices=BUILDERS, default="auto",
+                            help="auto: TensorRT where it can create a builder (a GPU), else TensorRT-RTX "
+                                 "(default auto)")
+        parser.add_argument("--compute-capability", action="extend", nargs="+", metavar="X.Y",
+                            help="TensorRT-RTX target GPUs, e.g. --compute-capability 8.6 8.9 12.0 (7.5 for "
+                                 "Turing; repeatable) (default: TensorRT-RTX's own, "
+                                 + ", ".join(RTX_DEFAULT_TARGETS) + ")")
+
+    @staticmethod
+    def read(args: argparse.Namespace) -> BuilderChoice:
+        return BuilderChoice(args.builder, tuple(args.compute_capability or ()))
 
 
 # --- training: --epochs --batch-size --lr --seed --no-augment

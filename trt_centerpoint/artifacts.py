@@ -27,7 +27,22 @@ OPSETS = {SCN_FP16: 11, SCN_INT8: 11, SCN_INT8_QDQ: 13, RPN_HEAD_FP32: 17, RPN_H
 PRECISIONS = ("fp32", "int8")
 BACKBONE_FILES = {"fp32": SCN_FP16, "int8": SCN_INT8}  # by the pipeline's precision
 HEAD_FILES = {"fp32": RPN_HEAD_FP32, "int8": RPN_HEAD_INT8}
-ENGINE_FILES = {"fp32": "rpn_head.fp32.plan", "int8": "rpn_head.int8.plan"}
+
+# engines (`engine`): named after their ONNX and the builder that made them, because the two are not
+# interchangeable: a TensorRT engine runs with TensorRT on the GPU it was built on, a TensorRT-RTX one only
+# with the TensorRT-RTX runtime on RTX GPUs.
+ENGINE_SUFFIX = {"tensorrt": ".plan", "tensorrt-rtx": ".rtx.plan"}
+ENGINE_SOURCES = (RPN_HEAD_FP32, RPN_HEAD_INT8, RPN_HEAD_INT8_FP16)  # what `build` turns into engines
+
+
+def engine_file(onnx_name: str, builder: str = "tensorrt") -> str:
+    """'rpn_head.int8.onnx' -> 'rpn_head.int8.plan' (TensorRT) or 'rpn_head.int8.rtx.plan' (TensorRT-RTX)."""
+    stem = onnx_name[: -len(".onnx")] if onnx_name.endswith(".onnx") else onnx_name
+    return stem + ENGINE_SUFFIX[builder]
+
+
+ENGINE_FILES = {p: engine_file(HEAD_FILES[p]) for p in PRECISIONS}  # TensorRT engines: what `--backend trt` runs
+COMPARE_ENGINES_DIR = "compare_trt"  # `build`'s comparison of the TensorRT engines (compare.json etc. inside)
 TIMING_CACHE = "timing.cache"
 
 # evaluation and report

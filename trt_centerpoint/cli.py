@@ -13,9 +13,11 @@ import os
 import sys
 import time
 import warnings
+from pathlib import Path
 
 from trt_centerpoint import __version__
 from trt_centerpoint.args import (
+    BuilderArgs,
     DataArgs,
     FrameArgs,
     FrameCount,
@@ -31,7 +33,6 @@ from trt_centerpoint.config import load_config
 from trt_centerpoint.data.synth.dataset import write_dataset
 from trt_centerpoint.errors import UserError
 from trt_centerpoint.eval.ap import format_table
-from trt_centerpoint.export.lint import lint_file
 from trt_centerpoint.export.scn.output_bound import DEFAULT_MARGIN
 from trt_centerpoint.quant.ptq import DEFAULT_NUM_FRAMES as PTQ_FRAMES
 from trt_centerpoint.quant.ptq import run_ptq
@@ -45,6 +46,7 @@ from trt_centerpoint.runtime.trt.build import build_engine
 from trt_centerpoint.runtime.trt.inspect import format_counts
 from trt_centerpoint.stages.bench import run_bench
 from trt_centerpoint.stages.build import BuildOptions, run_build
+from trt_centerpoint.stages.check import check_files, exit_status
 from trt_centerpoint.stages.compare import BACKENDS as COMPARE_BACKENDS
 from trt_centerpoint.stages.compare import DEFAULT_MAX_FRAMES as COMPARE_FRAMES
 from trt_centerpoint.stages.compare import run_compare, summary_lines
@@ -89,7 +91,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     write_dataset(args.out, frames=args.frames, seed=args.seed, config=load_config(ModelArgs.read(args).config),
-                  progress=ProgressArgs.read(args))
+                  progress=ProgressArgs.read(args), force=args.force)
     print(f"wrote {args.frames} frames to {args.out} (points/, labels/)")
     return 0
 
@@ -164,15 +166,17 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         b = doc["budget"]
         print(f"budget {b['value']:g}: {'met' if b['met'] else 'NOT met'}; skip {', '.join(b['skip']) or 'nothing'}")
     for stem in ("json", "md", "png"):
-        print(f"wrote {args.out}/sensitivity.{stem}")
+        print(f"wrote {Path(args.out) / f'sensitivity.{stem}'}")
     return 0
 
 
 def cmd_engine(args: argparse.Namespace) -> int:
+    chosen = BuilderArgs.read(args)
     result = build_engine(args.onnx, args.out, workspace_mb=args.workspace, timing_cache=args.timing_cache,
-                          fp16_io=args.fp16_io)
-    print(f"built {result.engine} in {result.seconds:.1f} s ({result.settings.describe()}); "
-          f"{format_counts(result.summary)}")
+                          fp16_io=args.fp16_io, builder=chosen.builder,
+                          compute_capabilities=chosen.compute_capabilities or None)
+    print(f"built {result.engine} in {result.seconds:.1f} s ({result.settings.describe()}; runs on "
+          f"{result.settings.describe_targets()}); {format_counts(result.summary)}")
     for path in (result.engine, result.layers, result.log, result.timing_cache):
         if path:
             print(f"wrote {path}")
@@ -186,8 +190,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                                      margin=args.bound_margin, fp16=args.fp16, fp16_io=args.fp16_io,
                                      log=print if ProgressArgs.read(args) else _silent)
     for name, digest in record["outputs"].items():
-        print(f"wrote {args.out}/{name} (sha256 {digest[:12]})")
-    print(f"wrote {args.out}/{MANIFEST} (stage export)")
+        print(f"wrote {Path(args.out) / name} (sha256 {digest[:12]})")
+    print(f"wrote {Path(args.out) / MANIFEST} (stage export)")
     return 0
 
 
@@ -214,28 +218,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     model, data, frames = ModelArgs.read(args), DataArgs.read(args), FrameArgs.read(args)
+    builder = BuilderArgs.read(args)
     opts = BuildOptions(config=model.config, checkpoint=model.checkpoint, calib_data=data.calib_data,
                         eval_data=data.eval_data, out=args.out, qat=args.qat, method=MethodArgs.read(args),
                         calib_frames=frames.calib, eval_frames=frames.eval, bench_iterations=args.iterations,
-                        progress=ProgressArgs.read(args))
+                        progress=ProgressArgs.read(args), builder=builder.builder,
+                        compute_capabilities=builder.compute_capabilities)
     report = run_build(opts)
     print(summary_table(report))
     ran = [name for name, s in report["stages"].items() if s["status"] == "ran"]
-    print(f"build finished in {report['seconds']:.1f} s (ran: {', '.join(ran)}); report: {args.out}/{REPORT_MD}")
+    what = f"ran: {', '.join(ran)}" if ran else "every stage up to date, nothing ran"
+    print(f"build finished in {report['seconds']:.1f} s ({what}); report: {Path(args.out) / REPORT_MD}")
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    verbose = ProgressArgs.read(args)
-    failed = False
-    for path in args.files:
-        kind, lines = lint_file(path)
-        for line in lines:
-            print(line)
-        if not lines and verbose:
-            print(f"{path}: ok ({kind})")
-        failed = failed or bool(lines)
-    return 1 if failed else 0
+    checks = check_files(args.files, use_parser=not args.no_parser)
+    for check in checks:
+        for line in check.lines(verbose=ProgressArgs.read(args)):
+            print(line, file=sys.stderr if check.error else sys.stdout)
+    return exit_status(checks)
 
 
 # --- the parser
@@ -285,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"frames to generate (default {DEFAULT_SYNTH_FRAMES})")
     p.add_argument("--seed", type=int, default=0,
                    help="data set seed; frames are deterministic per (seed, index) (default 0)")
+    p.add_argument("--force", action="store_true",
+                   help="replace a non-empty --out folder (default: refuse it; the data set is written whole into a "
+                        "temporary folder and renamed, so old and new frames never mix)")
 
     t = TrainOptions()
     p = _command(sub, "train", "train a config on labeled frames (CenterPoint loss, resumable)",
@@ -379,12 +384,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch / numpy seed (frames are picked deterministically) (default 0)")
     p.add_argument("--show", type=int, default=10, help="most sensitive layers printed (default 10)")
 
-    p = _command(sub, "engine", "build a TensorRT engine from an exported ONNX (needs TensorRT and a GPU)",
-                 "Build a TensorRT engine from an exported ONNX file (explicit Q/DQ for INT8), with its build log "
-                 "and per-layer precision summary; needs TensorRT and a GPU.",
+    p = _command(sub, "engine", "build a TensorRT (GPU) or TensorRT-RTX (no GPU needed) engine from an exported ONNX",
+                 "Build an engine from an exported ONNX file (explicit Q/DQ for INT8), with its build log and "
+                 "per-layer precision summary: with TensorRT (needs a GPU; the engine runs on that GPU model) or "
+                 "TensorRT-RTX (builds without a GPU; the engine runs only with the TensorRT-RTX runtime on RTX "
+                 "GPUs, and proves that NVIDIA's parser and builder accept the file, not INT8 speed).",
                  cmd_engine,
-                 OutputArgs("engine to write, e.g. rpn_head.int8.plan (also writes <stem>.build.log and "
-                            "<stem>.layers.json)"))
+                 OutputArgs("engine to write, e.g. rpn_head.int8.plan (TensorRT) or rpn_head.int8.rtx.plan "
+                            "(TensorRT-RTX); also writes <stem>.build.log and <stem>.layers.json"),
+                 BuilderArgs())
     p.add_argument("--onnx", required=True, help="exported ONNX, e.g. rpn_head.int8.onnx (explicit Q/DQ)")
     p.add_argument("--workspace", type=int, default=2048, metavar="MB",
                    help="builder workspace memory pool limit in MiB (default 2048)")
@@ -458,17 +466,22 @@ def build_parser() -> argparse.ArgumentParser:
                            FrameCount("--eval-frames", b.eval_frames,
                                       "evaluation frames (this many generated without --eval-data)")),
                  OutputArgs(f"build folder (default {b.out}/)", required=False, default=str(b.out)),
-                 progress)
+                 BuilderArgs(), progress)
     p.add_argument("--qat", action="store_true", help="fine-tune after PTQ (1 epoch on the calibration data)")
     p.add_argument("--iterations", type=int, default=b.bench_iterations,
                    help=f"bench iterations per backend x precision (default {b.bench_iterations})")
 
-    p = _command(sub, "check", "lint exported ONNX files (scn: what libspconv's parser accepts); exit 1 on findings",
-                 "Lint exported ONNX files: the scn files against what libspconv's parser accepts, the others as "
-                 "standard ONNX. Exit status 1 when anything is found.",
+    p = _command(sub, "check", "lint exported ONNX files, parse the 2D ones with NVIDIA's parser; exit 1 on findings",
+                 "Lint exported ONNX files (the scn files against what libspconv's parser accepts, the others as "
+                 "standard ONNX with TensorRT's Q/DQ rules) and parse the 2D files with NVIDIA's ONNX parser "
+                 "(TensorRT, or TensorRT-RTX where TensorRT cannot run). Every file is checked; exit status 1 when "
+                 "anything is found, 2 when a file cannot be read.",
                  cmd_check,
                  ProgressArgs("print findings only (default: also an 'ok' line per clean file)"))
     p.add_argument("files", nargs="+", metavar="FILE.onnx", help="exported ONNX files to lint")
+    p.add_argument("--no-parser", action="store_true",
+                   help="lint only; do not also parse the 2D files with NVIDIA's ONNX parser (default: parse with "
+                        "TensorRT when it can create a builder here, else TensorRT-RTX)")
     return parser
 
 

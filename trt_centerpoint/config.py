@@ -149,6 +149,16 @@ class ModelConfig:
         v = self.voxel
         if len(v.point_cloud_range) != 6 or len(v.voxel_size) != 3:
             raise ConfigError(f"{source}: voxel.point_cloud_range needs 6 values and voxel.voxel_size 3")
+        check_bounds(config_to_dict(self), source)
+        for key, box in (("voxel.point_cloud_range", v.point_cloud_range),
+                         ("post.post_center_range", self.post.post_center_range)):
+            if len(box) != 6:
+                raise ConfigError(f"{source}: {key} needs 6 values [x_min, y_min, z_min, x_max, y_max, z_max], "
+                                  f"got {box}")
+            for axis, name in enumerate("xyz"):
+                if not box[axis] < box[axis + 3]:
+                    raise ConfigError(f"{source}: {key}: {name}_min {box[axis]:g} must be below {name}_max "
+                                      f"{box[axis + 3]:g}")
         if any(s <= 0 for s in v.voxel_size) or any(g <= 0 for g in v.grid_size):
             raise ConfigError(f"{source}: voxel grid is empty: range {v.point_cloud_range}, size {v.voxel_size}")
         if v.num_point_features not in (4, 5):
@@ -173,6 +183,59 @@ class ModelConfig:
             raise ConfigError(f"{source}: post.nms_type must be 'rotate' or 'circle', got {self.post.nms_type!r}")
         if self.post.nms_type == "circle" and len(self.post.circle_radius) != len(self.head.tasks):
             raise ConfigError(f"{source}: post.circle_radius needs one radius per task ({len(self.head.tasks)})")
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Allowed values of a numeric key (every element, for a list or mapping): low / high, open or closed."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+
+    def admits(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or value <= self.high
+
+    def describe(self) -> str:
+        low = "" if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.high is None:
+            return low
+        if self.low is None:
+            return f"<= {self.high:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+
+
+POSITIVE, AT_LEAST_ONE, FRACTION = Bounds(0, low_open=True), Bounds(1), Bounds(0, 1)
+# Every numeric key with a meaningful range. A value outside it would not fail at once but later, far from the
+# file (an empty grid, no detection ever passing the threshold, NMS that keeps overlapping boxes).
+BOUNDS: dict[str, Bounds] = {
+    "voxel.voxel_size": POSITIVE, "voxel.max_points_per_voxel": AT_LEAST_ONE, "voxel.max_voxels": AT_LEAST_ONE,
+    "voxel.max_voxels_train": AT_LEAST_ONE,
+    "backbone.channels": AT_LEAST_ONE, "backbone.blocks_per_stage": AT_LEAST_ONE, "backbone.bn_eps": POSITIVE,
+    "backbone.bn_momentum": Bounds(0, 1, low_open=True),
+    "neck.layer_nums": Bounds(0), "neck.ds_layer_strides": AT_LEAST_ONE, "neck.ds_num_filters": AT_LEAST_ONE,
+    "neck.us_layer_strides": AT_LEAST_ONE, "neck.us_num_filters": AT_LEAST_ONE, "neck.bn_eps": POSITIVE,
+    "neck.bn_momentum": Bounds(0, 1, low_open=True),
+    "head.share_conv_channel": AT_LEAST_ONE, "head.head_conv": AT_LEAST_ONE, "head.final_kernel": AT_LEAST_ONE,
+    "head.out_size_factor": AT_LEAST_ONE, "head.common_heads": AT_LEAST_ONE,
+    "post.score_threshold": FRACTION, "post.nms_iou_threshold": FRACTION, "post.nms_pre_max": AT_LEAST_ONE,
+    "post.nms_post_max": AT_LEAST_ONE, "post.circle_radius": POSITIVE,
+}
+
+
+def check_bounds(data: dict, source: str) -> None:
+    """`ConfigError` naming file, key, value and allowed range for the first value outside `BOUNDS`."""
+    for key, bounds in BOUNDS.items():
+        section, name = key.split(".")
+        value = data[section][name]
+        items = (value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list)
+                 else [(None, value)])
+        for index, item in items:
+            if not bounds.admits(item):
+                where = key if index is None else f"{key}[{index!r}]" if isinstance(index, str) else f"{key}[{index}]"
+                raise ConfigError(f"{source}: {where} = {item!r} is out of range (allowed: {bounds.describe()})")
 
 
 def bundled_names() -> list[str]:

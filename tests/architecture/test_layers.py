@@ -17,17 +17,18 @@ ROOT = "trt_centerpoint"
 
 # lower number = lower layer; the keys are top-level modules / subpackages of trt_centerpoint
 LAYERS = {
-    "__init__": 0, "errors": 0, "fileio": 0, "artifacts": 0,
-    "config": 1, "manifest": 1, "_compat": 1,
-    "data": 2, "report": 2,
-    "model": 3,
-    "eval": 4, "train": 4,
-    "quant": 5,
-    "export": 6,
-    "runtime": 7,
-    "stages": 8,
-    "args": 9,
-    "cli": 10,
+    "__init__": 0, "errors": 0, "artifacts": 0,
+    "fileio": 1, "lockfile": 1,
+    "config": 2, "manifest": 2, "_compat": 2,
+    "data": 3, "report": 3,
+    "model": 4,
+    "eval": 5, "train": 5,
+    "quant": 6,
+    "export": 7,
+    "runtime": 8,
+    "stages": 9,
+    "args": 10,
+    "cli": 11,
 }
 
 

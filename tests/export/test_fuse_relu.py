@@ -67,3 +67,8 @@ def test_a_conv_with_another_activation_is_refused(model):
     backbone.conv_input[0].act_type = tv.gemm.Activation.Sigmoid
     with pytest.raises(ValueError, match="already has activation"):
         fuse_backbone(backbone)
+
+
+def test_summary_of_an_already_folded_backbone_says_so(model):
+    once = fuse_backbone(model.backbone)
+    assert "BatchNorm already folded into the 13 sparse convs" in fusion_summary(once, fuse_backbone(once))

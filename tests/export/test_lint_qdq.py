@@ -37,13 +37,16 @@ def _model(nodes, inits, outputs=("out",), inputs=(("x", X),), opset=17):
 
 
 def _good_conv(op="Conv", w_shape=(8, 4, 3, 3), axis=0, scales=8, x_scale=0.02, tail=None):
-    """x -> Q/DQ -> op(W int8 -> DQ per channel) -> Relu -> out."""
+    """x -> Q/DQ -> op(W int8 -> DQ per channel; `scales=None`: one scalar scale) -> Relu -> out."""
+    per_tensor = scales is None
     nodes = [*_qdq("x", "x", "sx", "xd"),
-             helper.make_node("DequantizeLinear", ["Wq", "sw", "zw"], ["wd"], name="w/DQ", axis=axis),
+             helper.make_node("DequantizeLinear", ["Wq", "sw", "zw"], ["wd"], name="w/DQ",
+                              **({} if per_tensor else {"axis": axis})),
              helper.make_node(op, ["xd", "wd"], ["y"], name="conv"),
              helper.make_node("Relu", ["y"], ["out"], name="relu")]
-    inits = [_c("sx", np.float32(x_scale)), _c("Wq", np.ones(w_shape, np.int8)),
-             _c("sw", np.full(scales, 0.01, np.float32)), _c("zw", np.zeros(scales, np.int8))]
+    sw = np.float32(0.01) if per_tensor else np.full(scales, 0.01, np.float32)
+    zw = np.int8(0) if per_tensor else np.zeros(scales, np.int8)
+    inits = [_c("sx", np.float32(x_scale)), _c("Wq", np.ones(w_shape, np.int8)), _c("sw", sw), _c("zw", zw)]
     if tail is not None:
         nodes[-1:] = tail
     return _model(nodes, inits)
@@ -55,7 +58,13 @@ def _findings(model):
 
 def test_a_correct_hand_built_file_and_a_float_file_have_no_findings():
     assert _findings(_good_conv()) == []
-    assert _findings(_good_conv("ConvTranspose", w_shape=(4, 8, 2, 2), scales=4)) == []
+    # ConvTranspose weight [C_in, C_out, kh, kw]: per output channel is axis 1
+    assert _findings(_good_conv("ConvTranspose", w_shape=(4, 8, 2, 2), axis=1, scales=8)) == []
+    # per tensor, and a scalar scale on a weight with one output channel (per tensor == per channel there)
+    assert _findings(_good_conv(scales=None)) == []
+    assert _findings(_good_conv("ConvTranspose", w_shape=(4, 8, 2, 2), scales=None)) == []
+    assert _findings(_good_conv(w_shape=(1, 4, 3, 3), scales=None)) == []
+    assert _findings(_good_conv("ConvTranspose", w_shape=(4, 1, 2, 2), scales=None)) == []
     plain = _model([helper.make_node("Conv", ["x", "W"], ["out"], name="conv")],
                    [_c("W", np.ones((2, 4, 1, 1), np.float32))], opset=11)
     assert _findings(plain) == []  # no Q/DQ at all: nothing to say, whatever the opset
@@ -97,10 +106,45 @@ def test_nan_and_zero_scales_and_a_nonzero_zero_point():
 def test_per_channel_scale_of_wrong_length_and_axis():
     (found,) = _findings(_good_conv(scales=5))
     assert found.where == "conv" and "has 5 scales for 8 output channels (weight shape [8, 4, 3, 3])" in found.message
-    (found,) = _findings(_good_conv("ConvTranspose", w_shape=(4, 8, 2, 2), axis=1, scales=8))
-    assert "per channel on axis 1: TensorRT takes ConvTranspose weights per tensor or on axis 0" in found.message
-    (found,) = _findings(_good_conv("ConvTranspose", w_shape=(4, 8, 2, 2), scales=8))
-    assert "has 8 scales for 4 input channels" in found.message
+    # ConvTranspose axis 0 is the input-channel axis (the reduction axis): refused, whatever the scale count
+    (found,) = _findings(_good_conv("ConvTranspose", w_shape=(4, 8, 2, 2), axis=0, scales=4))
+    assert found.where == "conv" and found.message.startswith("weight DequantizeLinear w/DQ is per channel on axis 0: "
+                                                              "ConvTranspose weights are quantized per tensor or per "
+                                                              "output channel (axis 1 of [C_in, C_out, kh, kw]")
+    assert "a weight with one output channel may keep a scalar scale" in found.message
+    (found,) = _findings(_good_conv("ConvTranspose", w_shape=(4, 8, 2, 2), axis=1, scales=4))
+    assert "has 4 scales for 8 output channels (weight shape [4, 8, 2, 2])" in found.message
+    (found,) = _findings(_good_conv(axis=1, scales=4))
+    assert "per channel on axis 1: Conv weights are quantized per tensor or per output channel (axis 0" in found.message
+
+
+def _concat_conv(pair_scale=None, weight_quantized=True):
+    """x1, x2 -> Q/DQ (one scale) -> Concat [-> Q/DQ (pair_scale)] -> Conv(W) -> out."""
+    nodes = [*_qdq("a", "x1", "s", "d1"), *_qdq("b", "x2", "s", "d2"),
+             helper.make_node("Concat", ["d1", "d2"], ["cat"], name="concat", axis=1)]
+    inits = [_c("s", np.float32(0.05))]
+    data = "cat"
+    if pair_scale is not None:
+        nodes += _qdq("p", "cat", "sp", "cat_dq")
+        inits.append(_c("sp", np.float32(pair_scale)))
+        data = "cat_dq"
+    if weight_quantized:
+        nodes.append(helper.make_node("DequantizeLinear", ["Wq", "sw", "zw"], ["wd"], name="w/DQ", axis=0))
+        inits += [_c("Wq", np.ones((2, 8, 1, 1), np.int8)), _c("sw", np.full(2, 0.01, np.float32)),
+                  _c("zw", np.zeros(2, np.int8))]
+    else:
+        inits.append(_c("wd", np.ones((2, 8, 1, 1), np.float32)))
+    nodes.append(helper.make_node("Conv", [data, "wd"], ["out"], name="conv"))
+    return _model(nodes, inits, inputs=(("x1", X), ("x2", X)))
+
+
+def test_a_quantized_conv_must_read_a_dequantize_linear_not_a_concat():
+    (found,) = _findings(_concat_conv())
+    assert found.where == "conv" and found.message.startswith("reads Concat concat ('cat'), not a DequantizeLinear: "
+                                                              "put a Q/DQ pair with the Concat's shared scale")
+    assert _findings(_concat_conv(pair_scale=0.05)) == []  # ModelOpt's placement: Concat -> Q/DQ -> Conv
+    (found,) = _findings(_concat_conv(weight_quantized=False))  # data quantized, weight float: half-quantized
+    assert "weight 'wd' is not a DequantizeLinear output: half-quantized" in found.message
 
 
 def test_concat_with_two_scales_and_old_opset():

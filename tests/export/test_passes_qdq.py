@@ -204,3 +204,33 @@ def test_unify_concat_scales_changes_nothing_when_scales_agree():
                    inputs=(("x1", SHAPE), ("x2", SHAPE)))
     _, (report,) = run_passes(plain, [unify_concat_scales])
     assert report.detail.startswith("0 Concat with quantized inputs")
+
+
+def _concat_conv_model():
+    """x1, x2 -> Q/DQ (one scale) -> Concat -> Q/DQ (same scale) -> Conv (int8 weight -> DQ) -> out."""
+    rng = np.random.default_rng(5)
+    nodes = [*_qdq("i1", "x1", "s", "d1"), *_qdq("i2", "x2", "s", "d2"),
+             helper.make_node("Concat", ["d1", "d2"], ["cat"], name="concat", axis=1),
+             *_qdq("r", "cat", "s", "rq"),
+             helper.make_node("DequantizeLinear", ["Wq", "sw", "zw"], ["wd"], name="w/DQ", axis=0),
+             helper.make_node("Conv", ["rq", "wd"], ["out"], name="conv")]
+    inits = [_const("s", np.float32(0.05)), _const("Wq", rng.integers(-127, 128, (3, 8, 1, 1)).astype(np.int8)),
+             _const("sw", np.full(3, 0.01, np.float32)), _const("zw", np.zeros(3, np.int8))]
+    return _model(nodes, inits, ["out"], inputs=(("x1", SHAPE), ("x2", SHAPE)))
+
+
+def test_dedupe_keeps_the_qdq_pair_between_a_concat_and_a_conv():
+    """ModelOpt's placement: the conv reads its own DequantizeLinear (the Concat's scale), not the Concat."""
+    model = _concat_conv_model()
+    assert not [f for rule in QDQ_RULES for f in rule(model)]
+    out, (report,) = run_passes(model, [dedupe_qdq])
+    assert report.nodes_after == report.nodes_before
+    assert report.detail == ("0 idempotent Q/DQ pairs removed (1 kept: a conv reads it after a Concat); "
+                             "merged 0 duplicate Q, 0 duplicate DQ")
+    conv = next(n for n in out.graph.node if n.op_type == "Conv")
+    producer = {o: n for n in out.graph.node for o in n.output}
+    assert producer[conv.input[0]].op_type == "DequantizeLinear"
+    assert producer[producer[producer[conv.input[0]].input[0]].input[0]].op_type == "Concat"
+    assert not [f for rule in QDQ_RULES for f in rule(out)]
+    for a, b in zip(_run(model), _run(out)):
+        assert np.array_equal(a, b)

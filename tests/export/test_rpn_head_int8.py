@@ -11,6 +11,7 @@ import torch
 from pytorch_quantization.nn import TensorQuantizer
 
 from trt_centerpoint.data.points import iter_frames
+from trt_centerpoint.errors import UserError
 from trt_centerpoint.eval.compare import polygraphy_compare
 from trt_centerpoint.export.head.export import (
     RPN_HEAD_INPUT,
@@ -28,9 +29,9 @@ from trt_centerpoint.export.head.passes import fold_constants, run_passes
 from trt_centerpoint.export.head.passes_qdq import int8_weights
 from trt_centerpoint.export.lint import lint_model
 from trt_centerpoint.export.validate import ValidationError
-from trt_centerpoint.quant.calibrate import calibrate
+from trt_centerpoint.quant.calibrate import calibrate, set_amax
 from trt_centerpoint.quant.ptq import prepare_model
-from trt_centerpoint.quant.quantize import DEFAULT_SKIP
+from trt_centerpoint.quant.quantize import DEFAULT_SKIP, is_skipped
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +80,7 @@ def test_qdq_placement(exported):
     float_convs = []
     for conv in convs:
         data, weight = conv.inputs[0].inputs, conv.inputs[1].inputs
-        data_q = bool(data) and (data[0].op == "DequantizeLinear"
-                                 or (data[0].op == "Concat" and all(t.inputs[0].op == "DequantizeLinear"
-                                                                    for t in data[0].inputs)))
+        data_q = bool(data) and data[0].op == "DequantizeLinear"  # directly, also after the neck's Concat
         weight_q = bool(weight) and weight[0].op == "DequantizeLinear"
         assert data_q == weight_q, conv.name
         if not weight_q:
@@ -90,8 +89,9 @@ def test_qdq_placement(exported):
         dq = weight[0]
         w = dq.inputs[0]
         assert isinstance(w, gs.Constant) and w.values.dtype == np.int8  # int8_weights
-        if w.values.shape[0] > 1:
-            assert dq.attrs.get("axis", 1) == 0 and dq.inputs[1].values.size == w.values.shape[0]
+        out_axis = 1 if conv.op == "ConvTranspose" else 0  # [C_in, C_out, kh, kw] vs [K, C, kh, kw]
+        if w.values.shape[out_axis] > 1:
+            assert dq.attrs.get("axis", 1) == out_axis and dq.inputs[1].values.size == w.values.shape[out_axis]
         else:  # one output channel: pytorch-quantization exports a per-tensor Q/DQ (amax.numel() == 1)
             assert dq.inputs[1].values.size == 1 and "axis" not in dq.attrs
         assert dq.inputs[2].values.dtype == np.int8 and not dq.inputs[2].values.any()
@@ -106,8 +106,16 @@ def test_scales_are_amax_over_127_and_the_check_catches_a_wrong_one(qmodel, cfg)
     assert checked == sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in raw.graph.node) > 40
     conv = qmodel.neck.blocks[0][1]
     assert conv.weight_quantizer.axis == (0,)
-    deconv = qmodel.neck.deblocks[1][0]
-    assert type(deconv).__name__ == "QuantConvTranspose2d" and deconv.weight_quantizer.amax.numel() == 32
+    deconv = qmodel.neck.deblocks[1][0]  # weight [C_in=32, C_out=16, 2, 2]: one scale per output channel
+    assert type(deconv).__name__ == "QuantConvTranspose2d" and deconv.weight_quantizer.amax.shape == (1, 16, 1, 1)
+    dq = next(n for n in raw.graph.node if n.op_type == "DequantizeLinear" and "deblocks.1.0/_weight" in n.name)
+    assert {a.name: a.i for a in dq.attribute}["axis"] == 1
+    moved = copy.deepcopy(raw)  # the right scales on the wrong axis are caught too
+    dq = next(n for n in moved.graph.node if n.op_type == "DequantizeLinear" and "deblocks.1.0/_weight" in n.name)
+    next(a for a in dq.attribute if a.name == "axis").i = 0
+    with pytest.raises(ValidationError, match="is per channel on axis 0, its quantizer .*deblocks.1.0._weight_"
+                                              "quantizer on axis 1"):
+        check_exported_scales(moved, RpnHeadModule(qmodel))
     broken = copy.deepcopy(raw)
     node = next(n for n in broken.graph.node if n.op_type == "QuantizeLinear" and "_input_quantizer" in n.name)
     const = next(n for n in broken.graph.node if n.op_type == "Constant" and n.output[0] == node.input[1])
@@ -175,3 +183,87 @@ def test_polygraphy_compares_both_files(exported, qmodel, model, cfg, bevs):
     wrong = polygraphy_compare(exported.to_bytes(), RpnHeadModule(model), bevs, RPN_HEAD_INPUT, exported.output_names,
                                atol=1e-6, rtol=1e-6)  # INT8 file vs the float model: must not pass at 1e-6
     assert not wrong["passed"]
+
+
+def test_export_refuses_a_conv_transpose_calibrated_per_input_channel(qmodel, cfg):
+    """A ptq.pth from an older version: ConvTranspose weight amax [C_in, 1, 1, 1] (axis 0). Exported as it
+    is, the file would be per input channel, which TensorRT cannot apply after the INT8 GEMM: refused."""
+    old = copy.deepcopy(qmodel)
+    deconv = old.neck.deblocks[1][0]
+    set_amax(deconv.weight_quantizer, deconv.weight.detach().abs().amax(dim=(1, 2, 3), keepdim=True))
+    with pytest.raises(UserError, match=r"^rpn_head int8: neck\.deblocks\.1\.0 \(QuantConvTranspose2d\) weight amax "
+                                        r"has shape \[32, 1, 1, 1\] .* re-run `trt-centerpoint ptq`"):
+        export_rpn_head_int8(old, cfg)
+
+
+def _module_path(node_name: str) -> str:
+    """`/bbox_head/tasks.0/reg/reg.3/Conv` -> `bbox_head.tasks.0.reg.3` (each scope relative to the one before)."""
+    parts: list[str] = []
+    for seg in node_name.strip("/").split("/")[:-1]:
+        if parts and seg.startswith(parts[-1] + "."):
+            parts[-1] = seg
+        else:
+            parts.append(seg)
+    return ".".join(parts)
+
+
+def test_qdq_placement_checked_with_plain_onnx(exported, qmodel):
+    """The placement TensorRT 10 / 11 and ModelOpt use, checked on the final file by walking it with `onnx`
+    alone: every Conv / ConvTranspose reads a DequantizeLinear on data and on weight (except the layers the
+    skip list leaves float), weights per output channel (Conv axis 0, ConvTranspose axis 1), activations per
+    tensor, zero points int8 0, Concat inputs on one scale, and no Q on a conv output."""
+    graph = exported.model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    values = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    values.update({n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t)
+                   for n in graph.node if n.op_type == "Constant"})
+
+    def dq_of(tensor):
+        node = producer.get(tensor)
+        return node if node is not None and node.op_type == "DequantizeLinear" else None
+
+    def axis_of(node):
+        return next((a.i for a in node.attribute if a.name == "axis"), 1)
+
+    float_layers = {name for name, m in qmodel.named_modules()
+                    if type(m) in (torch.nn.Conv2d, torch.nn.ConvTranspose2d)}
+    assert float_layers and all(is_skipped(name, DEFAULT_SKIP) for name in float_layers)
+    convs = [n for n in graph.node if n.op_type in ("Conv", "ConvTranspose")]
+    assert sum(n.op_type == "ConvTranspose" for n in convs) == 1
+    seen_float = set()
+    for conv in convs:
+        data_dq, weight_dq = dq_of(conv.input[0]), dq_of(conv.input[1])
+        if _module_path(conv.name) in float_layers:
+            assert data_dq is None and weight_dq is None, conv.name
+            seen_float.add(_module_path(conv.name))
+            continue
+        assert data_dq is not None, f"{conv.name} reads {producer[conv.input[0]].op_type}, not a DequantizeLinear"
+        assert weight_dq is not None, conv.name
+        assert values[data_dq.input[1]].size == 1  # activation: per tensor
+        weight = values[weight_dq.input[0]]
+        assert weight.dtype == np.int8
+        out_axis = 1 if conv.op_type == "ConvTranspose" else 0
+        scale = values[weight_dq.input[1]]
+        if weight.shape[out_axis] > 1:
+            assert axis_of(weight_dq) == out_axis and scale.shape == (weight.shape[out_axis],), conv.name
+        else:
+            assert scale.size == 1, conv.name
+        for dq in (data_dq, weight_dq):
+            zero = values[dq.input[2]]
+            assert zero.dtype == np.int8 and not zero.any()
+    assert seen_float == float_layers
+
+    concats = [n for n in graph.node if n.op_type == "Concat"]
+    assert concats
+    for concat in concats:
+        dqs = [dq_of(t) for t in concat.input]
+        assert all(dqs), concat.name
+        scales = {values[dq.input[1]].astype(np.float32).tobytes() for dq in dqs}
+        assert len(scales) == 1, concat.name
+        readers = [n for n in graph.node if concat.output[0] in n.input]
+        assert readers and all(n.op_type == "QuantizeLinear" for n in readers), concat.name
+        assert {values[n.input[1]].astype(np.float32).tobytes() for n in readers} == scales  # the same scale
+    for q in (n for n in graph.node if n.op_type == "QuantizeLinear"):
+        assert q.input[0] not in producer or producer[q.input[0]].op_type not in ("Conv", "ConvTranspose")
+    qdq = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node)
+    print(f"Q/DQ nodes: {qdq}; quantized convs: {len(convs) - len(float_layers)}; float: {sorted(float_layers)}")

@@ -1,6 +1,7 @@
-"""det3d checkpoint IO: round trip, spconv 1.x layout, key errors, refusal of pickled code."""
+"""det3d checkpoint IO: round trip, spconv 1.x layout, key errors, refusal of pickled code and NaN weights."""
 
 import collections
+import zipfile
 
 import pytest
 import torch
@@ -112,3 +113,45 @@ def test_unreadable_files(tmp_path, cfg):
     torch.save([1, 2, 3], tmp_path / "list.pth")
     with pytest.raises(CheckpointError, match="expected a state_dict"):
         load_checkpoint(_fresh(cfg, 0), tmp_path / "list.pth")
+
+
+def test_a_zip_that_is_not_a_checkpoint_is_one_readable_line(tmp_path, cfg):
+    with zipfile.ZipFile(tmp_path / "notes.pth", "w") as archive:
+        archive.writestr("notes.txt", "hello")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(_fresh(cfg, 0), tmp_path / "notes.pth")
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'notes.pth'}: not a readable PyTorch checkpoint: a zip archive")
+    assert "enforce fail" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_at_load_naming_the_keys(tmp_path, cfg, bad):
+    """NaN weights would make every output NaN and every frame silently empty: refuse them by name."""
+    state = _fresh(cfg, 0).state_dict()
+    keys = ["backbone.conv_input.0.weight", "neck.blocks.0.1.weight"]
+    for key in keys:
+        state[key] = state[key].clone()
+        state[key].view(-1)[3] = bad
+    torch.save({"state_dict": state}, tmp_path / "nan.pth")
+    with pytest.raises(CheckpointError, match=r"nan\.pth: 2 tensor\(s\) hold NaN or Inf values: "
+                                              r"backbone\.conv_input\.0\.weight, neck\.blocks\.0\.1\.weight$"):
+        load_checkpoint(_fresh(cfg, 1), tmp_path / "nan.pth")
+
+
+@pytest.mark.parametrize("command", ["infer", "ptq"])
+def test_nan_checkpoint_is_a_one_line_error_in_the_cli(tmp_path, cfg, command, capsys):
+    import numpy as np
+
+    from trt_centerpoint.cli import main
+
+    state = _fresh(cfg, 0).state_dict()
+    state["bbox_head.shared_conv.0.weight"] = torch.full_like(state["bbox_head.shared_conv.0.weight"], float("nan"))
+    torch.save({"state_dict": state}, tmp_path / "nan.pth")
+    points = tmp_path / "frame.npy"
+    np.save(points, np.zeros((10, 5), np.float32))
+    args = {"infer": ["--points", str(points)], "ptq": ["--calib-data", str(points), "--out", str(tmp_path / "q.pth")]}
+    assert main([command, "--config", "tiny", "--checkpoint", str(tmp_path / "nan.pth"), *args[command]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bbox_head.shared_conv.0.weight" in err[0] and "NaN or Inf" in err[0]
+    assert not (tmp_path / "q.pth").exists()

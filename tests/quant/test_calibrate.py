@@ -76,8 +76,8 @@ def test_weight_amax_is_the_per_channel_max(calibrated):
     assert torch.equal(sparse.weight_quantizer.amax, sparse.weight.detach().abs().amax(dim=(1, 2, 3, 4), keepdim=True))
     conv = model.neck.blocks[1][4]
     assert torch.equal(conv.weight_quantizer.amax, conv.weight.detach().abs().amax(dim=(1, 2, 3), keepdim=True))
-    deconv = model.neck.deblocks[1][0]  # [C_in, C_out, kh, kw], axis 0
-    assert torch.equal(deconv.weight_quantizer.amax, deconv.weight.detach().abs().amax(dim=(1, 2, 3), keepdim=True))
+    deconv = model.neck.deblocks[1][0]  # [C_in, C_out, kh, kw]: per output channel is axis 1
+    assert torch.equal(deconv.weight_quantizer.amax, deconv.weight.detach().abs().amax(dim=(0, 2, 3), keepdim=True))
 
 
 def test_state_dict_only_adds_amax(calibrated, tiny_cfg):

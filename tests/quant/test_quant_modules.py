@@ -5,13 +5,17 @@ q = clamp(round_half_even(x * scale), -128, 127), x' = q / scale.
 """
 
 import copy
+import io
+import warnings
 
+import onnx
 import pytest
 import torch
+from pytorch_quantization.nn import TensorQuantizer
 
 from trt_centerpoint._compat.spconv import import_spconv
 from trt_centerpoint.quant import modules as qm
-from trt_centerpoint.quant.calibrate import set_amax
+from trt_centerpoint.quant.calibrate import calibration_mode, compute_amax, set_amax
 
 spconv = import_spconv()
 
@@ -140,13 +144,45 @@ def test_2d_modules_use_pytorch_quantization_with_tensorrt_legal_axes():
     assert isinstance(qd, quant_nn.QuantConvTranspose2d) and qd.weight is deconv.weight
     assert isinstance(ql, quant_nn.QuantLinear) and ql.bias is linear.bias
     assert qc.weight_quantizer.axis == (0,) and ql.weight_quantizer.axis == (0,)
-    # ConvTranspose weight [C_in, C_out, kh, kw]: axis 0 (TensorRT rejects per-output-channel axis 1)
-    assert qd.weight_quantizer.axis == (qm.CONVTRANSPOSE_WEIGHT_AXIS,) == (0,)
+    # ConvTranspose weight [C_in, C_out, kh, kw]: per output channel, axis 1 (2.1.3's own default is axis 0,
+    # the input-channel axis the deconvolution sums over)
+    assert qd.weight_quantizer.axis == (qm.CONVTRANSPOSE_WEIGHT_AXIS,) == (1,)
+    assert quant_nn.QuantConvTranspose2d.default_quant_desc_weight.axis == 0  # what we override
     x = torch.randn(1, 6, 5, 5)
     set_amax(qd.input_quantizer, torch.tensor(2.0))
-    w_amax = deconv.weight.detach().abs().amax(dim=(1, 2, 3), keepdim=True)
+    w_amax = deconv.weight.detach().abs().amax(dim=(0, 2, 3), keepdim=True)  # [1, C_out, 1, 1]
+    assert w_amax.shape == (1, 5, 1, 1)
     set_amax(qd.weight_quantizer, w_amax)
     with torch.no_grad():
         ref = torch.nn.functional.conv_transpose2d(fake_quant(x, torch.tensor(2.0)), fake_quant(deconv.weight, w_amax),
                                                    stride=2)
         assert torch.equal(qd(x), ref)
+
+
+def test_conv_transpose_weight_calibrates_and_exports_per_output_channel():
+    deconv = torch.nn.ConvTranspose2d(6, 5, 2, stride=2, bias=False)
+    qd = qm.quantize_conv_transpose2d(deconv, input_calib="max").eval()
+    x = torch.randn(2, 6, 4, 4)
+    with calibration_mode(qd), torch.no_grad():
+        qd(x)
+    compute_amax(qd, method="max")
+    w_amax = qd.weight_quantizer.amax
+    assert w_amax.shape == (1, 5, 1, 1)  # one per output channel, on axis 1 of [C_in, C_out, kh, kw]
+    assert torch.equal(w_amax, deconv.weight.detach().abs().amax(dim=(0, 2, 3), keepdim=True))
+    previous = TensorQuantizer.use_fb_fake_quant
+    TensorQuantizer.use_fb_fake_quant = True
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            buffer = io.BytesIO()
+            torch.onnx.export(qd, (x,), buffer, opset_version=17, dynamo=False)
+    finally:
+        TensorQuantizer.use_fb_fake_quant = previous
+    model = onnx.load_from_string(buffer.getvalue())
+    values = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    values.update({n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node
+                   if n.op_type == "Constant"})
+    deconv_node = next(n for n in model.graph.node if n.op_type == "ConvTranspose")
+    dq = next(n for n in model.graph.node if deconv_node.input[1] in n.output)
+    assert dq.op_type == "DequantizeLinear" and {a.name: a.i for a in dq.attribute}["axis"] == 1
+    assert values[dq.input[1]].shape == (5,)

@@ -4,16 +4,24 @@ import pytest
 import torch
 from calib_helpers import frame_points, make_tiny_model, run_model
 from pytorch_quantization import nn as quant_nn
+from pytorch_quantization.nn import TensorQuantizer
 
-from trt_centerpoint._compat.pytorch_quantization import iter_quantizers
+from trt_centerpoint._compat.pytorch_quantization import iter_quantizers, register_amax_buffers
 from trt_centerpoint._compat.spconv import import_spconv
+from trt_centerpoint.errors import UserError
 from trt_centerpoint.model.backbone import ResidualAdd
 from trt_centerpoint.model.centerpoint import CenterPoint
-from trt_centerpoint.model.checkpoint import load_checkpoint, save_checkpoint
+from trt_centerpoint.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from trt_centerpoint.model.rpn import Concat
 from trt_centerpoint.quant import modules as qm
 from trt_centerpoint.quant.calibrate import calibrate, set_amax
-from trt_centerpoint.quant.quantize import DEFAULT_SKIP, is_skipped, quantizable_layers, quantize_model
+from trt_centerpoint.quant.quantize import (
+    DEFAULT_SKIP,
+    check_weight_amax,
+    is_skipped,
+    quantizable_layers,
+    quantize_model,
+)
 
 spconv = import_spconv()
 
@@ -109,3 +117,39 @@ def test_activation_calibrator_choice(tiny_cfg, calib):
     assert weights == {MaxCalibrator}
     with pytest.raises(ValueError, match="activation calibrator"):
         quantize_model(CenterPoint(tiny_cfg), input_calib="entropy")
+
+
+def _weight_amax(module, axis):
+    w = module.weight.detach().abs()
+    return w.amax(dim=tuple(i for i in range(w.dim()) if i != axis), keepdim=True)
+
+
+def test_check_weight_amax_refuses_a_conv_transpose_calibrated_per_input_channel(tiny_cfg):
+    """An older ptq.pth holds the ConvTranspose weight amax per input channel ([C_in, 1, 1, 1]); loaded into
+    this version's model it would quantize and export on axis 0: refused, with the fix in the message."""
+    model = CenterPoint(tiny_cfg)
+    quantize_model(model)
+    for _, module in model.named_modules():
+        quantizer = getattr(module, "_weight_quantizer", None)
+        if isinstance(quantizer, TensorQuantizer):
+            set_amax(quantizer, _weight_amax(module, quantizer.axis[0]))
+    deconv = model.neck.deblocks[1][0]
+    assert deconv.weight_quantizer.amax.shape == (1, 16, 1, 1)  # [C_in=32, C_out=16, 2, 2]: axis 1
+    check_weight_amax(model, "ptq.pth")  # this version's calibration: fine
+
+    old = {k: v.clone() for k, v in model.state_dict().items()}
+    old["neck.deblocks.1.0._weight_quantizer._amax"] = _weight_amax(deconv, 0)  # [32, 1, 1, 1]
+    fresh = CenterPoint(tiny_cfg)
+    quantize_model(fresh)
+    register_amax_buffers(fresh, old, force=True)
+    fresh.load_state_dict(old)  # loads without complaint: the shape alone decides the axis
+    with pytest.raises(UserError) as err:
+        check_weight_amax(fresh, "old/ptq.pth")
+    message = str(err.value)
+    assert isinstance(err.value, CheckpointError) and "\n" not in message
+    assert message.startswith("old/ptq.pth: neck.deblocks.1.0 (QuantConvTranspose2d) weight amax has shape "
+                              "[32, 1, 1, 1] (per channel on axis 0)")
+    assert "on axis 1 (shape [1, 16, 1, 1])" in message and "re-run `trt-centerpoint ptq`" in message
+
+    set_amax(fresh.neck.deblocks[1][0].weight_quantizer, torch.tensor(0.5))  # one scale: legal
+    check_weight_amax(fresh, "x")

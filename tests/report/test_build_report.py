@@ -167,3 +167,27 @@ def test_summary_shows_the_cosine_of_every_output_per_task():
     rows = {line.split()[0]: line.split()[1:] for line in text.splitlines() if line.startswith(("reg ", "hm "))}
     assert rows == {"reg": ["0.90000", "0.80000"], "hm": ["0.99000", "0.99900"]}
     assert "task 0" in text and "task 1" in text and "min output cosine" in text
+
+
+def test_engine_section_says_what_was_built_and_what_it_proves():
+    engine = {"available": True, "reason": "TensorRT-RTX 1.7.1.116; TensorRT: TensorRT is not installed",
+              "builder": "tensorrt-rtx", "builder_name": "TensorRT-RTX", "version": "1.7.1.116",
+              "targets": ["8.6", "8.9", "12.0"], "targets_default": True, "runnable": False,
+              "engines": {"rpn_head.int8.rtx.plan": {"onnx": "rpn_head.int8.onnx", "bytes": 4_500_000,
+                                                     "build_seconds": 0.91, "strongly_typed": True,
+                                                     "layers": "20 conv/matmul layers of the network"}}}
+    md = render_markdown({"model": {}, "engine": engine})
+    for text in ("## Engines", "built with TensorRT-RTX 1.7.1.116, for compute capability 8.6, 8.9, 12.0 "
+                 "(TensorRT-RTX's default)", "TensorRT: TensorRT is not installed", "`rpn_head.int8.rtx.plan`",
+                 "`rpn_head.int8.onnx`", "4.3 MiB", "0.91", "RTX GPUs", "not Hopper, not Jetson",
+                 "were not run here", "NVIDIA's ONNX parser and builder accept the exported files",
+                 "not an INT8 latency figure", "weight-only GEMM", "TensorRT stays the deployment target"):
+        assert text in md, text
+    trt = {**engine, "builder": "tensorrt", "builder_name": "TensorRT", "version": "10.13.0.35",
+           "targets": ["the GPU model it was built on"], "targets_default": False, "runnable": True,
+           "comparison": {"frames": 5, "min_cosine": 0.9991, "min_cosine_output": "hm_0", "matched_fraction": 0.95,
+                          "within_m": 0.1, "folder": "compare_trt"}}
+    md = render_markdown({"model": {}, "engine": trt})
+    assert "built with TensorRT 10.13.0.35, for the GPU model it was built on" in md
+    assert "ran them here" in md and "weight-only" not in md
+    assert "INT8 vs FP32 engines on 5 frames: min output cosine 0.999100 (hm_0)" in md and "`compare_trt/`" in md

@@ -1,8 +1,10 @@
-"""Engine tests: the `tensorrt` marker's skip, small ONNX models, and fakes of TensorRT / Polygraphy / pycuda.
+"""Engine tests: the `tensorrt` / `tensorrt_rtx` markers' skips, ONNX models, and fakes of TensorRT / pycuda.
 
 Tests marked ``@pytest.mark.tensorrt`` need a real TensorRT (and a GPU): they are skipped, with the reason,
-where TensorRT cannot be imported or cannot create a builder. Everything else here runs on CPU, with fakes
-injected into ``sys.modules`` by monkeypatch.
+where TensorRT cannot be imported or cannot create a builder. Tests marked ``@pytest.mark.tensorrt_rtx``
+build with the real TensorRT-RTX (no GPU needed; the `rtx` extra) and are skipped only where it is missing.
+The fakes (injected into ``sys.modules`` by monkeypatch) stand in for what TensorRT-RTX cannot show: TensorRT
+proper's version rules, its engine inspector, and running an engine.
 """
 
 from __future__ import annotations
@@ -32,11 +34,26 @@ def _tensorrt_status() -> tuple[bool, str]:
     return _TRT_STATUS
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "tensorrt_rtx: builds with the real TensorRT-RTX (skipped where it is missing)")
+
+
+def _tensorrt_rtx_missing() -> str | None:
+    from trt_centerpoint.runtime.trt.env import tensorrt_rtx_status
+
+    rtx, reason = tensorrt_rtx_status()
+    return None if rtx is not None else reason
+
+
 def pytest_runtest_setup(item):
     if item.get_closest_marker("tensorrt") is not None:
         ok, reason = _tensorrt_status()
         if not ok:
             pytest.skip(f"needs TensorRT and a GPU: {reason}")
+    if item.get_closest_marker("tensorrt_rtx") is not None:
+        missing = _tensorrt_rtx_missing()
+        if missing:
+            pytest.skip(f"needs TensorRT-RTX: {missing}")
 
 
 # ------------------------------------------------------------------------------------------ small ONNX models
@@ -100,6 +117,12 @@ def make_head_onnx(path, *, qdq: bool = True, fp16_io: bool = False, channels: i
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return {"w1": w1, "w_hm": w_hm, "w_reg": w_reg}
+
+
+@pytest.fixture
+def make_head():
+    """``make_head_onnx`` for tests that name their files."""
+    return make_head_onnx
 
 
 @pytest.fixture
@@ -243,7 +266,7 @@ class FakeBuild:
             def __call__(self):
                 from polygraphy.logger import G_LOGGER
 
-                builder, network, _ = self.network()
+                builder, network, _ = self.network  # build_engine parses first, then hands the tuple over
                 self.config(builder, network)
                 G_LOGGER.warning("fake TensorRT: a build warning")
                 G_LOGGER.verbose("fake TensorRT: tactic chosen")
@@ -453,3 +476,62 @@ def fake_cuda_runtime(monkeypatch, fake_trt):
         return device
 
     return install
+
+
+# ------------------------------------------------------------------------------- real head files, quick PTQ
+
+
+def export_head_files(out, config: str, checkpoint=None) -> dict:
+    """rpn_head.fp32.onnx + rpn_head.int8.onnx of `config` in `out`: the float model (random init, or
+    `checkpoint`), its 2D part calibrated (max) on two random non-negative BEV tensors. Returns the paths."""
+    import copy
+
+    import torch
+    from pytorch_quantization.nn import TensorQuantizer
+
+    from trt_centerpoint.config import load_config
+    from trt_centerpoint.export.head.export import RpnHeadModule, bev_input_shape, export_rpn_head
+    from trt_centerpoint.export.head.int8 import export_rpn_head_int8
+    from trt_centerpoint.model.centerpoint import CenterPoint
+    from trt_centerpoint.model.checkpoint import load_checkpoint
+    from trt_centerpoint.quant.ptq import prepare_model
+    from trt_centerpoint.quant.quantize import DEFAULT_SKIP
+
+    cfg = load_config(config)
+    torch.manual_seed(0)
+    model = CenterPoint(cfg).eval()
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    qmodel, _ = prepare_model(cfg, DEFAULT_SKIP, "max", bn_fused=True, model=copy.deepcopy(model))
+    head = RpnHeadModule(qmodel).eval()
+    quantizers = [m for m in head.modules() if isinstance(m, TensorQuantizer) and m._calibrator is not None]
+    for q in quantizers:
+        q.disable_quant()
+        q.enable_calib()
+    with torch.no_grad():
+        for _ in range(2):
+            head(torch.relu(torch.randn(bev_input_shape(cfg))))
+    for q in quantizers:
+        q.load_calib_amax()
+        q.enable_quant()
+        q.disable_calib()
+    paths = {"fp32": out / "rpn_head.fp32.onnx", "int8": out / "rpn_head.int8.onnx"}
+    onnx.save(export_rpn_head(model, cfg).model, str(paths["fp32"]))
+    onnx.save(export_rpn_head_int8(qmodel, cfg).model, str(paths["int8"]))
+    return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_heads(tmp_path_factory) -> dict:
+    """The tiny config's head files (random init, 2D part calibrated on random BEV)."""
+    return export_head_files(tmp_path_factory.mktemp("tiny_heads"), "tiny")
+
+
+@pytest.fixture(scope="session")
+def sample_heads(tmp_path_factory) -> dict:
+    """The bundled sample's head files (samples/synthetic_small.pth, 2D part calibrated on random BEV)."""
+    from trt_centerpoint.stages.build import SAMPLE_CHECKPOINT, SAMPLE_CONFIG
+
+    if not SAMPLE_CHECKPOINT.is_file():
+        pytest.skip(f"the bundled sample is not here ({SAMPLE_CHECKPOINT})")
+    return export_head_files(tmp_path_factory.mktemp("sample_heads"), SAMPLE_CONFIG, SAMPLE_CHECKPOINT)

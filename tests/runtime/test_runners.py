@@ -121,8 +121,11 @@ def test_empty_frame_gives_empty_detections(cfg, build):
 
 
 def test_bad_inputs_are_one_line_errors(cfg, build, tmp_path):
-    with pytest.raises(UserError, match=r"missing; run `trt-centerpoint build`"):
+    with pytest.raises(UserError, match=r"scn\.int8\.onnx: missing; INT8 files come from a quantized checkpoint: "
+                                        r"run `trt-centerpoint ptq`, then `export`"):
         make_pipeline(cfg, "onnx", "int8", artifacts=tmp_path)
+    with pytest.raises(UserError, match=r"scn\.fp16\.onnx: missing; run `trt-centerpoint export` \(or `build`\)"):
+        make_pipeline(cfg, "onnx", "fp32", artifacts=tmp_path)
     with pytest.raises(UserError, match=r"--artifacts BUILD_DIR"):
         make_pipeline(cfg, "onnx", "fp32")
     with pytest.raises(UserError, match=r"a float checkpoint; --precision int8 needs a quantized one"):

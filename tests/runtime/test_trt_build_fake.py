@@ -5,6 +5,7 @@ cache is read and written, and that nothing half-built is left behind.
 """
 
 import json
+import sys
 
 import pytest
 from polygraphy.logger import G_LOGGER
@@ -154,7 +155,7 @@ def test_bad_workspace(tmp_path, qdq_onnx):
 def test_cli_without_tensorrt_exits_2_with_one_line(tmp_path, qdq_onnx, no_tensorrt, capsys):
     before = _files(tmp_path)
     rc = main(["engine", "--onnx", str(qdq_onnx), "--out", str(tmp_path / "rpn_head.int8.plan"),
-               "--timing-cache", str(tmp_path / "timing.cache")])
+               "--timing-cache", str(tmp_path / "timing.cache"), "--builder", "tensorrt"])
     assert rc == 2
     err = capsys.readouterr().err
     assert err == ("trt-centerpoint engine: error: TensorRT is not installed (pip install 'trt-centerpoint[trt]' "
@@ -184,3 +185,29 @@ def test_cli_builds_with_fakes(tmp_path, qdq_onnx, fake_trt, fake_build, capsys)
     assert f"wrote {out}" in printed and "wrote " + str(tmp_path / "timing.cache") in printed
     assert rec.calls["config"]["memory_pool_limits"] == {"WORKSPACE": 256 << 20}
     assert out.exists() and (tmp_path / "timing.cache").exists()
+
+
+def test_cli_without_any_builder_names_both(tmp_path, qdq_onnx, no_tensorrt, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
+    assert main(["engine", "--onnx", str(qdq_onnx), "--out", str(tmp_path / "e.plan")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "TensorRT is not installed" in err
+    assert "TensorRT-RTX is not installed (pip install 'trt-centerpoint[rtx]')" in err and "cannot build e.plan" in err
+    assert not (tmp_path / "e.plan").exists()
+
+
+def test_compute_capability_is_for_rtx_only(tmp_path, qdq_onnx, fake_trt, fake_build):
+    fake_trt("10.13.0")
+    rec = fake_build()
+    with pytest.raises(UserError, match="--compute-capability is for TensorRT-RTX builds"):
+        build_engine(qdq_onnx, tmp_path / "x.plan", compute_capabilities=["8.6"])  # auto -> TensorRT here
+    assert rec.calls == {}
+
+
+def test_tensorrt_record_names_the_builder(tmp_path, qdq_onnx, fake_trt, fake_build):
+    fake_trt("10.13.0")
+    fake_build()
+    record = build_engine(qdq_onnx, tmp_path / "rpn_head.int8.plan").record
+    assert record["builder"] == "tensorrt" and record["builder_version"] == "10.13.0"
+    assert record["strongly_typed"] is True and record["targets"] == ["the GPU model it was built on"]
+    assert record["source"] == "engine inspector" and [t["name"] for t in record["io"]] == ["input", "hm", "reg"]

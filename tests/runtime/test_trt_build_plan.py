@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -16,7 +17,7 @@ from trt_centerpoint.runtime.trt.build import (
     inspect_onnx,
     strongly_typed_arg,
 )
-from trt_centerpoint.runtime.trt.env import parse_version, require_tensorrt, tensorrt_available
+from trt_centerpoint.runtime.trt.env import parse_version, require_tensorrt, resolve_builder, tensorrt_available
 
 
 @pytest.mark.parametrize("version", ["10.0.0.6", "10.3.0", "10.8.0.43", "10.11.0.33"])
@@ -48,6 +49,42 @@ def test_tensorrt_11_is_strongly_typed_unconditionally(version):
         s = build_plan(version, onnx_has_qdq=qdq, fp16_io=True)
         assert s.strongly_typed and s.precision_flags == ()
         assert "11" in s.reason
+
+
+@pytest.mark.parametrize("version", ["1.4.0.76", "1.7.1.116"])
+def test_tensorrt_rtx_is_strongly_typed_without_flags(version):
+    for qdq in (True, False):
+        s = build_plan(version, onnx_has_qdq=qdq, fp16_io=False, builder="tensorrt-rtx")
+        assert s.strongly_typed and s.precision_flags == () and s.builder == "tensorrt-rtx"
+        assert s.describe() == f"TensorRT-RTX {version}, strongly typed, no precision flags"
+        assert s.target_list == ["8.6", "8.9", "12.0"] and "default" in s.describe_targets()
+
+
+def test_config_kwargs_for_rtx(fake_trt):
+    trt = fake_trt("1.7.1")
+    settings = BuildSettings(**{**build_plan("1.7.1", True, False, "tensorrt-rtx").__dict__, "targets": ("8.6",)})
+    kw = config_kwargs(trt, settings, 1 << 20, b"CACHE")
+    assert kw["compute_capabilities"] == [(8, 6)]
+    assert "load_timing_cache" not in kw and "int8" not in kw and "fp16" not in kw
+
+
+def test_resolve_builder(fake_trt, no_tensorrt, monkeypatch):
+    rtx = types.ModuleType("tensorrt_rtx")
+    rtx.__version__ = "1.7.1.116"
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", rtx)
+    builder, reason = resolve_builder("auto")  # no TensorRT: TensorRT-RTX, saying why
+    assert builder == "tensorrt-rtx" and reason.startswith("TensorRT-RTX 1.7.1.116; TensorRT: TensorRT is not")
+    assert resolve_builder("tensorrt")[0] is None
+    fake_trt("10.13.0")
+    assert resolve_builder("auto") == ("tensorrt", "TensorRT 10.13.0")
+    assert resolve_builder("tensorrt-rtx") == ("tensorrt-rtx", "TensorRT-RTX 1.7.1.116")
+    fake_trt("10.13.0", builder_error=RuntimeError("no GPU"))  # TensorRT without a GPU: auto takes TensorRT-RTX
+    assert resolve_builder("auto")[0] == "tensorrt-rtx"
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
+    builder, reason = resolve_builder("auto")
+    assert builder is None and "cannot create a builder" in reason and "TensorRT-RTX is not installed" in reason
+    with pytest.raises(UserError, match="--builder gpu: choose from auto, tensorrt, tensorrt-rtx"):
+        resolve_builder("gpu")
 
 
 @pytest.mark.parametrize("version", ["8.6.1", "9.3.0"])
@@ -164,7 +201,8 @@ def test_tensorrt_too_old_or_without_gpu(fake_trt):
 def test_nothing_imports_tensorrt_at_module_level():
     code = ("import sys, trt_centerpoint.runtime.trt.build, trt_centerpoint.runtime.trt.runner, "
             "trt_centerpoint.runtime.trt.pycuda_runner, trt_centerpoint.runtime.trt.env; "
-            "print(sorted(m for m in ('tensorrt', 'pycuda', 'pycuda.driver', 'polygraphy.backend.trt', 'torch') "
+            "print(sorted(m for m in ('tensorrt', 'tensorrt_rtx', 'pycuda', 'pycuda.driver', 'polygraphy.backend.trt', "
+            "'torch') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

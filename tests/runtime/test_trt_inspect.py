@@ -2,7 +2,13 @@
 
 import json
 
-from trt_centerpoint.runtime.trt.inspect import format_counts, layer_precision, summarize_layers, tensor_dtype
+from trt_centerpoint.runtime.trt.inspect import (
+    format_counts,
+    layer_precision,
+    summarize_layers,
+    summarize_network,
+    tensor_dtype,
+)
 
 
 def test_tensor_dtype_from_10x_phrases_and_11x_fields():
@@ -34,6 +40,7 @@ def test_summary_of_10x_engine(engine_info_10):
     assert conv["name"] == "conv1 + relu" and conv["type"] == "CaskConvolution" and conv["precision"] == "INT8"
     assert conv["tactic"].startswith("sm80_xmma")
     assert format_counts(summary) == "4 layers: 2 INT8, 1 FP16, 1 FP32"
+    assert [t["name"] for t in summary["io"]] == ["input", "hm", "reg"]  # 10.x: "Bindings", names only
 
 
 def test_summary_of_11x_engine():
@@ -50,6 +57,7 @@ def test_summary_of_11x_engine():
         "I/O Tensors": [{"Name": "x", "IOMode": "Input", "DataType": "Float"}],
     }
     summary = summarize_layers(info)
+    assert summary["io"] == [{"name": "x", "mode": "input", "dtype": "FP32"}]  # 11.x: "I/O Tensors"
     assert summary["counts"] == {"INT8": 1, "FP16": 1, "FP32": 0, "UNKNOWN": 1}
     assert format_counts(summary) == "3 layers: 1 INT8, 1 FP16, 0 FP32, 1 UNKNOWN"
 
@@ -59,3 +67,39 @@ def test_summary_without_detailed_verbosity():
     assert summary["num_layers"] == 2 and not summary["detailed"]
     assert summary["counts"] == {"INT8": 0, "FP16": 0, "FP32": 0, "UNKNOWN": 2}
     assert summarize_layers('{"Layers": []}')["num_layers"] == 0
+
+
+def test_io_list_of_both_schemas():
+    ten = summarize_layers({"Layers": [], "Bindings": ["input", {"Name": "hm", "Format/Datatype": "Half"}]})
+    assert ten["io"] == [{"name": "input", "mode": "", "dtype": "UNKNOWN"}, {"name": "hm", "mode": "", "dtype": "FP16"}]
+    eleven = summarize_layers(json.dumps({"Layers": [], "I/O Tensors": [
+        {"Name": "input", "IOMode": "Input", "DataType": "Float"},
+        {"Name": "hm", "IOMode": "Output", "DataType": "Half"}]}))
+    assert eleven["io"] == [{"name": "input", "mode": "input", "dtype": "FP32"},
+                            {"name": "hm", "mode": "output", "dtype": "FP16"}]
+    assert summarize_layers({"Layers": []})["io"] == []
+
+
+def test_network_summary_counts_qdq_convolutions():
+    from types import SimpleNamespace as NS
+
+    def tensor(name, dtype="DataType.FLOAT"):
+        return NS(name=name, dtype=dtype)
+
+    def layer(name, kind, inputs, outputs):
+        return NS(name=name, type=f"LayerType.{kind}", num_inputs=len(inputs), num_outputs=len(outputs),
+                  get_input=lambda i: inputs[i], get_output=lambda i: outputs[i])
+
+    x, xq, xdq, c1, h = tensor("x"), tensor("xq", "DataType.INT8"), tensor("xdq"), tensor("c1"), tensor("h", "HALF")
+    layers = [layer("q", "QUANTIZE", [x], [xq]), layer("dq", "DEQUANTIZE", [xq], [xdq]),
+              layer("conv1", "CONVOLUTION", [xdq], [c1]), layer("relu", "ACTIVATION", [c1], [c1]),
+              layer("conv2", "CONVOLUTION", [c1], [tensor("y")]), layer("mm", "MATRIX_MULTIPLY", [h], [tensor("z")])]
+    network = NS(num_layers=len(layers), get_layer=layers.__getitem__, num_inputs=1, get_input=lambda i: x,
+                 num_outputs=1, get_output=lambda i: tensor("y"))
+    summary = summarize_network(network, note="why")
+    assert summary["counts"] == {"INT8": 1, "FP16": 1, "FP32": 1} and summary["num_layers"] == 3
+    assert summary["network_layers"] == 6 and summary["types"]["QUANTIZE"] == 1 and summary["note"] == "why"
+    assert summary["io"] == [{"name": "x", "mode": "input", "dtype": "FP32"}, {"name": "y", "mode": "output",
+                                                                                "dtype": "FP32"}]
+    assert format_counts(summary) == ("3 conv/matmul layers of the network (before fusion): 1 INT8 (Q/DQ input), "
+                                      "1 FP16, 1 FP32")

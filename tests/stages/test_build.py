@@ -17,6 +17,7 @@ from trt_centerpoint.config import load_config
 from trt_centerpoint.manifest import file_sha256
 from trt_centerpoint.model.centerpoint import CenterPoint
 from trt_centerpoint.model.checkpoint import save_checkpoint
+from trt_centerpoint.runtime.trt.env import tensorrt_rtx_status
 from trt_centerpoint.stages.build import BuildOptions, run_build
 from trt_centerpoint.stages.compare import run_compare
 
@@ -42,6 +43,10 @@ def _opts(checkpoint, out, **kw):
                         bench_iterations=2, bench_warmup=0, progress=False, **kw)
 
 
+def _rtx_missing() -> str | None:
+    return tensorrt_rtx_status()[1] if tensorrt_rtx_status()[0] is None else None
+
+
 def _ran(data):
     return [name for name, s in data["stages"].items() if s["status"] == "ran"]
 
@@ -60,7 +65,17 @@ def test_first_build_writes_every_artifact_and_the_report_keys(built):
         assert (out / name).is_file(), name
     assert not list(out.rglob("*.tmp")) and not list(out.glob(".*"))
     assert _ran(data)[:4] == ["data_calib", "data_eval", "ptq", "export"]
-    assert data["stages"]["engine"]["status"] == "unavailable" and "TensorRT" in data["stages"]["engine"]["detail"]
+    if _rtx_missing():  # nothing can build an engine here: the stage says why
+        assert data["stages"]["engine"]["status"] == "unavailable" and "TensorRT" in data["stages"]["engine"]["detail"]
+    else:  # no TensorRT + GPU here, so `auto` built the head engines with TensorRT-RTX; they are never run
+        for name in ("rpn_head.fp32.rtx.plan", "rpn_head.int8.rtx.plan"):
+            assert (out / name).stat().st_size > 0, name
+            layers = json.loads((out / name.replace(".plan", ".layers.json")).read_text())
+            assert layers["builder"] == "tensorrt-rtx" and layers["strongly_typed"], name
+        assert data["stages"]["engine_fp32"]["status"] == "ran" and data["stages"]["engine_int8"]["status"] == "ran"
+        assert data["engine"]["builder"] == "tensorrt-rtx" and not data["engine"]["runnable"]
+        assert set(data["latency"]) == {"onnx", "meta"}  # not benched: an RTX engine needs an RTX GPU
+        assert "not an INT8 latency figure" in (out / "report.md").read_text()
     report = json.loads((out / "report.json").read_text())
     assert isinstance(report["accuracy"]["fp32"]["mAP"], float) and isinstance(report["accuracy"]["int8"]["mAP"], float)
     assert set(report["tensors"]) >= {"reg_0", "hm_0", "hm_1"}
@@ -88,12 +103,10 @@ def test_run_results_load_with_polygraphy(built):
 
 
 def test_second_build_skips_everything(built, checkpoint):
-    out, _, first_seconds = built
-    start = time.perf_counter()
+    out, _, _ = built
     data = run_build(_opts(checkpoint, out), log=lambda _: None)
-    seconds = time.perf_counter() - start
-    assert _ran(data) == []
-    assert seconds <= 0.25 * first_seconds, (seconds, first_seconds)  # the sample model's ratio is in README
+    assert _ran(data) == []  # (what that saves in time is measured in README's sample figures, not here)
+    assert all(s["status"] in ("skipped", "unavailable") for s in data["stages"].values()), data["stages"]
 
 
 def test_deleting_an_artifact_reruns_only_what_makes_it(built, checkpoint):

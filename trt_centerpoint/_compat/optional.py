@@ -10,12 +10,14 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-# Polygraphy's TensorRT backend is loaded with TensorRT: only the engine paths need it.
+# Polygraphy's TensorRT (and TensorRT-RTX) backend binds the TensorRT module when it is imported: only the
+# engine paths need it.
 OPTIONAL = ("tensorrt", "tensorrt_rtx", "pycuda", "pycuda.driver", "pycuda.autoinit", "polygraphy.backend.trt",
-            "polygraphy.backend.common")
+            "polygraphy.backend.common", "polygraphy.backend.tensorrt_rtx")
 DISPLAY = {"tensorrt": "TensorRT", "tensorrt_rtx": "TensorRT-RTX", "pycuda": "pycuda", "pycuda.driver": "pycuda",
            "pycuda.autoinit": "pycuda", "polygraphy.backend.trt": "Polygraphy's TensorRT backend",
-           "polygraphy.backend.common": "Polygraphy"}
+           "polygraphy.backend.common": "Polygraphy",
+           "polygraphy.backend.tensorrt_rtx": "Polygraphy's TensorRT-RTX backend"}
 
 
 def import_optional(name: str) -> ModuleType:

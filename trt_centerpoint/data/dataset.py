@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,27 @@ import numpy as np
 from trt_centerpoint.data.points import list_point_files, read_points
 from trt_centerpoint.data.synth.dataset import read_labels
 from trt_centerpoint.errors import UserError
+
+
+def check_against_meta(root: Path, files: list[Path]) -> None:
+    """A folder whose meta.json lists its frames (`synth` writes one) must hold exactly those frames: anything
+    else is a mix of two data sets (stale frames of an earlier run) and would be scored as one."""
+    meta_path = Path(root) / "meta.json"
+    if not meta_path.is_file():
+        return
+    try:
+        listed = json.loads(meta_path.read_text()).get("stems")
+    except (OSError, ValueError, AttributeError):
+        raise UserError(f"{meta_path}: not a readable meta.json") from None
+    if not isinstance(listed, list):
+        return  # a meta.json of another tool: nothing to compare
+    found = {f.stem for f in files}
+    extra, missing = sorted(found - set(listed)), sorted(set(listed) - found)
+    if extra or missing:
+        what = [f"{len(extra)} not listed (e.g. {extra[0]})" if extra else "",
+                f"{len(missing)} listed but missing (e.g. {missing[0]})" if missing else ""]
+        raise UserError(f"{root}: the frames disagree with its meta.json ({len(listed)} frames): "
+                        f"{'; '.join(w for w in what if w)}; regenerate the folder (`synth --force`)")
 
 
 class LabeledFrames:
@@ -19,6 +41,7 @@ class LabeledFrames:
         self.num_features = num_features
         self.class_names = class_names
         self.files = list_point_files(self.root)
+        check_against_meta(self.root, self.files)
         label_dir = self.root / "labels"
         self.labels = [label_dir / f"{f.stem}.json" for f in self.files]
         missing = [p for p in self.labels if not p.is_file()]

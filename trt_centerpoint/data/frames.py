@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from trt_centerpoint.config import ModelConfig
-from trt_centerpoint.data.dataset import LabeledFrames
+from trt_centerpoint.data.dataset import LabeledFrames, check_against_meta
 from trt_centerpoint.data.points import list_point_files, read_points
 from trt_centerpoint.data.sampling import evenly_spaced, evenly_spaced_indices
 from trt_centerpoint.errors import UserError
@@ -36,6 +36,7 @@ def load_frames(data: str | Path, cfg: ModelConfig, limit: int | None = None) ->
         stems = [item[0] for item in items]
         return EvalFrames(stems, [item[1] for item in items], {s: truth[s] for s in stems})
     files = list_point_files(data)
+    check_against_meta(data, files)
     picked = evenly_spaced(files, limit)
     return EvalFrames([f.stem for f in picked], [read_points(f, cfg.voxel.num_point_features).points for f in picked],
                       None)

@@ -44,19 +44,42 @@ def read_checkpoint(path: str | Path) -> dict:
             ) from None
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (unpickling failed)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: {first}") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: {_torch_load_reason(exc)}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a state_dict or a dict with 'state_dict', got {type(obj).__name__}")
     if "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        return obj
-    if "model" in obj and isinstance(obj["model"], dict):  # some trainers use "model"
-        return {**obj, "state_dict": obj["model"]}
-    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return {"state_dict": obj}
-    raise CheckpointError(
-        f"{path}: no 'state_dict' in the checkpoint (top-level keys: {', '.join(map(str, list(obj)[:8]))})"
-    )
+        ckpt = obj
+    elif "model" in obj and isinstance(obj["model"], dict):  # some trainers use "model"
+        ckpt = {**obj, "state_dict": obj["model"]}
+    elif obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        ckpt = {"state_dict": obj}
+    else:
+        raise CheckpointError(
+            f"{path}: no 'state_dict' in the checkpoint (top-level keys: {', '.join(map(str, list(obj)[:8]))})"
+        )
+    _require_finite(ckpt["state_dict"], path)
+    return ckpt
+
+
+def _torch_load_reason(exc: BaseException) -> str:
+    """torch.load's error in words: its C++ "[enforce fail at inline_container.cc:...]" lines mean the file is
+    a zip archive that is not a PyTorch checkpoint (torch.save writes one top-level folder of tensors)."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    if "inline_container" in first or "PytorchStreamReader" in first:
+        return "a zip archive without PyTorch's checkpoint layout (not written by torch.save)"
+    return first
+
+
+def _require_finite(state: dict, path: Path) -> None:
+    """A weight with NaN / Inf makes every output NaN and detections silently vanish: refuse it at load, naming
+    the tensors (the first few, and how many)."""
+    bad = [k for k, v in state.items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        listed = ", ".join(bad[:MAX_LISTED_KEYS]) + (f" (+{len(bad) - MAX_LISTED_KEYS} more)" if len(bad) >
+                                                      MAX_LISTED_KEYS else "")
+        raise CheckpointError(f"{path}: {len(bad)} tensor(s) hold NaN or Inf values: {listed}")
 
 
 def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -6,8 +6,10 @@ clamp to [-128, 127]). Descriptors (CUDA-CenterPoint's recipe, within TensorRT's
 - activations: 8-bit per tensor, histogram calibrator (amax picked later by mse / percentile / entropy);
 - sparse conv weights [out, kz, ky, kx, in]: 8-bit per output channel (axis 0), max calibrator;
 - Conv2d / Linear weights: per output channel (axis 0), max;
-- ConvTranspose2d weights [C_in, C_out, kh, kw]: axis 0, i.e. per *input* channel, which TensorRT accepts
-  for deconvolution (it rejects per-output-channel axis 1); see ``CONVTRANSPOSE_WEIGHT_AXIS``.
+- ConvTranspose2d weights [C_in, C_out, kh, kw]: per output channel, axis 1 (``CONVTRANSPOSE_WEIGHT_AXIS``).
+  Axis 0 is the input-channel axis, the one the deconvolution sums over: its scales cannot be applied after
+  an INT8 GEMM. pytorch-quantization 2.1.3 defaults to axis 0 there; NVIDIA's later sources (TensorRT 10.2
+  on) and ModelOpt use axis 1, which is what TensorRT 10 / 11 take, so we set the descriptor ourselves.
 
 The sparse quantized convs are spconv's own classes with a different ``forward``: a float conv is turned
 into one in place (``quantize_sparse_conv``), so parameter names, ``indice_key`` (rulebook reuse),
@@ -26,9 +28,9 @@ from trt_centerpoint._compat.spconv import import_spconv
 spconv = import_spconv()
 
 NUM_BITS = 8
-# ConvTranspose2d weight quantization axis: 0 (per input channel) or None (per tensor); both are legal
-# for TensorRT deconvolution, axis 1 (per output channel) is not.
-CONVTRANSPOSE_WEIGHT_AXIS = 0
+# ConvTranspose2d weight [C_in, C_out, kh, kw]: one scale per output channel (axis 1), as TensorRT 10 / 11
+# and ModelOpt take it. A ptq.pth calibrated on axis 0 (older versions) is refused: `check_weight_amax`.
+CONVTRANSPOSE_WEIGHT_AXIS = 1
 ACTIVATION_CALIBRATORS = ("histogram", "max")
 
 

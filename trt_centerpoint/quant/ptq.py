@@ -29,7 +29,7 @@ from trt_centerpoint.model.centerpoint import CenterPoint, load_model
 from trt_centerpoint.model.checkpoint import CheckpointError, atomic_torch_save, match_state_dict, read_checkpoint
 from trt_centerpoint.quant.calibrate import METHODS, CalibrationError, calibrate, iter_points, select_calibration_files
 from trt_centerpoint.quant.fuse_bn import fuse_bn
-from trt_centerpoint.quant.quantize import DEFAULT_SKIP, quantize_model
+from trt_centerpoint.quant.quantize import DEFAULT_SKIP, check_weight_amax, quantize_model
 
 spconv = import_spconv()
 
@@ -172,6 +172,7 @@ def load_quantized_model(path: str | Path, expect_config: ModelConfig | None = N
     state = match_state_dict(model, state, str(path))
     with quiet_library_logs():
         model.load_state_dict(state)
+    check_weight_amax(model, str(path))  # a ptq.pth from a version with other weight axes is refused by name
     missing = [name for name, q in iter_quantizers(model) if not q._disabled and q.amax is None]
     if missing:
         raise CheckpointError(f"{path}: {len(missing)} quantizer(s) have no calibrated amax, e.g. {missing[0]}")

@@ -10,6 +10,9 @@
 Module paths and parameter names stay det3d's, so a float checkpoint loads the same; quantizers add only
 ``_amax`` buffers (after calibration). A module is skipped (left float) when a pattern of `skip` matches
 its path or the path of one of its parents (``fnmatch``, e.g. ``backbone.conv1.0.*`` or ``neck``).
+
+``check_weight_amax`` refuses a calibrated weight amax whose shape does not match its quantizer's axis
+(a ``ptq.pth`` from an older version, whose ConvTranspose weights were calibrated per input channel).
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
 
+from pytorch_quantization.nn import TensorQuantizer
 from torch import nn
 
 from trt_centerpoint._compat.pytorch_quantization import quiet_library_logs
+from trt_centerpoint.artifacts import PTQ_CHECKPOINT
 from trt_centerpoint.model.backbone import ResidualAdd
+from trt_centerpoint.model.checkpoint import CheckpointError
 from trt_centerpoint.model.rpn import Concat
 from trt_centerpoint.quant import modules as qm
 
@@ -82,3 +88,36 @@ def quantize_model(model: nn.Module, skip: Iterable[str] = DEFAULT_SKIP, input_c
                     parent._modules[child_name] = quant
                 swapped.append(name)
     return swapped
+
+
+def _amax_axes(amax_shape: tuple[int, ...]) -> list[int]:
+    return [i for i, n in enumerate(amax_shape) if n > 1]
+
+
+def check_weight_amax(model: nn.Module, source: str) -> None:
+    """Every calibrated weight amax holds one value per channel along its quantizer's axis (or one value).
+
+    Why: pytorch-quantization quantizes along whatever axis the stored amax has, and exports that axis; a
+    ConvTranspose calibrated per input channel (axis 0, amax [C_in, 1, 1, 1]) by an older version would run
+    and export per input channel, silently. Its scales cannot be turned into per-output-channel ones
+    (each output mixes every input channel), so the only fix is a new calibration.
+    Raises CheckpointError (one line, `source` first) naming the first wrong layer.
+    """
+    for name, module in model.named_modules():
+        quantizer = getattr(module, "_weight_quantizer", None)
+        weight = getattr(module, "weight", None)
+        if not isinstance(quantizer, TensorQuantizer) or weight is None or quantizer._disabled:
+            continue
+        amax = quantizer._buffers.get("_amax")
+        axis = quantizer.axis
+        if amax is None or amax.numel() == 1 or axis is None:
+            continue  # uncalibrated (reported elsewhere) or one scale for the whole weight
+        axes = sorted(a % weight.dim() for a in ((axis,) if isinstance(axis, int) else axis))
+        want = tuple(weight.shape[i] if i in axes else 1 for i in range(weight.dim()))
+        if tuple(amax.shape) != want:
+            got_axes = _amax_axes(tuple(amax.shape))
+            raise CheckpointError(
+                f"{source}: {name} ({type(module).__name__}) weight amax has shape {list(amax.shape)} (per channel "
+                f"on axis {', '.join(map(str, got_axes)) or '?'}) but this version quantizes that weight on axis "
+                f"{', '.join(map(str, axes))} (shape {list(want)}): calibrated by an older version, re-run "
+                f"`trt-centerpoint ptq` (and `qat`) to make a new {PTQ_CHECKPOINT}")

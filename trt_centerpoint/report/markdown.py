@@ -262,14 +262,46 @@ def _section_latency(data: dict, pngs: dict[str, Path]) -> list[str]:
     return lines
 
 
+_RTX_SCOPE = ("These engines run only with the TensorRT-RTX runtime on RTX GPUs (compute capability 7.5, 8.6, 8.9, "
+              "12.0; not Hopper, not Jetson) and were not run here. They prove that NVIDIA's ONNX parser and builder "
+              "accept the exported files. They are not an INT8 latency figure: TensorRT-RTX lists INT8 only as "
+              "weight-only GEMM, so the Q/DQ convolutions need not run as INT8 kernels there. TensorRT stays the "
+              "deployment target where it is installed.")
+_TRT_SCOPE = ("These engines run with TensorRT {version} on the GPU model they were built on (a TensorRT engine "
+              "is specific to both); the latency table and the engine comparison below ran them here.")
+
+
 def _section_engine(data: dict) -> list[str]:
     engine = data.get("engine")
-    lines = ["## TensorRT engine", ""]
+    lines = ["## Engines", ""]
     if not engine:
         return lines + [f"Engine: {NOT_RUN}."]
-    state = "built" if engine.get("available") else "not available"
     reason = engine.get("reason")
-    return lines + [f"Engine: {state}" + (f" ({reason})" if reason else "") + "."]
+    if not engine.get("available"):
+        return lines + ["Engine: not available" + (f" ({reason})" if reason else "") + "."]
+    name = engine.get("builder_name") or engine.get("builder") or "TensorRT"
+    targets = ", ".join(str(t) for t in engine.get("targets") or [])
+    if engine.get("builder") == "tensorrt-rtx":
+        where = f"compute capability {targets}" + (" (TensorRT-RTX's default)" if engine.get("targets_default") else "")
+    else:
+        where = targets or "the build GPU"
+    lines.append(f"Engine: built with {name} {engine.get('version', '')}".rstrip() + f", for {where}."
+                 + (f" Builders found here: {reason}." if reason else ""))
+    rows = [[f"`{plan}`", f"`{e.get('onnx', _DASH)}`", _size(e.get("bytes")), _num(e.get("build_seconds"), ".2f"),
+             "yes" if e.get("strongly_typed") else "no", e.get("layers") or _DASH]
+            for plan, e in (engine.get("engines") or {}).items()]
+    if rows:
+        lines += ["", _md_table(["engine", "from", "size", "build s", "strongly typed", "layer precision"], rows)]
+    scope = _RTX_SCOPE if engine.get("builder") == "tensorrt-rtx" else _TRT_SCOPE.format(version=engine.get("version"))
+    lines += ["", scope]
+    comparison = engine.get("comparison")
+    if comparison:
+        c = comparison
+        lines += ["", f"INT8 vs FP32 engines on {c.get('frames')} frames: min output cosine "
+                      f"{_num(c.get('min_cosine'), '.6f')} ({c.get('min_cosine_output')}), INT8 boxes matching FP32 "
+                      f"within {_num(c.get('within_m'), 'g')} m: {_num(c.get('matched_fraction'), '.3f')} (files in "
+                      f"`{c.get('folder')}/`)."]
+    return lines
 
 
 def _section_sensitivity(data: dict) -> list[str]:

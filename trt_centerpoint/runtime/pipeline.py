@@ -27,7 +27,7 @@ from trt_centerpoint.config import ModelConfig
 from trt_centerpoint.errors import UserError
 from trt_centerpoint.export.head.export import RPN_HEAD_INPUT
 from trt_centerpoint.model.decode import Detections, decode
-from trt_centerpoint.model.voxelizer import Voxelizer, collate
+from trt_centerpoint.model.voxelizer import Voxelizer, VoxelStats, collate
 from trt_centerpoint.quant.ptq import load_model_pair
 from trt_centerpoint.runtime.base import BackboneRunner, HeadRunner, split_tasks
 from trt_centerpoint.runtime.onnxrt import OnnxHead
@@ -56,13 +56,17 @@ class Pipeline:
 
     def __post_init__(self) -> None:
         self.voxelizer = Voxelizer(self.cfg.voxel)
+        self.last_stats = VoxelStats()  # where the points of the last voxelized frame went
+
 
     def _stage(self, timer, name: str):
         return timer.stage(name) if timer is not None else contextlib.nullcontext()
 
     def voxelize(self, points: np.ndarray):
-        """One frame's points -> a collated voxel batch (batch index 0)."""
-        return collate([self.voxelizer(torch.as_tensor(points, dtype=torch.float32))])
+        """One frame's points -> a collated voxel batch (batch index 0); its counts are kept in `last_stats`."""
+        batch = collate([self.voxelizer(torch.as_tensor(points, dtype=torch.float32))])
+        self.last_stats = batch.stats
+        return batch
 
     def bev(self, points: np.ndarray) -> torch.Tensor | None:
         """The backbone's BEV map for one frame (on the CPU); None when no point falls in range."""
@@ -116,8 +120,19 @@ def _artifact(artifacts, name: str) -> Path:
         raise UserError(f"this backend runs the exported files: give --artifacts BUILD_DIR (holding {name})")
     path = Path(artifacts) / name
     if not path.is_file():
-        raise UserError(f"{path}: missing; run `trt-centerpoint build` (or export / engine) into {artifacts} first")
+        raise UserError(f"{path}: missing; {_how_to_make(name, artifacts)}")
     return path
+
+
+def _how_to_make(name: str, artifacts) -> str:
+    """Which command writes `name`: INT8 files need a quantized checkpoint first (`export` of a float one
+    writes only the FP32 files), engines need `engine`."""
+    if name.endswith(".plan"):
+        return f"run `trt-centerpoint build` (or `engine`) into {artifacts} first"
+    if ".int8." in name:
+        return (f"INT8 files come from a quantized checkpoint: run `trt-centerpoint ptq`, then `export` of its "
+                f"ptq.pth into {artifacts} (or `build`)")
+    return f"run `trt-centerpoint export` (or `build`) into {artifacts} first"
 
 
 def make_pipeline(cfg: ModelConfig, backend: str, precision: str, checkpoint=None, artifacts=None,

@@ -55,17 +55,19 @@ def run_bench(cfg: ModelConfig, artifacts: str | Path | None, data: str | Path, 
     points = [p for p in load_frames(data, cfg, frames).points]
     if not points:
         raise UserError(f"{data}: no point files")
+    # every pipeline first: a missing file fails in seconds, not after the other benchmarks ran
+    pipes = {(b, p): make_pipeline(cfg, b, p, checkpoint=checkpoint, artifacts=artifacts)
+             for b in backends for p in precisions}
     results = {}
-    for backend in backends:
-        device = "cuda" if backend == "trt" else "cpu"
-        for precision in precisions:
-            label = f"{backend}/{precision}"
-            with make_pipeline(cfg, backend, precision, checkpoint=checkpoint, artifacts=artifacts) as pipe:
-                result = run_benchmark(lambda timer, i, pipe=pipe: pipe.detect(points[i % len(points)], timer),
-                                       iterations, warmup, device=device, progress=progress)
-            result.meta.update(backend=backend, precision=precision, frames=len(points), versions=library_versions())
-            results[label] = result
-            stages = ", ".join(f"{s} {st.median_ms:.1f}" for s, st in result.stages.items())
-            log(f"bench {label}: median ms {stages}")
+    for (backend, precision), pipe in pipes.items():
+        label = f"{backend}/{precision}"
+        with pipe:
+            result = run_benchmark(lambda timer, i, pipe=pipe: pipe.detect(points[i % len(points)], timer),
+                                   iterations, warmup, device="cuda" if backend == "trt" else "cpu",
+                                   progress=progress)
+        result.meta.update(backend=backend, precision=precision, frames=len(points), versions=library_versions())
+        results[label] = result
+        stages = ", ".join(f"{s} {st.median_ms:.1f}" for s, st in result.stages.items())
+        log(f"bench {label}: median ms {stages}")
     write_bench(out / BENCH_JSON, out / BENCH_PNG, results)
     return latency_section(results)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,10 +23,11 @@ from pathlib import Path
 from trt_centerpoint.artifacts import (
     BENCH_JSON,
     BENCH_PNG,
+    COMPARE_ENGINES_DIR,
     COMPARE_JSON,
     DETECTIONS,
     ENGINE_FILES,
-    HEAD_FILES,
+    ENGINE_SOURCES,
     MANIFEST,
     PRECISIONS,
     PTQ_CHECKPOINT,
@@ -43,19 +43,23 @@ from trt_centerpoint.artifacts import (
     SCN_INT8_QDQ,
     SENSITIVITY_PNG,
     TIMING_CACHE,
+    engine_file,
 )
 from trt_centerpoint.config import ModelConfig, config_to_dict, load_config
 from trt_centerpoint.data.synth.dataset import write_dataset
 from trt_centerpoint.errors import UserError
 from trt_centerpoint.eval.bench import BenchResult
-from trt_centerpoint.export.lint import lint_file
+from trt_centerpoint.fileio import check_output_dir, ensure_dir
+from trt_centerpoint.lockfile import hold_lock
 from trt_centerpoint.manifest import Manifest, file_sha256, json_sha256, tree_sha256
 from trt_centerpoint.quant.ptq import read_ptq_meta, run_ptq
 from trt_centerpoint.quant.qat import QATOptions, run_qat
 from trt_centerpoint.report.markdown import write_report
-from trt_centerpoint.runtime.trt.build import build_engine
-from trt_centerpoint.runtime.trt.env import tensorrt_available
+from trt_centerpoint.runtime.trt.build import RTX_DEFAULT_TARGETS, artifact_paths, build_engine
+from trt_centerpoint.runtime.trt.env import BUILDER_NAMES, require_builder, resolve_builder
+from trt_centerpoint.runtime.trt.inspect import format_counts
 from trt_centerpoint.stages.bench import latency_section, run_bench
+from trt_centerpoint.stages.check import check_files
 from trt_centerpoint.stages.compare import run_compare
 from trt_centerpoint.stages.export import STAGE as EXPORT_STAGE
 from trt_centerpoint.stages.export import export_checkpoint, export_key
@@ -83,6 +87,8 @@ class BuildOptions:
     bench_iterations: int = 20
     bench_warmup: int = 3
     workspace_mb: int = 1024
+    builder: str = "auto"  # auto | tensorrt | tensorrt-rtx (`runtime.trt.env.resolve_builder`)
+    compute_capabilities: tuple[str, ...] = ()  # TensorRT-RTX targets, e.g. ("8.6", "12.0"); () = its default
     progress: bool = True
 
 
@@ -119,25 +125,20 @@ class StageOutcome:
 
 
 def _generate(out: Path, kind: str, frames: int, cfg: ModelConfig, progress: bool) -> None:
-    """A labeled synthetic data set in `out`, made in a temporary folder and renamed into place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        write_dataset(tmp, frames=frames, seed=DATA_SETS[kind], config=cfg, progress=progress)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    """A labeled synthetic data set in `out` (written whole, replacing what was there: it is the build's own)."""
+    write_dataset(out, frames=frames, seed=DATA_SETS[kind], config=cfg, progress=progress, force=True)
 
 
 def _remove_leftovers(out: Path) -> int:
-    """Temporary files / folders a killed build left behind (`fileio.atomic_path`'s `.NAME.*.tmp`, the data
-    sets' `.calib.*` / `.eval.*` folders). Only the build's own naming patterns are touched."""
+    """Temporary files / folders a killed build left behind (`fileio.atomic_path`'s `.NAME.*.tmp`, the export's
+    `.files.*.tmp` folder, the data sets' `.calib.*` / `.eval.*` folders). Only the build's own naming patterns are
+    touched, and only under the build lock."""
     count = 0
     for path in [*out.glob(".*.tmp"), *(out / "data").glob(".*.tmp")]:
-        path.unlink(missing_ok=True)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
         count += 1
     for kind in DATA_SETS:
         for folder in (out / "data").glob(f".{kind}.*"):
@@ -157,10 +158,7 @@ class _Build:
             hint = "" if opts.checkpoint is not None else (" (the bundled sample ships in the source checkout's "
                                                           "samples/; give --checkpoint)")
             raise UserError(f"{self.checkpoint}: no such checkpoint{hint}")
-        self.out.mkdir(parents=True, exist_ok=True)
-        removed = _remove_leftovers(self.out)
-        if removed:
-            log(f"removed {removed} temporary file(s) left by an interrupted build")
+        ensure_dir(self.out, "build folder")
         self.manifest = Manifest(self.out)
         self.stages = StageLog()
         self.config_sha = json_sha256(config_to_dict(self.cfg))
@@ -254,32 +252,57 @@ class _Build:
         files = sorted(p.name for p in self.out.glob("*.onnx"))
 
         def check() -> StageOutcome:
-            findings = [line for name in files for line in lint_file(self.out / name)[1]]
+            checks = check_files([self.out / name for name in files])
+            findings = [line for c in checks for line in c.lines(verbose=False)]
             if findings:
                 raise UserError(f"check: {findings[0]} ({len(findings)} finding(s); `trt-centerpoint check` lists "
                                 "them)")
-            return StageOutcome([], f"{len(files)} files, no findings")
+            parsed = sorted({c.parser.split(" parser:")[0] for c in checks if c.kind == "onnx"})
+            for c in checks:
+                self._sublog(f"{c.path.name}: ok ({c.kind}; {c.parser})")
+            return StageOutcome([], f"{len(files)} files, no lint findings; NVIDIA parser: {', '.join(parsed)}",
+                                {"files": {c.path.name: {"kind": c.kind, "parser": c.parser} for c in checks}})
 
         self._run_stage("check", self._artifact_inputs(files), {}, check)
         return files
 
     def engine(self) -> dict:
-        available, reason = tensorrt_available()
-        if not available:
+        """The head engines (FP32, INT8, and INT8 with FP16 float parts when it was exported) from the builder
+        `opts.builder` resolves to; returns what was built, for bench, compare and the report."""
+        builder, reason = resolve_builder(self.opts.builder)
+        if builder is None:
             self.stages.add("engine", "unavailable", 0.0, reason)
             self.log(f"[engine] skipped: {reason}")
             return {"available": False, "reason": reason}
-        for precision in PRECISIONS:
-            onnx_name, plan = HEAD_FILES[precision], ENGINE_FILES[precision]
+        version = str(require_builder(builder, "build the engines").__version__)
+        targets = list(self.opts.compute_capabilities)
+        engines, record = {}, {}
+        for onnx_name in [name for name in ENGINE_SOURCES if (self.out / name).is_file()]:
+            plan = engine_file(onnx_name, builder)
+            layers = artifact_paths(self.out / plan)["layers"].name
 
-            def build(onnx_name=onnx_name, plan=plan) -> StageOutcome:
-                build_engine(self.out / onnx_name, self.out / plan, workspace_mb=self.opts.workspace_mb,
-                             timing_cache=self.out / TIMING_CACHE)
-                return StageOutcome([plan], f"{plan} from {onnx_name}")
+            def build(onnx_name=onnx_name, plan=plan, layers=layers) -> StageOutcome:
+                result = build_engine(self.out / onnx_name, self.out / plan, workspace_mb=self.opts.workspace_mb,
+                                      timing_cache=self.out / TIMING_CACHE if builder == "tensorrt" else None,
+                                      builder=builder, compute_capabilities=targets)
+                return StageOutcome([plan, layers], f"{plan} from {onnx_name} ({result.settings.builder_name} "
+                                                    f"{result.settings.trt_version}, {result.seconds:.1f} s)")
 
-            self._run_stage(f"engine_{precision}", {"onnx": file_sha256(self.out / onnx_name)},
-                            {"workspace_mb": self.opts.workspace_mb}, build)
-        return {"available": True, "reason": reason}
+            stage = "engine_" + onnx_name[len("rpn_head."):-len(".onnx")].replace(".", "_")
+            self._run_stage(stage, {"onnx": file_sha256(self.out / onnx_name)},
+                            {"workspace_mb": self.opts.workspace_mb, "builder": builder, "version": version,
+                             "targets": targets}, build)
+            record = json.loads((self.out / layers).read_text())
+            engines[plan] = {"onnx": onnx_name, "bytes": record["engine_bytes"],
+                             "build_seconds": record["build_seconds"], "layers_json": layers,
+                             "layers": format_counts(record), "strongly_typed": record["strongly_typed"]}
+        return {"available": True, "reason": reason, "builder": builder, "builder_name": BUILDER_NAMES[builder],
+                "version": version, "engines": engines,
+                "targets": record.get("targets") or (targets or list(RTX_DEFAULT_TARGETS)),
+                "targets_default": builder == "tensorrt-rtx" and not targets,
+                # a TensorRT engine runs here (auto chose TensorRT because a GPU can build); TensorRT-RTX ones
+                # only with the TensorRT-RTX runtime on RTX GPUs, never here
+                "runnable": builder == "tensorrt"}
 
     def compare(self, eval_data: Path, quantized: Path) -> dict:
         def compare() -> StageOutcome:
@@ -294,8 +317,36 @@ class _Build:
         self._run_stage("compare", inputs, {"max_frames": self.opts.eval_frames}, compare)
         return json.loads((self.out / COMPARE_JSON).read_text())
 
+    def compare_engines(self, eval_data: Path, quantized: Path, engine: dict) -> dict | None:
+        """Where the TensorRT engines run here: the same comparison with the head on the INT8 and FP32 engines
+        (`compare --backend trt`), into `compare_trt/`; a few figures for the report. None otherwise."""
+        if not engine.get("runnable"):
+            return None
+        folder = self.out / COMPARE_ENGINES_DIR
+        names = [f"{COMPARE_ENGINES_DIR}/{n}" for n in (COMPARE_JSON, RUN_RESULTS, *DETECTIONS.values())]
+
+        def compare() -> StageOutcome:
+            folder.mkdir(exist_ok=True)
+            figures = run_compare(self.cfg, self.out, eval_data, out=folder, checkpoint=quantized,
+                                  max_frames=self.opts.eval_frames, progress=self.opts.progress, log=self._sublog,
+                                  backend="trt")
+            return StageOutcome(names, f"{figures['frames']} frames, head on the TensorRT engines")
+
+        inputs = {**self._artifact_inputs([SCN_FP16, SCN_INT8, *ENGINE_FILES.values()]),
+                  "eval_data": tree_sha256(eval_data), "checkpoint": file_sha256(quantized)}
+        self._run_stage("compare_engines", inputs, {"max_frames": self.opts.eval_frames}, compare)
+        figures = json.loads((folder / COMPARE_JSON).read_text())
+        cosines = {n: t["cosine"] for n, t in (figures.get("tensors") or {}).items() if "cosine" in t}
+        worst = min(cosines, key=cosines.get) if cosines else None
+        matched = _flat_detections(figures.get("detections") or {})
+        return {"folder": COMPARE_ENGINES_DIR, "frames": figures.get("frames"), "engines": list(ENGINE_FILES.values()),
+                "min_cosine": cosines.get(worst), "min_cosine_output": worst,
+                "matched_fraction": matched.get("matched_fraction"), "within_m": matched.get("within_m"),
+                "mAP": {p: (figures.get("accuracy") or {}).get(p, {}).get("mAP") for p in PRECISIONS}
+                if figures.get("accuracy") else None}
+
     def bench(self, eval_data: Path, engine: dict) -> dict:
-        backends = ["onnx"] + (["trt"] if engine["available"] else [])
+        backends = ["onnx"] + (["trt"] if engine.get("runnable") else [])  # TensorRT-RTX engines never run here
 
         def bench() -> StageOutcome:
             run_bench(self.cfg, self.out, eval_data, backends=backends, iterations=self.opts.bench_iterations,
@@ -304,7 +355,7 @@ class _Build:
                                 f"{', '.join(backends)} x fp32/int8, {self.opts.bench_iterations} iterations")
 
         names = [SCN_FP16, SCN_INT8, RPN_HEAD_FP32, RPN_HEAD_INT8]
-        names += [ENGINE_FILES[p] for p in PRECISIONS] if engine["available"] else []
+        names += [ENGINE_FILES[p] for p in PRECISIONS] if engine.get("runnable") else []
         inputs = {**self._artifact_inputs(names), "eval_data": tree_sha256(eval_data)}
         params = {"backends": backends, "iterations": self.opts.bench_iterations, "warmup": self.opts.bench_warmup}
         self._run_stage("bench", inputs, params, bench)
@@ -396,13 +447,26 @@ def run_build(opts: BuildOptions | None = None, log: Callable[[str], None] = pri
     """Run (or resume) the whole chain into `opts.out`; returns the report data."""
     opts = opts or BuildOptions()
     start = time.perf_counter()
+    check_output_dir(opts.out, "build folder")  # a bad --out fails before anything else
     build = _Build(opts, log)
+    with hold_lock(build.out, log):
+        return _run_locked(build, log, start)
+
+
+def _run_locked(build: "_Build", log: Callable[[str], None], start: float) -> dict:
+    """The chain, with the build folder's lock held (so its leftovers are this folder's own, not a live build's)."""
+    removed = _remove_leftovers(build.out)
+    if removed:
+        log(f"removed {removed} temporary file(s) left by an interrupted build")
     calib, eval_data = build.data()
     quantized = build.quantize(calib)
     build.export(quantized, calib)
     build.check()
     engine = build.engine()
     compare = build.compare(eval_data, quantized)
+    comparison = build.compare_engines(eval_data, quantized, engine)
+    if comparison is not None:
+        engine["comparison"] = comparison
     latency = build.bench(eval_data, engine)
     data = build.report(quantized, compare, latency, engine)
     data["stages"] = build.stages.as_dict()  # this run's (a skipped report keeps the run that wrote it)

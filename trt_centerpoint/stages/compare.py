@@ -234,5 +234,5 @@ def summary_lines(figures: dict, out_dir: str | Path) -> list[str]:
     if figures["accuracy"]:
         a = figures["accuracy"]
         lines.append(f"mAP FP32 {a['fp32']['mAP']:.4f}  INT8 {a['int8']['mAP']:.4f}  ({a['delta_mAP']:+.4f})")
-    lines.append(f"wrote {out_dir}/{COMPARE_JSON} and {out_dir}/{RUN_RESULTS} (Polygraphy RunResults)")
+    lines.append(f"wrote {Path(out_dir) / COMPARE_JSON} and {Path(out_dir) / RUN_RESULTS} (Polygraphy RunResults)")
     return lines

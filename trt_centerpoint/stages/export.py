@@ -56,7 +56,7 @@ from trt_centerpoint.export.scn.quant import precision_summary, scn_quant_specs
 from trt_centerpoint.export.scn.walk import walk_backbone
 from trt_centerpoint.export.scn.writer import SCN_INPUT, SCN_OUTPUT, export_scn
 from trt_centerpoint.export.validate import ValidationError, fp16_deployed_reference, validate_scn
-from trt_centerpoint.fileio import atomic_write_bytes
+from trt_centerpoint.fileio import check_output_dir, ensure_dir, write_files_together
 from trt_centerpoint.manifest import Manifest, file_sha256, json_sha256, tree_sha256
 from trt_centerpoint.quant.ptq import is_quantized_checkpoint, load_model_pair
 from trt_centerpoint.runtime.scn_runner import ScnRunner
@@ -111,8 +111,8 @@ class ExportResult:
         return next(f for f in self.files if f.name == name)
 
     def write(self, out: Path) -> None:
-        for f in self.files:
-            atomic_write_bytes(Path(out) / f.name, f.data)
+        """All files together or none (a full disk fails before any file appears); the manifest comes after."""
+        write_files_together(out, {f.name: f.data for f in self.files})
 
     def extra(self) -> dict:
         """The stage's `extra` in the manifest (JSON)."""
@@ -362,7 +362,7 @@ def export_checkpoint(cfg: ModelConfig, checkpoint: str | Path, calib_data: str 
 def record_export(out: str | Path, result: ExportResult, inputs: dict, params: dict, seconds: float) -> dict:
     """Write the files, then record the stage in `out`'s manifest; returns the record (JSON, with the library
     versions). `build` records its export through its own stage runner instead."""
-    out = Path(out)
+    out = ensure_dir(out)
     manifest = Manifest(out)  # read first: a broken manifest fails before anything is written
     result.write(out)
     record = manifest.record(STAGE, inputs, params, result.names, seconds, result.extra())
@@ -376,6 +376,7 @@ def run_export(config: str | Path | ModelConfig, checkpoint: str | Path, out: st
     """`trt-centerpoint export`: export, validate and write the deployment files and the stage's manifest
     record; returns that record as a dict (`outputs`: file name -> sha256, `extra`, `versions`...)."""
     start = time.perf_counter()
+    check_output_dir(out)  # before the work: a bad --out fails now, not after the export
     cfg = config if isinstance(config, ModelConfig) else load_config(config)
     result = export_checkpoint(cfg, checkpoint, calib_data, max_frames, margin, fp16, fp16_io, log)
     inputs, params = export_key(cfg, Path(checkpoint), calib_data, max_frames, margin, fp16, fp16_io)

@@ -9,6 +9,8 @@ from tqdm import tqdm
 from trt_centerpoint.config import load_config
 from trt_centerpoint.data.detections import write_detections
 from trt_centerpoint.data.points import list_point_files, read_points
+from trt_centerpoint.fileio import ensure_parent
+from trt_centerpoint.model.voxelizer import VoxelStats
 from trt_centerpoint.report.table import format_table
 from trt_centerpoint.runtime.pipeline import make_pipeline
 
@@ -21,6 +23,8 @@ def run_inference(config: str, checkpoint: str | Path | None, points: str | Path
     """Detect on every point file of `points` (a file or a folder), frame by frame; returns the detection JSON
     mapping {file stem: [detection]} and writes it to `out` when given. torch needs `checkpoint`, onnx / trt
     the build folder `artifacts` (`make_pipeline`)."""
+    if out is not None:
+        ensure_parent(out, "detections file")  # before any frame runs
     cfg = load_config(config)
     pipe = make_pipeline(cfg, backend, precision, checkpoint=checkpoint, artifacts=artifacts)
     files = list_point_files(points)
@@ -28,12 +32,27 @@ def run_inference(config: str, checkpoint: str | Path | None, points: str | Path
     with pipe:
         for path in tqdm(files, desc="infer", unit="frame", disable=not progress or len(files) < 2):
             cloud = read_points(path, cfg.voxel.num_point_features)
-            if cloud.stats.num_nonfinite:
-                tqdm.write(f"{path}: dropped {cloud.stats.num_nonfinite} points with NaN / Inf")
             results[cloud.stem] = pipe.detect(cloud.points).to_json_list()
+            for line in dropped_points(path, cloud.stats.num_nonfinite, pipe.last_stats):
+                tqdm.write(line)
     if out:
         write_detections(out, results)
     return results
+
+
+def dropped_points(path, nonfinite: int, stats: VoxelStats) -> list[str]:
+    """What a frame lost before the model saw it, one line each: NaN / Inf rows, points outside the config's
+    point_cloud_range, and voxels beyond max_voxels (points per voxel beyond the cap are normal and not listed)."""
+    lines = []
+    if nonfinite:
+        lines.append(f"{path}: dropped {nonfinite} points with NaN / Inf")
+    if stats.points_out_of_range:
+        lines.append(f"{path}: dropped {stats.points_out_of_range} of {stats.points_in} points outside the config's "
+                     "point_cloud_range")
+    if stats.voxels_dropped:
+        lines.append(f"{path}: dropped {stats.voxels_dropped} voxels ({stats.points_in_dropped_voxels} points) beyond "
+                     "voxel.max_voxels")
+    return lines
 
 
 def detections_table(dets: list[dict], limit: int = 20) -> str:

@@ -46,6 +46,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -190,17 +193,55 @@ def _labels_json(labels: dict) -> bytes:
 
 def write_dataset(out_dir, frames: int, seed: int, config=None, progress: bool = True, *,
                   sensor: SensorConfig | None = None, scene: SceneConfig | None = None,
-                  start_index: int = 0) -> dict:
+                  start_index: int = 0, force: bool = False) -> dict:
     """Write `frames` frames of generator `seed` to `out_dir`:
 
     points/<stem>.bin (raw float32 N x F), labels/<stem>.json, meta.json and README.md, with
     stem = f"{seed:04d}_{index:06d}". F = 5 (x, y, z, intensity, time lag), or 4 when `config` asks for
     4 point features (then a single sweep is simulated unless `sensor` says otherwise). With a config,
-    labels are limited to its point-cloud range and classes. Every file is written atomically. Returns
-    the metadata written to meta.json.
+    labels are limited to its point-cloud range and classes. Returns the metadata written to meta.json.
+
+    The data set appears whole or not at all: it is written into a temporary sibling folder and renamed into
+    place, so a killed run leaves no half data set and no stale frames mix with new ones. A non-empty
+    `out_dir` is refused unless `force` (then it is replaced).
     """
     if frames < 0 or seed < 0:
         raise UserError(f"write_dataset: frames and seed must be >= 0, got frames={frames}, seed={seed}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UserError(f"{out}: exists and is not empty; give --force to replace it (a data set is written whole)")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    except OSError as exc:
+        raise UserError(f"{out}: cannot create the dataset folder: {exc.strerror or exc}") from None
+    try:
+        meta = _write_frames(tmp, frames, seed, config, progress, sensor, scene, start_index)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a data set is as readable as any folder
+        if out.is_dir():  # force: the old data set goes only once the new one is complete
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            out.rename(old / out.name)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return meta
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_frames(out: Path, frames: int, seed: int, config, progress: bool, sensor: SensorConfig | None,
+                  scene: SceneConfig | None, start_index: int) -> dict:
+    """The frames, meta.json and README.md of `write_dataset`, into the (new, empty) folder `out`."""
     features = 5
     if config is not None:
         features = int(config.voxel.num_point_features)
@@ -210,12 +251,8 @@ def write_dataset(out_dir, frames: int, seed: int, config=None, progress: bool =
     scene = scene_for_config(config, scene)
     sensor.validate()
     scene.validate()
-    out = Path(out_dir)
-    try:
-        (out / "points").mkdir(parents=True, exist_ok=True)
-        (out / "labels").mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"{out}: cannot create the dataset folder: {exc.strerror or exc}") from None
+    (out / "points").mkdir()
+    (out / "labels").mkdir()
 
     n_points, per_class, stems = [], {c: 0 for c in scene.classes}, []
     t0 = time.perf_counter()

@@ -6,12 +6,14 @@ How: the calibrated model (BN folded by `prepare_model`, pytorch-quantization's 
 QuantConvTranspose2d, our QuantConcat) is traced by the same TorchScript exporter as the FP32 file with
 `TensorQuantizer.use_fb_fake_quant = True`: every enabled quantizer then runs
 `torch.fake_quantize_per_{tensor,channel}_affine`, which the exporter writes as Q -> DQ with scale
-amax / 127 and an int8 zero point 0: activations per tensor, Conv2d weights per output channel (axis 0),
-ConvTranspose2d weights per input channel (axis 0 of [C_in, C_out, kh, kw], our descriptor). Layers left
-float by the skip list (`bbox_head.tasks.*.reg.3`) stay plain float convs. The exported scales are checked
-against the quantizers' amax before the passes run (`fold_constants`, `int8_weights`, `dedupe_qdq`,
+amax / 127 and an int8 zero point 0: activations per tensor, weights per output channel: Conv2d on axis 0,
+ConvTranspose2d on axis 1 of [C_in, C_out, kh, kw] (our descriptor; a model calibrated per input channel by
+an older version is refused, `check_weight_amax`). Layers left float by the skip list
+(`bbox_head.tasks.*.reg.3`) stay plain float convs. The exported scales and axes are checked against the
+quantizers' amax before the passes run (`fold_constants`, `int8_weights`, `dedupe_qdq`,
 `unify_concat_scales`, `name_and_order_outputs`, `cleanup_toposort`, `infer_shapes`); inputs and outputs
-are named and ordered exactly as in the FP32 file.
+are named and ordered exactly as in the FP32 file. The conv after the neck's Concat keeps its own Q/DQ
+pair (`dedupe_qdq`), so every quantized conv reads a DequantizeLinear.
 
 Validation compares ONNX Runtime with the PyTorch fake-quant head, and bars the *median* abs error per
 output, not the max: the two do not quantize by the same arithmetic. pytorch-quantization's fake quant
@@ -64,6 +66,7 @@ from trt_centerpoint.export.head.passes_qdq import (
     unify_concat_scales,
 )
 from trt_centerpoint.export.validate import ValidationError
+from trt_centerpoint.quant.quantize import check_weight_amax
 
 RPN_HEAD_INT8_TOLERANCE = 1e-4  # per output median abs error, ONNX Runtime vs PyTorch fake quant
 # The same for a file with FP16 float parts (`fp16=True`), against the float32 PyTorch fake quant: scales,
@@ -74,8 +77,8 @@ RPN_HEAD_INT8_TOLERANCE = 1e-4  # per output median abs error, ONNX Runtime vs P
 RPN_HEAD_FP16_TOLERANCE = 1e-2
 INT8_BOUND = 127  # scale = amax / 127 (pytorch-quantization's 8-bit bound, as TensorRT and libspconv)
 
-__all__ = ["RPN_HEAD_FP16_TOLERANCE", "RPN_HEAD_INT8_TOLERANCE", "export_rpn_head_int8", "quantizer_scales",
-           "trace_rpn_head_int8", "validate_rpn_head_int8"]
+__all__ = ["RPN_HEAD_FP16_TOLERANCE", "RPN_HEAD_INT8_TOLERANCE", "export_rpn_head_int8", "quantizer_axes",
+           "quantizer_scales", "trace_rpn_head_int8", "validate_rpn_head_int8"]
 
 
 @contextmanager
@@ -99,6 +102,18 @@ def quantizer_scales(module: nn.Module) -> dict[str, np.ndarray]:
         if amax is None:
             raise ValidationError(f"rpn_head int8: quantizer {name} has no amax (calibrate the model first)")
         out[name] = (amax.detach().double().cpu().numpy().reshape(-1) / INT8_BOUND).astype(np.float32)
+    return out
+
+
+def quantizer_axes(module: nn.Module) -> dict[str, int | None]:
+    """{quantizer path: the axis its amax is per channel on, None for one value} of every enabled quantizer:
+    the axis the exporter writes on its QuantizeLinear / DequantizeLinear."""
+    out = {}
+    for name, q in iter_quantizers(module):
+        amax = getattr(q, "_amax", None)
+        if q._disabled or amax is None:
+            continue
+        out[name] = None if amax.numel() == 1 else list(amax.shape).index(amax.numel())
     return out
 
 
@@ -130,11 +145,13 @@ def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 
 def check_exported_scales(model: onnx.ModelProto, wrapper: nn.Module) -> int:
-    """Every Q / DQ of the raw export has scale == its quantizer's amax / 127 and an int8 zero point 0.
+    """Every Q / DQ of the raw export has scale == its quantizer's amax / 127, per channel on the axis of
+    its amax (ConvTranspose weights: 1), and an int8 zero point 0.
 
     Returns how many Q / DQ nodes were checked; raises ValidationError naming the first wrong one.
     """
     expected = quantizer_scales(wrapper)
+    axes = quantizer_axes(wrapper)
     values = _constant_values(model)
     checked = 0
     for node in model.graph.node:
@@ -151,6 +168,10 @@ def check_exported_scales(model: onnx.ModelProto, wrapper: nn.Module) -> int:
         if scale.reshape(-1).shape != want.shape or not np.allclose(scale.reshape(-1), want, rtol=1e-6, atol=0):
             raise ValidationError(f"rpn_head int8: {node.name} scale {scale.reshape(-1)[:4]} != amax / 127 "
                                   f"{want[:4]} of {path}")
+        axis = {a.name: a.i for a in node.attribute}.get("axis", 1) if scale.size > 1 else None
+        if axis != axes[path]:
+            raise ValidationError(f"rpn_head int8: {node.name} is per channel on axis {axis}, its quantizer {path} "
+                                  f"on axis {axes[path]}")
         if zero.dtype != np.int8 or np.any(zero != 0):
             raise ValidationError(f"rpn_head int8: {node.name} zero point must be int8 0, got {zero.dtype} {zero}")
         checked += 1
@@ -161,6 +182,7 @@ def trace_rpn_head_int8(qmodel: nn.Module, cfg: ModelConfig) -> tuple[onnx.Model
     """The raw Q/DQ export of the 2D part (before any pass), its scales checked; returns (model, Q/DQ count)."""
     wrapper = RpnHeadModule(qmodel).eval()
     quantizer_scales(wrapper)  # refuses an uncalibrated model before tracing
+    check_weight_amax(wrapper, "rpn_head int8")  # and one calibrated on another weight axis (older ptq.pth)
     with quiet_library_logs(), _fb_fake_quant(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # amax.item() in _fb_fake_quant
         exported = trace_rpn_head(wrapper, cfg)

@@ -6,8 +6,11 @@ float (silently slower) or refuse the file on the GPU machine. Each rule is `Mod
 one finding per problem, naming the node. A file with no Q/DQ node gets no finding from these rules (an
 FP32 file is not half of an INT8 one).
 
-What counts as "quantized" for a tensor: a DequantizeLinear output, or a Concat whose inputs all are with
-one shared per-tensor scale (TensorRT moves the DQ past such a Concat; `dedupe_qdq` leaves this form).
+Placement checked here, as TensorRT 10 / 11 and NVIDIA's ModelOpt place Q/DQ: symmetric int8 (zero point
+0), per-tensor activations, per-channel weights on the output-channel axis (0 for Conv [K, C, kh, kw], 1 for
+ConvTranspose [C_in, C_out, kh, kw]), no Q/DQ on conv outputs, Concat inputs on one shared scale, and every
+quantized Conv / ConvTranspose reading a DequantizeLinear directly (after a Concat: a Q/DQ pair of the
+Concat's scale between them; TensorRT moves that Q back through the Concat).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from onnx import numpy_helper
 from trt_centerpoint.export.lint_common import QDQ_OPS, Finding, attributes
 
 CONV_OPS = ("Conv", "ConvTranspose")
+OUTPUT_CHANNEL_AXIS = {"Conv": 0, "ConvTranspose": 1}  # the weight axis of the output channels
+WEIGHT_LAYOUT = {"Conv": "[K, C, kh, kw]", "ConvTranspose": "[C_in, C_out, kh, kw]"}
 MIN_OPSET = 13  # per-channel `axis` on QuantizeLinear / DequantizeLinear
 HALF_SCALE_OPSET = 19  # float16 / bfloat16 scales (strongly typed FP16 files) on QuantizeLinear / DequantizeLinear
 
@@ -160,7 +165,11 @@ def rule_qdq_scales(g: _Graph) -> list[Finding]:
 @_qdq_rule
 def rule_conv_inputs_quantized(g: _Graph) -> list[Finding]:
     """Conv / ConvTranspose run in INT8 only with both data and weight from DequantizeLinear; a layer with
-    neither quantized is a deliberately float layer and fine, one with only one is a placement mistake."""
+    neither quantized is a deliberately float layer and fine, one with only one is a placement mistake.
+
+    A quantized layer must read its data input from a DequantizeLinear directly: TensorRT fuses a conv with
+    the DQ it reads. A Concat of DQ outputs in between (even on one shared scale) is flagged: keep a Q/DQ
+    pair with the Concat's scale in front of the conv, as ModelOpt does (`dedupe_qdq` keeps it)."""
     out = []
     for node in g.model.graph.node:
         if node.op_type not in CONV_OPS or len(node.input) < 2:
@@ -177,13 +186,22 @@ def rule_conv_inputs_quantized(g: _Graph) -> list[Finding]:
                     "DequantizeLinear output: half-quantized layer (TensorRT runs it in float)",
                 )
             )
+        elif weight and g.made_by(node.input[0], "DequantizeLinear") is None:
+            source = g.producer[node.input[0]]
+            out.append(Finding(_name(node), f"reads {source.op_type} {_name(source)} ({node.input[0]!r}), not a "
+                                            "DequantizeLinear: put a Q/DQ pair with the Concat's shared scale "
+                                            f"between them (TensorRT fuses a {node.op_type} only with the "
+                                            "DequantizeLinear it reads)"))
     return out
 
 
 @_qdq_rule
 def rule_weight_scales(g: _Graph) -> list[Finding]:
-    """Conv weights: per tensor or per output channel (axis 0, one scale per channel); ConvTranspose weights
-    [C_in, C_out, kh, kw]: per tensor or axis 0 (one per input channel): TensorRT rejects axis 1 there."""
+    """Weights per tensor, or per output channel with one scale per channel: Conv [K, C, kh, kw] on axis 0,
+    ConvTranspose [C_in, C_out, kh, kw] on axis 1. ConvTranspose axis 0 is the input-channel axis, the one
+    the deconvolution sums over: its scales cannot be applied after the INT8 GEMM. A weight with one output
+    channel may have a scalar scale (per tensor and per channel are then the same; pytorch-quantization
+    exports it so)."""
     out = []
     for node in g.model.graph.node:
         if node.op_type not in CONV_OPS or len(node.input) < 2:
@@ -196,22 +214,22 @@ def rule_weight_scales(g: _Graph) -> list[Finding]:
         axis = attributes(dq).get("axis", 1)
         axis = axis + len(shape) if axis < 0 else axis
         size = np.asarray(scale).size
-        what = "output" if node.op_type == "Conv" else "input"
-        if axis != 0:
+        want = OUTPUT_CHANNEL_AXIS[node.op_type]
+        if axis != want:
             out.append(
                 Finding(
                     _name(node),
-                    f"weight DequantizeLinear {_name(dq)} is per channel on axis {axis}: "
-                    f"TensorRT takes {node.op_type} weights per tensor or on axis 0 "
-                    f"(per {what} channel)",
+                    f"weight DequantizeLinear {_name(dq)} is per channel on axis {axis}: {node.op_type} weights "
+                    f"are quantized per tensor or per output channel (axis {want} of {WEIGHT_LAYOUT[node.op_type]}; "
+                    "a weight with one output channel may keep a scalar scale)",
                 )
             )
-        elif size != shape[0]:
+        elif size != shape[want]:
             out.append(
                 Finding(
                     _name(node),
                     f"weight DequantizeLinear {_name(dq)} has {size} scales for "
-                    f"{shape[0]} {what} channels (weight shape {list(shape)})",
+                    f"{shape[want]} output channels (weight shape {list(shape)})",
                 )
             )
     return out

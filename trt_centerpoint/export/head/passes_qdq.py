@@ -5,7 +5,9 @@ Why: pytorch-quantization's export writes every quantizer as QuantizeLinear -> D
 included (a float weight quantized at run time), and one Q/DQ pair per quantizer, even where two pairs
 quantize the same tensor to the same grid. TensorRT folds most of this itself, but a smaller, plainer file
 is easier to lint, to read and to ship; and TensorRT keeps a Concat in INT8 only when all its inputs share
-one scale, which `unify_concat_scales` guarantees whatever the calibration gave.
+one scale, which `unify_concat_scales` guarantees whatever the calibration gave. A conv that reads a Concat
+keeps its own Q/DQ pair (the same shared scale) in front of it, as NVIDIA's ModelOpt places it: TensorRT
+moves that Q back through the Concat, and every quantized conv then reads a DequantizeLinear directly.
 
 Every pass keeps ONNX Runtime's output bit for bit (tests check it), except `unify_concat_scales` when
 it actually changes a scale (a coarser grid for the inputs that had a smaller one).
@@ -21,6 +23,7 @@ from trt_centerpoint.export.head.passes import PassReport
 __all__ = ["dedupe_qdq", "int8_weights", "qdq_params", "quantize_like_onnx", "unify_concat_scales"]
 
 INT8_MIN, INT8_MAX = -128, 127
+CONV_OPS = ("Conv", "ConvTranspose")  # layers TensorRT fuses with the DequantizeLinear they read
 
 
 def quantize_like_onnx(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int = 1) -> np.ndarray:
@@ -132,13 +135,16 @@ def dedupe_qdq(graph: gs.Graph) -> PassReport:
     (a) Q -> DQ on a tensor already on the same int8 grid (a DequantizeLinear output, or a Concat of such
         outputs with one shared scale, as QuantConcat exports) is the identity: its consumers read the
         tensor directly. round(q * s / s) == q for |q| <= 128, so ONNX Runtime's output is unchanged.
+        Kept: such a pair after a Concat when a Conv / ConvTranspose reads it. TensorRT fuses a conv
+        with the DequantizeLinear it reads; a conv reading the Concat itself runs on whatever TensorRT
+        makes of the Concat (ModelOpt keeps this pair; TensorRT moves its Q back through the Concat).
     (b) Several Q with the same parameters on the same tensor are merged into one, then several DQ with
         the same parameters on the same Q output.
     Graph outputs are never rewired (their names are the file's interface).
     """
     before = len(graph.nodes)
     outputs = {id(t) for t in graph.outputs}
-    idempotent = 0
+    idempotent = kept = 0
     for q in [n for n in graph.nodes if n.op == "QuantizeLinear"]:
         params = qdq_params(q)
         if params is None or not q.inputs or _on_dq_grid(q.inputs[0]) != params:
@@ -147,6 +153,11 @@ def dedupe_qdq(graph: gs.Graph) -> PassReport:
         if not dqs or any(n.op != "DequantizeLinear" or qdq_params(n) != params for n in dqs):
             continue
         if any(id(n.outputs[0]) in outputs for n in dqs) or id(q.outputs[0]) in outputs:
+            continue
+        source = _producer(q.inputs[0])
+        if source is not None and source.op == "Concat" and any(
+                c.op in CONV_OPS for dq in dqs for c in dq.outputs[0].outputs):
+            kept += 1
             continue
         for dq in dqs:
             _replace_uses(dq.outputs[0], q.inputs[0])
@@ -168,9 +179,11 @@ def dedupe_qdq(graph: gs.Graph) -> PassReport:
             _drop(node)
             merged[op] += 1
     graph.cleanup(remove_unused_graph_inputs=False)
-    return PassReport("dedupe_qdq", before, len(graph.nodes),
-                      f"{idempotent} idempotent Q/DQ pairs removed; merged {merged['QuantizeLinear']} duplicate Q, "
-                      f"{merged['DequantizeLinear']} duplicate DQ")
+    detail = f"{idempotent} idempotent Q/DQ pairs removed"
+    if kept:
+        detail += f" ({kept} kept: a conv reads it after a Concat)"
+    detail += f"; merged {merged['QuantizeLinear']} duplicate Q, {merged['DequantizeLinear']} duplicate DQ"
+    return PassReport("dedupe_qdq", before, len(graph.nodes), detail)
 
 
 def unify_concat_scales(graph: gs.Graph) -> PassReport:

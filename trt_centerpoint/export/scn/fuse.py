@@ -130,5 +130,6 @@ def fusion_summary(original: nn.Module, fused: nn.Module) -> str:
     convs = [m for m in fused.modules() if is_sparse_conv(m)]
     relu_convs = sum(m.act_type == RELU for m in convs)
     kept = sum(isinstance(m, FusedBasicBlock) for m in fused.modules())
-    return (f"fuse_bn_relu: {bns} BatchNorm folded into {len(convs)} sparse convs, {relu_convs} ReLU fused into "
-            f"conv activations, {kept} ReLU kept after residual Add")
+    folded = (f"{bns} BatchNorm folded into {len(convs)} sparse convs" if bns else
+              f"BatchNorm already folded into the {len(convs)} sparse convs (a `ptq` / `qat` checkpoint)")
+    return f"fuse_bn_relu: {folded}, {relu_convs} ReLU fused into conv activations, {kept} ReLU kept after residual Add"

@@ -1,11 +1,16 @@
-"""Is TensorRT (and pycuda) usable here? Lazy imports with one-line answers.
+"""Which engine builder can run here (TensorRT, TensorRT-RTX), with one-line answers; lazy imports.
 
 TensorRT cannot be installed on the project's CPU machines, and it needs an NVIDIA GPU and driver even to
-create a builder. Nothing in this package imports ``tensorrt`` or ``pycuda`` at module level: the functions
-below do it on demand and turn every failure into one sentence, so that
+create a builder. TensorRT-RTX can (`pip install 'trt-centerpoint[rtx]'`): its ahead-of-time builder and ONNX
+parser run without a GPU, and its engines run only with the TensorRT-RTX runtime on RTX GPUs. Nothing in this
+package imports ``tensorrt``, ``tensorrt_rtx`` or ``pycuda`` at module level: the functions below do it on
+demand and turn every failure into one sentence, so that
 
-* ``trt-centerpoint engine`` exits 2 with one line (``require_tensorrt`` raises ``UserError``), and
-* ``trt-centerpoint build`` asks ``tensorrt_available()`` and goes on without engines.
+* ``trt-centerpoint engine`` exits 2 with one line (``require_builder`` raises ``UserError``), and
+* ``trt-centerpoint build`` asks ``resolve_builder("auto")`` and goes on without engines when neither can build.
+
+``auto`` prefers TensorRT (the deployment target: its engines run and are timed here) when it imports and a
+builder can be created; otherwise TensorRT-RTX; otherwise nothing, with both reasons.
 """
 
 from __future__ import annotations
@@ -13,11 +18,19 @@ from __future__ import annotations
 import re
 from types import ModuleType
 
+from polygraphy import config as polygraphy_config
+
 from trt_centerpoint._compat.optional import import_failure, import_optional
 from trt_centerpoint.errors import UserError
 
 INSTALL_HINT = "pip install 'trt-centerpoint[trt]' on a machine with an NVIDIA GPU"
+RTX_INSTALL_HINT = "pip install 'trt-centerpoint[rtx]'"
 MIN_TRT_VERSION = (10, 0)
+MIN_RTX_VERSION = (1, 0)
+
+BUILDERS = ("auto", "tensorrt", "tensorrt-rtx")  # --builder
+BUILDER_NAMES = {"tensorrt": "TensorRT", "tensorrt-rtx": "TensorRT-RTX"}
+BUILDER_MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
 
 
 def parse_version(version: str) -> tuple[int, int]:
@@ -36,6 +49,16 @@ def polygraphy_trt() -> tuple[ModuleType, ModuleType]:
     honoured.
     """
     return import_optional("polygraphy.backend.common"), import_optional("polygraphy.backend.trt")
+
+
+def polygraphy_uses_rtx() -> bool:
+    """Is this process's Polygraphy bound to TensorRT-RTX? (``POLYGRAPHY_USE_TENSORRT_RTX`` at its import)."""
+    return bool(getattr(polygraphy_config, "USE_TENSORRT_RTX", False))
+
+
+def polygraphy_rtx_config():
+    """Polygraphy's ``CreateConfigRTX`` (compute-capability targets); only in a TensorRT-RTX process."""
+    return import_optional("polygraphy.backend.tensorrt_rtx").CreateConfigRTX
 
 
 def tensorrt_status(check_gpu: bool = False):
@@ -87,6 +110,55 @@ def require_tensorrt(purpose: str):
     if trt is None:
         raise UserError(f"{reason}: cannot {purpose}")
     return trt
+
+
+def tensorrt_rtx_status():
+    """(``tensorrt_rtx`` or None, reason). No GPU check: TensorRT-RTX builds ahead of time without one."""
+    try:
+        rtx = import_optional("tensorrt_rtx")
+    except Exception as exc:  # ImportError, OSError (libtensorrt_rtx missing), ...
+        return None, import_failure("tensorrt_rtx", exc, RTX_INSTALL_HINT)
+    version = getattr(rtx, "__version__", "?")
+    try:
+        too_old = parse_version(version) < MIN_RTX_VERSION
+    except ValueError:
+        return None, f"TensorRT-RTX reports an unreadable version {version!r}"
+    if too_old:
+        return None, f"TensorRT-RTX {version} is too old (trt-centerpoint needs TensorRT-RTX >= 1.0)"
+    return rtx, f"TensorRT-RTX {version}"
+
+
+def resolve_builder(requested: str = "auto") -> tuple[str | None, str]:
+    """``("tensorrt" | "tensorrt-rtx", what was found)`` or ``(None, why no engine can be built here)``.
+
+    ``auto``: TensorRT where it imports and can create a builder (a GPU is there), else TensorRT-RTX. An
+    explicit builder is checked alone (TensorRT without the GPU probe: the build itself says what fails).
+    """
+    if requested not in BUILDERS:
+        raise UserError(f"--builder {requested}: choose from {', '.join(BUILDERS)}")
+    if requested == "tensorrt":
+        trt, reason = tensorrt_status(check_gpu=False)
+        return ("tensorrt" if trt is not None else None), reason
+    if requested == "tensorrt-rtx":
+        rtx, reason = tensorrt_rtx_status()
+        return ("tensorrt-rtx" if rtx is not None else None), reason
+    trt, trt_reason = tensorrt_status(check_gpu=True)
+    if trt is not None:
+        return "tensorrt", trt_reason
+    rtx, rtx_reason = tensorrt_rtx_status()
+    if rtx is not None:
+        return "tensorrt-rtx", f"{rtx_reason}; TensorRT: {trt_reason}"
+    return None, f"{trt_reason}; {rtx_reason}"
+
+
+def require_builder(builder: str, purpose: str):
+    """The module of `builder` (``tensorrt`` / ``tensorrt_rtx``), or ``UserError("<why>: cannot <purpose>")``."""
+    if builder == "tensorrt":
+        return require_tensorrt(purpose)
+    rtx, reason = tensorrt_rtx_status()
+    if rtx is None:
+        raise UserError(f"{reason}: cannot {purpose}")
+    return rtx
 
 
 def pycuda_available() -> tuple[bool, str]:

@@ -12,6 +12,15 @@ Both are read. A layer's precision is the lowest floating / quantized type among
 (INT8 < FP8 < FP16 = BF16 < FP32; integer shape tensors do not count), or among its outputs when it has no
 such input: an INT8 convolution that writes FP32 counts as INT8, the reformat that quantizes an FP32 tensor
 counts as FP32. Without DETAILED verbosity the layers are bare names and every precision is ``UNKNOWN``.
+
+The engine's I/O list is ``"Bindings"`` on TensorRT 10.x (names, or entries with a ``"Name"``) and
+``"I/O Tensors"`` on TensorRT 11.x (entries with ``"Name"``, ``"IOMode"``, ``"DataType"``); both are read into
+``io``.
+
+Where no engine can be inspected (a TensorRT-RTX engine deserializes only on an RTX GPU),
+``summarize_network`` reads the parsed network instead: the precision of each convolution / matrix multiply
+from its data input, counted INT8 when a DequantizeLinear feeds it (TensorRT fuses the Q/DQ pair into it).
+That is the network before fusion and kernel choice, and says so (``"source": "network"``).
 """
 
 from __future__ import annotations
@@ -79,6 +88,31 @@ def _is_reformat(layer: dict) -> bool:
     return kind.lower() == "reformat" or str(layer.get("Name", "")).startswith("Reformatting CopyNode")
 
 
+def _io_tensors(info) -> list[dict]:
+    """The inspector's I/O list, "I/O Tensors" (11.x) or "Bindings" (10.x), as [{"name", "mode", "dtype"}]."""
+    if isinstance(info, (str, bytes)):
+        info = json.loads(info)
+    if not isinstance(info, dict):
+        return []
+    entries = info.get("I/O Tensors", info.get("Bindings")) or []
+    out = []
+    for entry in entries:
+        if isinstance(entry, dict):
+            mode = str(entry.get("IOMode", entry.get("Mode", ""))).lower()
+            out.append({"name": str(entry.get("Name", "")), "mode": mode if mode in ("input", "output") else "",
+                        "dtype": tensor_dtype(entry)})
+        else:
+            out.append({"name": str(entry), "mode": "", "dtype": "UNKNOWN"})
+    return out
+
+
+def _ordered_counts(precisions) -> dict:
+    counts = Counter(precisions)
+    ordered = {p: counts.pop(p, 0) for p in MAIN_PRECISIONS}
+    ordered.update(sorted(counts.items()))
+    return ordered
+
+
 def summarize_layers(info) -> dict:
     """Per-layer precision summary of inspector JSON (text or parsed).
 
@@ -99,20 +133,73 @@ def summarize_layers(info) -> dict:
             "tactic": layer.get("TacticName", layer.get("Tactic")),
             "reformat": _is_reformat(layer),
         })
-    counts = Counter(r["precision"] for r in rows)
-    ordered = {p: counts.pop(p, 0) for p in MAIN_PRECISIONS}
-    ordered.update(sorted(counts.items()))
     return {
+        "source": "engine inspector",
         "num_layers": len(rows),
-        "counts": ordered,
+        "counts": _ordered_counts(r["precision"] for r in rows),
         "reformat_layers": sum(r["reformat"] for r in rows),
         "detailed": any(r["inputs"] or r["outputs"] for r in rows),
+        "io": _io_tensors(info),
+        "layers": rows,
+    }
+
+
+_WEIGHTED = ("CONVOLUTION", "DECONVOLUTION", "MATRIX_MULTIPLY", "FULLY_CONNECTED")  # where Q/DQ decides INT8
+
+
+def _enum_name(value) -> str:
+    """'LayerType.CONVOLUTION' / 'DataType.HALF' -> 'CONVOLUTION' / 'HALF'."""
+    return str(getattr(value, "name", value)).rsplit(".", 1)[-1].upper()
+
+
+def summarize_network(network, note: str = "") -> dict:
+    """Per-layer input precision of a parsed TensorRT network (``INetworkDefinition``), before fusion.
+
+    Counted: the convolutions and matrix multiplies, each by its data input (input 0): INT8 when a
+    DEQUANTIZE layer produces it, else that tensor's type. ``layers`` lists every layer with its type.
+    """
+    producers = {}
+    layers = []
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        kind = _enum_name(layer.type)
+        for j in range(layer.num_outputs):
+            producers[layer.get_output(j).name] = kind
+        layers.append(layer)
+    rows = []
+    for layer in layers:
+        kind = _enum_name(layer.type)
+        data = layer.get_input(0) if layer.num_inputs else None
+        precision = ""
+        if kind in _WEIGHTED and data is not None:
+            dequantized = producers.get(data.name) == "DEQUANTIZE"
+            precision = "INT8" if dequantized else tensor_dtype({"DataType": _enum_name(data.dtype)})
+        rows.append({"name": str(layer.name), "type": kind, "precision": precision})
+    io = [{"name": t.name, "mode": mode, "dtype": tensor_dtype({"DataType": _enum_name(t.dtype)})}
+          for mode, count, get in (("input", network.num_inputs, network.get_input),
+                                   ("output", network.num_outputs, network.get_output))
+          for t in (get(i) for i in range(count))]
+    weighted = [r for r in rows if r["precision"]]
+    return {
+        "source": "network",
+        "note": note,
+        "num_layers": len(weighted),
+        "network_layers": len(rows),
+        "counts": _ordered_counts(r["precision"] for r in weighted),
+        "types": dict(sorted(Counter(r["type"] for r in rows).items())),
+        "reformat_layers": 0,
+        "detailed": False,
+        "io": io,
         "layers": rows,
     }
 
 
 def format_counts(summary: dict) -> str:
-    """'42 layers: 30 INT8, 8 FP16, 4 FP32' (other precisions appended when present)."""
+    """'42 layers: 30 INT8, 8 FP16, 4 FP32' (other precisions appended when present); from a network
+    summary: '3 conv/matmul layers of the network (before fusion): 3 INT8 (Q/DQ input), 0 FP16, 0 FP32'."""
     counts = summary.get("counts", {})
     parts = [f"{n} {p}" for p, n in counts.items() if n or p in MAIN_PRECISIONS]
+    if summary.get("source") == "network":
+        parts = [part + " (Q/DQ input)" if part.endswith(" INT8") else part for part in parts]
+        return f"{summary.get('num_layers', 0)} conv/matmul layers of the network (before fusion): " + ", ".join(parts)
     return f"{summary.get('num_layers', 0)} layers: " + ", ".join(parts)
