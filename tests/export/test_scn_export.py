@@ -66,9 +66,8 @@ def test_initializers_are_fp16_in_spconv_layout(scn, fused):
     w = numpy_helper.to_array(inits["spconv3.weight"])
     assert list(w.shape) == [conv.out_channels, 3, 3, 3, conv.in_channels]  # [out, kz, ky, kx, in]
     np.testing.assert_array_equal(w, conv.weight.detach().numpy().astype(np.float16))
-    np.testing.assert_array_equal(
-        numpy_helper.to_array(inits["spconv3.bias"]), conv.bias.detach().numpy().astype(np.float16)
-    )
+    np.testing.assert_array_equal(numpy_helper.to_array(inits["spconv3.bias"]),
+                                  conv.bias.detach().numpy().astype(np.float16))
     assert list(numpy_helper.to_array(inits["spconv12.weight"]).shape)[1:4] == [3, 1, 1]  # extra_conv
 
 
@@ -85,9 +84,7 @@ def test_conv_attributes(scn, cfg):
     assert a["conv3"]["rulebook"] == b"" and a["conv3"]["subm"] == 0 and a["conv3"]["stride"] == [2, 2, 2]
     assert a["conv3"]["output_bound"] == 4321  # given
     assert a["conv0"]["output_bound"] == 20000  # fallback: the safe bound for max_voxels
-    assert (
-        a["conv4"]["rulebook"] == b"res1" and a["conv7"]["rulebook"] == b"res2" and a["conv10"]["rulebook"] == b"res3"
-    )
+    assert (a["conv4"]["rulebook"], a["conv7"]["rulebook"], a["conv10"]["rulebook"]) == (b"res1", b"res2", b"res3")
     assert a["conv9"]["padding"] == [0, 1, 1] and a["conv12"]["kernel_size"] == [3, 1, 1]
     assert a["conv5"]["input_shape"] == [-1, cfg.backbone.channels[1]]
     for prev, cur in zip(convs, convs[1:]):  # spatial shapes chain
@@ -97,11 +94,8 @@ def test_conv_attributes(scn, cfg):
 def test_scatter_and_reshape(scn, cfg):
     scatter, reshape = scn.model.graph.node[-2:]
     d = cfg.backbone_out_depth
-    assert _attrs(scatter) == {
-        "input_spatial_shape": [d, *cfg.bev_shape],
-        "format": b"zyx",
-        "output_shape": [1, cfg.backbone.channels[-1], d, *cfg.bev_shape],
-    }
+    assert _attrs(scatter) == {"input_spatial_shape": [d, *cfg.bev_shape], "format": b"zyx",
+                               "output_shape": [1, cfg.backbone.channels[-1], d, *cfg.bev_shape]}
     assert _attrs(reshape) == {"dims": [1, cfg.bev_channels, *cfg.bev_shape]}
 
 
@@ -141,15 +135,12 @@ def test_int8_export_of_an_uncalibrated_model_names_the_layers(scn, fused):
         export_scn(fused, quant=quant)
 
 
-@pytest.mark.parametrize(
-    "spec, message",
-    [
-        (ConvQuant(float("nan"), (0.5,) * 8), r"conv2\.0\.input_amax: amax must be finite"),
-        (ConvQuant(1.0, (0.5,) * 3), r"conv2\.0: 3 weight ranges for 8 output channels"),
-        (ConvQuant(1.0, (0.5,) * 7 + (math.inf,)), r"conv2\.0\.weight_amax\[7\]: amax must be finite"),
-        (ConvQuant(1.0, (0.5,) * 8, precision="int4"), r"conv2\.0\.precision: precision must be one of int8, fp16"),
-    ],
-)
+@pytest.mark.parametrize("spec, message", [
+    (ConvQuant(float("nan"), (0.5,) * 8), r"conv2\.0\.input_amax: amax must be finite"),
+    (ConvQuant(1.0, (0.5,) * 3), r"conv2\.0: 3 weight ranges for 8 output channels"),
+    (ConvQuant(1.0, (0.5,) * 7 + (math.inf,)), r"conv2\.0\.weight_amax\[7\]: amax must be finite"),
+    (ConvQuant(1.0, (0.5,) * 8, precision="int4"), r"conv2\.0\.precision: precision must be one of int8, fp16"),
+])
 def test_bad_ranges_are_refused(scn, fused, spec, message):
     quant = _full_quant(scn, fused)
     assert fused.conv2[0].out_channels == 8

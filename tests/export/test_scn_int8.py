@@ -52,25 +52,14 @@ def test_fake_quant_is_onnx_qdq_exactly():
     amax = (torch.rand(16, generator=gen) * 4 + 0.1).numpy()
     for scale_values, axis in ((qdq_scale(np.float32(2.5)), None), (qdq_scale(amax), 0)):
         graph = helper.make_graph(
-            [
-                helper.make_node(
-                    "QuantizeLinear", ["x", "s", "z"], ["q"], **({"axis": axis} if axis is not None else {})
-                ),
-                helper.make_node(
-                    "DequantizeLinear", ["q", "s", "z"], ["y"], **({"axis": axis} if axis is not None else {})
-                ),
-            ],
-            "g",
-            [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
-            [
-                helper.make_tensor_value_info("y", TensorProto.FLOAT, list(x.shape)),
-                helper.make_tensor_value_info("q", TensorProto.INT8, list(x.shape)),
-            ],
-            [
-                numpy_helper.from_array(scale_values, "s"),
-                numpy_helper.from_array(np.zeros(scale_values.shape, np.int8), "z"),
-            ],
-        )
+            [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], **({"axis": axis} if axis is not None else {})),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"],
+                              **({"axis": axis} if axis is not None else {}))],
+            "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(x.shape)),
+             helper.make_tensor_value_info("q", TensorProto.INT8, list(x.shape))],
+            [numpy_helper.from_array(scale_values, "s"),
+             numpy_helper.from_array(np.zeros(scale_values.shape, np.int8), "z")])
         model = helper.make_model(graph, opset_imports=[helper.make_operatorsetid("", 13)])
         model.ir_version = 8
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -142,12 +131,9 @@ def test_specs_follow_calibration_and_the_precision_rules(fused_q, specs):
 
 def test_uncalibrated_checkpoint_names_the_layer(cfg, model):
     raw, _ = prepare_model(cfg, DEFAULT_SKIP, "histogram", True, model=copy.deepcopy(model))
-    with pytest.raises(
-        ScnQuantError,
-        match=r"quantizer\(s\) enabled but not calibrated \(amax is None\): "
-        r"conv2\.0\._input_quantizer, "
-        r"conv2\.0\._weight_quantizer",
-    ):
+    with pytest.raises(ScnQuantError, match=r"quantizer\(s\) enabled but not calibrated \(amax is None\): "
+                                            r"conv2\.0\._input_quantizer, "
+                       r"conv2\.0\._weight_quantizer"):
         scn_quant_specs(walk_backbone(fuse_backbone(raw.backbone)))
 
 
@@ -175,11 +161,8 @@ def test_qdq_form_lints_clean_and_executes_identically(int8_model, qdq_model, fr
     assert {o.version for o in qdq_model.opset_import} == {13}
     inits = {t.name: t for t in qdq_model.graph.initializer}
     int8_weights = [t for t in inits.values() if t.data_type == TensorProto.INT8 and len(t.dims) == 5]
-    int8_convs = [
-        n
-        for n in int8_model.graph.node
-        if n.op_type == "SparseConvolution" and any(a.name == "precision" and a.s == b"int8" for a in n.attribute)
-    ]
+    int8_convs = [n for n in int8_model.graph.node if n.op_type == "SparseConvolution"
+                  and any(a.name == "precision" and a.s == b"int8" for a in n.attribute)]
     assert len(int8_weights) == len(int8_convs) > 0
     for node in qdq_model.graph.node:
         assert not any(a.name.endswith("dynamic_range") or a.name == "weight_dynamic_ranges" for a in node.attribute)
@@ -189,11 +172,8 @@ def test_qdq_form_lints_clean_and_executes_identically(int8_model, qdq_model, fr
 
 
 def test_qdq_weight_scales_are_the_ranges_over_127(int8_model, qdq_model):
-    conv = next(
-        n
-        for n in int8_model.graph.node
-        if n.op_type == "SparseConvolution" and any(a.name == "weight_dynamic_ranges" for a in n.attribute)
-    )
+    conv = next(n for n in int8_model.graph.node if n.op_type == "SparseConvolution"
+                and any(a.name == "weight_dynamic_ranges" for a in n.attribute))
     ranges = next(a.floats for a in conv.attribute if a.name == "weight_dynamic_ranges")
     inits = {t.name: numpy_helper.to_array(t) for t in qdq_model.graph.initializer}
     scale = inits[f"{conv.input[1]}_scale"]

@@ -256,12 +256,9 @@ def ref_decode(preds, cfg):
                     probs = [sigmoid(hm[c][i][j]) for c in range(ncls)]
                     score = max(probs)
                     label = probs.index(score)
-                    x = (j + reg[0][i][j]) * cfg.head.out_size_factor * cfg.voxel.voxel_size[
-                        0
-                    ] + cfg.voxel.point_cloud_range[0]
-                    y = (i + reg[1][i][j]) * cfg.head.out_size_factor * cfg.voxel.voxel_size[
-                        1
-                    ] + cfg.voxel.point_cloud_range[1]
+                    stride, origin = cfg.head.out_size_factor, cfg.voxel.point_cloud_range
+                    x = (j + reg[0][i][j]) * stride * cfg.voxel.voxel_size[0] + origin[0]
+                    y = (i + reg[1][i][j]) * stride * cfg.voxel.voxel_size[1] + origin[1]
                     z = hei[0][i][j]
                     lo, hi = post.post_center_range[:3], post.post_center_range[3:]
                     if score <= post.score_threshold or not all(lo[k] <= v <= hi[k] for k, v in enumerate((x, y, z))):
@@ -324,16 +321,8 @@ def test_decode_on_cuda_matches_cpu(cfg):
     preds = blank_preds(cfg, batch=2)
     rng = random.Random(0)
     for _ in range(30):
-        put(
-            preds,
-            rng.randrange(2),
-            0,
-            rng.randrange(16),
-            rng.randrange(16),
-            rng.uniform(-1, 3),
-            dims=(2.0, 2.0, 1.0),
-            b=rng.randrange(2),
-        )
+        put(preds, rng.randrange(2), 0, rng.randrange(16), rng.randrange(16), rng.uniform(-1, 3), dims=(2.0, 2.0, 1.0),
+            b=rng.randrange(2))
     cpu = decode(preds, cfg)
     gpu = decode([{k: v.cuda() for k, v in p.items()} for p in preds], cfg)
     for c, g in zip(cpu, gpu):

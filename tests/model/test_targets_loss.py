@@ -88,14 +88,11 @@ def test_losses_match_naive_loops(cfg):
     targets = build_targets(cfg, boxes, [["car", "car"], ["car"]])
     t = targets[0]
     logits = torch.randn(2, 1, 16, 16, generator=g)
-    assert float(focal_loss(logits, t)) == pytest.approx(
-        _naive_focal(logits, t.heatmap, t.index, t.cls, t.mask), rel=1e-5
-    )
+    naive = _naive_focal(logits, t.heatmap, t.index, t.cls, t.mask)
+    assert float(focal_loss(logits, t)) == pytest.approx(naive, rel=1e-5)
 
-    pred = {
-        k: torch.randn(2, c, 16, 16, generator=g)
-        for k, c in [("reg", 2), ("height", 1), ("dim", 3), ("rot", 2), ("vel", 2)]
-    }
+    pred = {k: torch.randn(2, c, 16, 16, generator=g) for k, c in
+            [("reg", 2), ("height", 1), ("dim", 3), ("rot", 2), ("vel", 2)]}
     per_dim = regression_loss(pred, t)
     order = ["reg", "height", "dim", "vel", "rot"]
     expect = torch.zeros(10)
@@ -116,22 +113,14 @@ def test_perfect_regression_and_gradients(cfg):
     i = int(t.index[0, 0])
     pred = {k: torch.zeros(1, c, 16, 16) for k, c in [("reg", 2), ("height", 1), ("dim", 3), ("rot", 2), ("vel", 2)]}
     target = t.box[0, 0]
-    for k, sl in [
-        ("reg", slice(0, 2)),
-        ("height", slice(2, 3)),
-        ("dim", slice(3, 6)),
-        ("vel", slice(6, 8)),
-        ("rot", slice(8, 10)),
-    ]:
+    order = [("reg", slice(0, 2)), ("height", slice(2, 3)), ("dim", slice(3, 6)), ("vel", slice(6, 8)),
+             ("rot", slice(8, 10))]
+    for k, sl in order:
         pred[k][0, :, i // 16, i % 16] = target[sl]
     assert float(regression_loss(pred, t).sum()) < 1e-6
     pred["hm"] = torch.zeros(1, 1, 16, 16, requires_grad=True)
-    small = [
-        {
-            k: torch.zeros(1, c, 16, 16, requires_grad=True)
-            for k, c in [("reg", 2), ("height", 1), ("dim", 3), ("rot", 2), ("vel", 2), ("hm", 2)]
-        }
-    ]
+    small = [{k: torch.zeros(1, c, 16, 16, requires_grad=True) for k, c in
+              [("reg", 2), ("height", 1), ("dim", 3), ("rot", 2), ("vel", 2), ("hm", 2)]}]
     loss, parts = centerpoint_loss([pred, small[0]], targets)
     loss.backward()
     assert pred["hm"].grad.abs().sum() > 0 and parts["hm"] > 0

@@ -67,13 +67,8 @@ def test_supervised_qat_lowers_the_loss_and_keeps_amax(supervised_run, ckpts, ti
     saved = read_ptq_meta(out)
     assert saved["stage"] == "qat" and saved["skip"] == read_ptq_meta(ckpts[1])["skip"]
     qat = saved["qat"]
-    assert (qat["objective"], qat["epochs"], qat["lr"], qat["frames"], qat["world_size"]) == (
-        "supervised",
-        4,
-        1e-3,
-        3,
-        1,
-    )
+    got = (qat["objective"], qat["epochs"], qat["lr"], qat["frames"], qat["world_size"])
+    assert got == ("supervised", 4, 1e-3, 3, 1)
     assert qat["data"] == str(tiny_data) and len(qat["history"]) == 4
 
 
@@ -82,13 +77,8 @@ def test_distillation_lowers_the_student_teacher_gap(tmp_path, ckpts, tiny_cfg, 
     clouds = frame_points(tiny_data)
     gap_ptq = distill_gap(load_quantized_model(ckpts[1]), teacher, clouds)
     # the teacher defaults to the PTQ file's source checkpoint; points only (labels unused)
-    model, meta = run_qat(
-        ckpts[1],
-        tiny_data / "points",
-        tmp_path / "qat.pth",
-        QATOptions(objective="distill", epochs=8, batch_size=1, augment=False),
-        progress=False,
-    )
+    model, meta = run_qat(ckpts[1], tiny_data / "points", tmp_path / "qat.pth",
+                          QATOptions(objective="distill", epochs=8, batch_size=1, augment=False), progress=False)
     assert meta["qat"]["teacher"] == str(ckpts[0]) and meta["qat"]["lr"] == 1e-4
     gap_qat = distill_gap(model, teacher, clouds)
     assert 0 < gap_qat < 0.95 * gap_ptq
@@ -109,43 +99,21 @@ def test_reload_in_a_new_process_is_bit_exact(supervised_run, tmp_path, tiny_dat
 
 def test_cli_qat_then_eval_int8(tmp_path, ckpts, tiny_data, capsys):
     out = tmp_path / "qat.pth"
-    rc = cli.main(
-        [
-            "qat",
-            "--checkpoint",
-            str(ckpts[1]),
-            "--data",
-            str(tiny_data),
-            "--objective",
-            "distill",
-            "--teacher",
-            str(ckpts[0]),
-            "--epochs",
-            "1",
-            "--batch-size",
-            "2",
-            "--seed",
-            "1",
-            "--out",
-            str(out),
-            "--quiet",
-        ]
-    )
+    rc = cli.main(["qat", "--checkpoint", str(ckpts[1]), "--data", str(tiny_data), "--objective", "distill",
+                   "--teacher", str(ckpts[0]), "--epochs", "1", "--batch-size", "2", "--seed", "1",
+                   "--out", str(out), "--quiet"])
     assert rc == 0 and f"wrote {out}" in capsys.readouterr().out
     meta = torch.load(out, map_location="cpu", weights_only=True)["meta"]
     assert meta["stage"] == "qat" and meta["qat"]["objective"] == "distill" and meta["qat"]["seed"] == 1
-    assert (
-        cli.main(["eval", "-c", "tiny", "-p", str(out), "--data", str(tiny_data), "--precision", "int8", "--quiet"])
-        == 0
-    )
+    assert cli.main(["eval", "-c", "tiny", "-p", str(out), "--data", str(tiny_data), "--precision", "int8",
+                     "--quiet"]) == 0
     assert "mAP" in capsys.readouterr().out
 
 
 def test_bad_inputs_are_user_errors(tmp_path, ckpts, tiny_data, capsys):
     with pytest.raises(UserError, match="--teacher"):
-        run_qat(
-            ckpts[1], tiny_data, tmp_path / "x.pth", QATOptions(objective="distill", teacher=str(tmp_path / "no.pth"))
-        )
+        run_qat(ckpts[1], tiny_data, tmp_path / "x.pth",
+                QATOptions(objective="distill", teacher=str(tmp_path / "no.pth")))
     no_labels = tmp_path / "unlabeled"
     no_labels.mkdir()
     (no_labels / "f.bin").write_bytes((tiny_data / "points").glob("*.bin").__next__().read_bytes())
@@ -172,20 +140,8 @@ def test_torchrun_two_cpu_processes_gloo(tmp_path, ckpts, tiny_data):
     worker.write_text(WORKER)
     out = tmp_path / "out" / "qat.pth"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(worker),
-        str(ckpts[1]),
-        str(tiny_data),
-        str(out),
-        str(tmp_path),
-        "supervised",
-    ]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
+           str(ckpts[1]), str(tiny_data), str(out), str(tmp_path), "supervised"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)

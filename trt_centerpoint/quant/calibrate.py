@@ -94,9 +94,8 @@ def calibration_mode(model: nn.Module) -> Iterator[None]:
                     q.enable()
 
 
-def collect(
-    model: nn.Module, frames: Iterable[torch.Tensor], total: int | None = None, progress: bool = True
-) -> tuple[int, int]:
+def collect(model: nn.Module, frames: Iterable[torch.Tensor], total: int | None = None,
+            progress: bool = True) -> tuple[int, int]:
     """Run each point cloud through `model` (one frame per batch); returns (frames used, frames empty)."""
     device = next(model.parameters()).device
     used = empty = 0
@@ -167,18 +166,14 @@ def check_amax(name: str, amax: torch.Tensor, is_weight: bool) -> torch.Tensor:
     """Refuse NaN / inf (and zero activations); fix all-zero weight channels with a warning."""
     bad = ~torch.isfinite(amax)
     if bad.any():
-        raise CalibrationError(
-            f"{name}: calibrated amax is not finite ({int(bad.sum())} of {amax.numel()} values "
-            "NaN or infinite): the calibration data or the model produced NaN / inf"
-        )
+        raise CalibrationError(f"{name}: calibrated amax is not finite ({int(bad.sum())} of {amax.numel()} values "
+                               "NaN or infinite): the calibration data or the model produced NaN / inf")
     zero = amax <= _ZERO
     if not zero.any():
         return amax
     if not is_weight:
-        raise CalibrationError(
-            f"{name}: calibrated amax is {float(amax.max()):g} (every calibration value was 0): "
-            "calibrate with more or other frames, or leave the layer in float (--skip)"
-        )
+        raise CalibrationError(f"{name}: calibrated amax is {float(amax.max()):g} (every calibration value was 0): "
+                               "calibrate with more or other frames, or leave the layer in float (--skip)")
     fallback = float(amax[~zero].max()) if (~zero).any() else 1.0
     warnings.warn(
         f"{name}: {int(zero.sum())} of {amax.numel()} weight channels are all zero; their amax is set to {fallback:g}",
@@ -213,14 +208,8 @@ def compute_amax(model: nn.Module, method: str = "mse", percentile: float = 99.9
     return result
 
 
-def calibrate(
-    model: nn.Module,
-    frames: Iterable[torch.Tensor],
-    method: str = "mse",
-    percentile: float = 99.99,
-    total: int | None = None,
-    progress: bool = True,
-) -> CalibrationResult:
+def calibrate(model: nn.Module, frames: Iterable[torch.Tensor], method: str = "mse", percentile: float = 99.99,
+              total: int | None = None, progress: bool = True) -> CalibrationResult:
     """Collect statistics over `frames` (point clouds [N, F]) and set every amax. Model in eval mode."""
     if method not in METHODS:
         raise CalibrationError(f"unknown amax method {method!r} (one of {', '.join(METHODS)})")

@@ -28,9 +28,8 @@ parameter gets a gradient each step (every head output enters both losses), so
 ``find_unused_parameters`` stays False (measured: no unused-parameter error with either objective).
 Buffers are not re-broadcast on every forward (``forward_sync_buffers`` / ``broadcast_buffers`` False):
 the only buffers are the amax values, constant during QAT and loaded from the same file on every rank. A step
-whose batch is empty
-(no voxel in range) on any rank is skipped on all ranks together; the loss is averaged across ranks
-before the finiteness check so all ranks stop together. Only rank 0 writes; at the end the ranks check
+whose batch is empty (no voxel in range) on any rank is skipped on all ranks together; the loss is averaged
+across ranks before the finiteness check so all ranks stop together. Only rank 0 writes; at the end the ranks check
 that their weights agree.
 
 The saved file is a PTQ-format checkpoint (same ``format``), so ``load_quantized_model`` and
@@ -191,9 +190,8 @@ def _check_same_weights(model: nn.Module, ctx: DistContext) -> None:
         raise RuntimeError("distributed QAT: the ranks ended with different weights")
 
 
-def run_qat(
-    checkpoint: str | Path, data: str | Path, out: str | Path, opts: QATOptions | None = None, progress: bool = True
-) -> tuple[nn.Module, dict]:
+def run_qat(checkpoint: str | Path, data: str | Path, out: str | Path, opts: QATOptions | None = None,
+            progress: bool = True) -> tuple[nn.Module, dict]:
     """Fine-tune the quantized model of `checkpoint` on `data`; rank 0 writes `out`.
 
     Returns the fine-tuned model (eval mode, unwrapped) and the saved meta. Under torchrun, every rank
@@ -242,12 +240,8 @@ def _run(checkpoint, data, out: Path, opts: QATOptions, ctx: DistContext, progre
     for epoch in range(opts.epochs):
         aug_rng = np.random.default_rng([opts.seed, epoch, ctx.rank]) if opts.augment else None
         steps = _step_indices(picks, epoch, opts, ctx)
-        bar = tqdm(
-            steps,
-            desc=f"qat {opts.objective} {epoch + 1}/{opts.epochs}",
-            unit="step",
-            disable=not (progress and ctx.is_main),
-        )
+        bar = tqdm(steps, desc=f"qat {opts.objective} {epoch + 1}/{opts.epochs}", unit="step",
+                   disable=not (progress and ctx.is_main))
         sums, done = np.zeros(3), 0
         for idx in bar:
             clouds, boxes, names = load_batch(frames, idx, aug_rng)
@@ -272,9 +266,8 @@ def _run(checkpoint, data, out: Path, opts: QATOptions, ctx: DistContext, progre
             done += 1
             bar.set_postfix(loss=f"{value[0]:.4g}", hm=f"{value[1]:.4g}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
         mean = sums / max(done, 1)
-        history.append(
-            {"epoch": epoch + 1, "loss": float(mean[0]), "hm": float(mean[1]), "loc": float(mean[2]), "steps": done}
-        )
+        history.append({"epoch": epoch + 1, "loss": float(mean[0]), "hm": float(mean[1]), "loc": float(mean[2]),
+                        "steps": done})
 
     student.eval()
     changed = [k for k, v in amax_snapshot(student).items() if not torch.equal(v, amax_before[k])]

@@ -361,36 +361,23 @@ def propose_skip(layers: list[str], rows: list[dict], run, metric, ref: float, a
                 steps.append({"action": "remove", "layer": layer, "skip": list(skip), "metric": value,
                               "loss": metric.loss(value, ref)})
     ordered = [x for x in layers if x in skip]
-    return {
-        "value": budget,
-        "criterion": "1 - cosine <= budget" if metric.name == "cosine" else "FP32 mAP - mAP <= budget",
-        "met": meets(current),
-        "metric": current,
-        "loss": metric.loss(current, ref),
-        "skip": ordered,
-        "steps": steps,
-    }
+    criterion = "1 - cosine <= budget" if metric.name == "cosine" else "FP32 mAP - mAP <= budget"
+    return {"value": budget, "criterion": criterion,
+            "met": meets(current), "metric": current, "loss": metric.loss(current, ref), "skip": ordered,
+            "steps": steps}
 
 
 # --- end to end --------------------------------------------------------------------------------------
 
 
-def calibrated_model(
-    cfg: ModelConfig,
-    checkpoint: str | Path,
-    files: list[Path],
-    method: str = "mse",
-    bn_fused: bool = True,
-    progress: bool = True,
-) -> tuple[nn.Module, object]:
+def calibrated_model(cfg: ModelConfig, checkpoint: str | Path, files: list[Path], method: str = "mse",
+                     bn_fused: bool = True, progress: bool = True) -> tuple[nn.Module, object]:
     """Float checkpoint -> (fold BN) -> every quantizable layer quantized -> calibrated on `files`."""
     model = load_model(cfg, checkpoint)
-    model, _ = prepare_model(
-        cfg, skip=(), input_calib="max" if method == "max" else "histogram", bn_fused=bn_fused, model=model
-    )
-    result = calibrate(
-        model, iter_points(files, cfg.voxel.num_point_features), method=method, total=len(files), progress=progress
-    )
+    model, _ = prepare_model(cfg, skip=(), input_calib="max" if method == "max" else "histogram",
+                             bn_fused=bn_fused, model=model)
+    result = calibrate(model, iter_points(files, cfg.voxel.num_point_features), method=method,
+                       total=len(files), progress=progress)
     return model, result
 
 
@@ -414,20 +401,10 @@ def labeled_frames(model: nn.Module, data: str | Path, cfg: ModelConfig, eval_fr
     return frames, {f.key: truth[f.key] for f in frames}
 
 
-def run_sensitivity(
-    config: str | Path | ModelConfig,
-    checkpoint: str | Path,
-    calib_data: str | Path,
-    out: str | Path,
-    data: str | Path | None = None,
-    num_frames: int | None = DEFAULT_NUM_FRAMES,
-    eval_frames: int | None = None,
-    budget: float | None = None,
-    method: str = "mse",
-    seed: int = 0,
-    progress: bool = True,
-    plot: bool = True,
-) -> dict:
+def run_sensitivity(config: str | Path | ModelConfig, checkpoint: str | Path, calib_data: str | Path,
+                    out: str | Path, data: str | Path | None = None, num_frames: int | None = DEFAULT_NUM_FRAMES,
+                    eval_frames: int | None = None, budget: float | None = None, method: str = "mse",
+                    seed: int = 0, progress: bool = True, plot: bool = True) -> dict:
     """`trt-centerpoint sensitivity`: write sensitivity.json / .md / .png into `out`; returns the JSON dict."""
     cfg = config if isinstance(config, ModelConfig) else load_config(config)
     torch.manual_seed(seed)
@@ -452,12 +429,8 @@ def run_sensitivity(
         "format_version": FORMAT_VERSION,
         "config": config_to_dict(cfg),
         "checkpoint": str(checkpoint),
-        "method": {
-            "amax_method": method,
-            "activation_calibrator": "max" if method == "max" else "histogram",
-            "bn_fused": True,
-            "calibrated_with": "every quantizable layer quantized (no skip list)",
-        },
+        "method": {"amax_method": method, "activation_calibrator": "max" if method == "max" else "histogram",
+                   "bn_fused": True, "calibrated_with": "every quantizable layer quantized (no skip list)"},
         "seed": seed,
         "calib_data": str(calib_data),
         "calib_frames": calib.frames_used,
@@ -480,82 +453,35 @@ def markdown_report(doc: dict) -> str:
     ref, allq = doc["reference"]["metric"], doc["all_quantized"]["metric"]
     fidelity = name == "cosine"
     if fidelity:  # cosines sit next to 1: show 1 - cosine in scientific notation
-        headers = [
-            "rank",
-            "layer",
-            "kind",
-            "1 - cos (only this)",
-            "1 - cos (all but this)",
-            "drop",
-            "recovery",
-            "SNR dB (only this)",
-            "SNR dB (all but this)",
-        ]
-        rows = [
-            [
-                r["rank"],
-                f"`{r['name']}`",
-                r["kind"],
-                f"{1 - r['only_this']:.3e}",
-                f"{1 - r['all_but_this']:.3e}",
-                f"{r['drop']:.3e}",
-                f"{r['recovery']:.3e}",
-                f"{r['only_this_detail']['snr_db']:.2f}",
-                f"{r['all_but_this_detail']['snr_db']:.2f}",
-            ]
-            for r in doc["layers"]
-        ]
+        headers = ["rank", "layer", "kind", "1 - cos (only this)", "1 - cos (all but this)", "drop", "recovery",
+                   "SNR dB (only this)", "SNR dB (all but this)"]
+        rows = [[r["rank"], f"`{r['name']}`", r["kind"], f"{1 - r['only_this']:.3e}", f"{1 - r['all_but_this']:.3e}",
+                 f"{r['drop']:.3e}", f"{r['recovery']:.3e}", f"{r['only_this_detail']['snr_db']:.2f}",
+                 f"{r['all_but_this_detail']['snr_db']:.2f}"] for r in doc["layers"]]
     else:
-        headers = [
-            "rank",
-            "layer",
-            "kind",
-            f"{name} (only this)",
-            f"{name} (all but this)",
-            "drop",
-            "recovery",
-            "1 - cos (only this)",
-            "SNR dB (only this)",
-        ]
-        rows = [
-            [
-                r["rank"],
-                f"`{r['name']}`",
-                r["kind"],
-                f"{r['only_this']:.4f}",
-                f"{r['all_but_this']:.4f}",
-                f"{r['drop']:+.4f}",
-                f"{r['recovery']:+.4f}",
-                f"{1 - r['only_this_detail']['cosine']:.3e}",
-                f"{r['only_this_detail']['snr_db']:.2f}",
-            ]
-            for r in doc["layers"]
-        ]
+        headers = ["rank", "layer", "kind", f"{name} (only this)", f"{name} (all but this)", "drop", "recovery",
+                   "1 - cos (only this)", "SNR dB (only this)"]
+        rows = [[r["rank"], f"`{r['name']}`", r["kind"], f"{r['only_this']:.4f}", f"{r['all_but_this']:.4f}",
+                 f"{r['drop']:+.4f}", f"{r['recovery']:+.4f}", f"{1 - r['only_this_detail']['cosine']:.3e}",
+                 f"{r['only_this_detail']['snr_db']:.2f}"] for r in doc["layers"]]
     lines = [
         f"# Quantization sensitivity: {doc['config']['name']}",
         "",
-        (
-            f"Metric: {doc['metric_description']}; {doc['frames']} frames; amax {doc['method']['amax_method']} "
-            f"from {doc['calib_frames']} calibration frames; seed {doc['seed']}."
-        ),
+        (f"Metric: {doc['metric_description']}; {doc['frames']} frames; amax {doc['method']['amax_method']} "
+         f"from {doc['calib_frames']} calibration frames; seed {doc['seed']}."),
         "",
         f"- FP32 reference: {name} {ref:.6f}",
         f"- all layers quantized: {name} {allq:.6f}"
-        + (
-            f" (1 - cos {1 - allq:.3e}, SNR {doc['all_quantized']['snr_db']:.2f} dB)"
-            if fidelity
-            else f" (drop {ref - allq:+.4f}; 1 - cos {1 - doc['all_quantized']['cosine']:.3e}, "
-            f"SNR {doc['all_quantized']['snr_db']:.2f} dB)"
-        ),
+        + (f" (1 - cos {1 - allq:.3e}, SNR {doc['all_quantized']['snr_db']:.2f} dB)" if fidelity else
+           f" (drop {ref - allq:+.4f}; 1 - cos {1 - doc['all_quantized']['cosine']:.3e}, "
+           f"SNR {doc['all_quantized']['snr_db']:.2f} dB)"),
         "- *drop* = reference - only-this; *recovery* = all-but-this - all-quantized. Most sensitive first.",
     ]
     if doc.get("budget"):
         b = doc["budget"]
-        lines.append(
-            f"- budget {b['value']:g} ({b['criterion']}): {'met' if b['met'] else 'NOT met'} with "
-            f"{len(b['skip'])} layer(s) in float ({name} {b['metric']:.6f}, loss {b['loss']:.3e}): "
-            + (", ".join(f"`{s}`" for s in b["skip"]) or "nothing to skip")
-        )
+        lines.append(f"- budget {b['value']:g} ({b['criterion']}): {'met' if b['met'] else 'NOT met'} with "
+                     f"{len(b['skip'])} layer(s) in float ({name} {b['metric']:.6f}, loss {b['loss']:.3e}): "
+                     + (", ".join(f"`{s}`" for s in b["skip"]) or "nothing to skip"))
     lines += ["", format_table(headers, rows, markdown=True), ""]
     return "\n".join(lines)
 
@@ -568,12 +494,9 @@ def write_outputs(doc: dict, out: str | Path, plot: bool = True) -> dict[str, Pa
     if plot:
         layers = doc["layers"]
         paths["png"] = bar_chart(
-            out / "sensitivity.png",
-            [r["name"] for r in layers],
-            {
-                "drop (only this quantized)": [r["drop"] for r in layers],
-                "recovery (all but this)": [r["recovery"] for r in layers],
-            },
+            out / "sensitivity.png", [r["name"] for r in layers],
+            {"drop (only this quantized)": [r["drop"] for r in layers],
+             "recovery (all but this)": [r["recovery"] for r in layers]},
             title=f"{doc['config']['name']}: per-layer INT8 sensitivity ({doc['metric']})",
             ylabel=f"{doc['metric']} change vs reference",
         )
@@ -607,19 +530,7 @@ def read_skip_list(path: str | Path, expect_config: ModelConfig | None = None) -
 
 
 __all__ = [
-    "CalibrationError",
-    "FidelityMetric",
-    "MapMetric",
-    "SensitivityError",
-    "analyze",
-    "calibrated_model",
-    "fidelity_frames",
-    "labeled_frames",
-    "layer_quantizers",
-    "markdown_report",
-    "propose_skip",
-    "read_skip_list",
-    "run_sensitivity",
-    "set_quantized",
-    "write_outputs",
+    "CalibrationError", "FidelityMetric", "MapMetric", "SensitivityError", "analyze", "calibrated_model",
+    "fidelity_frames", "labeled_frames", "layer_quantizers", "markdown_report", "propose_skip", "read_skip_list",
+    "run_sensitivity", "set_quantized", "write_outputs",
 ]

@@ -312,32 +312,12 @@ def _sample_static(rng, roads: list[Road], ground: Ground, fp: _Footprints, fp_t
                     r, h = rng.uniform(0.06, 0.15), rng.uniform(3.0, 8.0)
                     if fp.try_add(p, (r + 0.05, r + 0.05), 0.0):
                         z0 = gz(*p)
-                        rows.append(
-                            (
-                                CYLINDER,
-                                (p[0], p[1], z0 + h / 2 - 0.1),
-                                (r, r, h / 2 + 0.1),
-                                0.0,
-                                -1,
-                                POLE,
-                                rng.uniform(30, 90),
-                                0.0,
-                            )
-                        )
+                        rows.append((CYLINDER, (p[0], p[1], z0 + h / 2 - 0.1), (r, r, h / 2 + 0.1), 0.0, -1, POLE,
+                                     rng.uniform(30, 90), 0.0))
                         if rng.random() < 0.35:
                             q = p - side * 0.35 * np.array([-np.sin(road.angle), np.cos(road.angle)])
-                            rows.append(
-                                (
-                                    BOX,
-                                    (q[0], q[1], z0 + h - 0.4),
-                                    (0.03, 0.35, 0.3),
-                                    road.angle,
-                                    -1,
-                                    SIGN,
-                                    rng.uniform(150, 250),
-                                    0.0,
-                                )
-                            )
+                            rows.append((BOX, (q[0], q[1], z0 + h - 0.4), (0.03, 0.35, 0.3), road.angle, -1, SIGN,
+                                         rng.uniform(150, 250), 0.0))
                             fp_tall.add(q, (0.1, 0.4), road.angle)
                 s += rng.uniform(10.0, 25.0)
             # Street trees on the sidewalk.
@@ -349,31 +329,11 @@ def _sample_static(rng, roads: list[Road], ground: Ground, fp: _Footprints, fp_t
                         r, h = rng.uniform(0.12, 0.3), rng.uniform(2.2, 3.5)
                         if fp.try_add(p, (r + 0.05, r + 0.05), 0.0):
                             z0 = gz(*p)
-                            rows.append(
-                                (
-                                    CYLINDER,
-                                    (p[0], p[1], z0 + h / 2 - 0.1),
-                                    (r, r, h / 2 + 0.1),
-                                    0.0,
-                                    -1,
-                                    VEGETATION,
-                                    rng.uniform(10, 35),
-                                    0.0,
-                                )
-                            )
+                            rows.append((CYLINDER, (p[0], p[1], z0 + h / 2 - 0.1), (r, r, h / 2 + 0.1), 0.0, -1,
+                                         VEGETATION, rng.uniform(10, 35), 0.0))
                             rxy, rz = rng.uniform(1.2, 2.8), rng.uniform(1.0, 2.5)
-                            rows.append(
-                                (
-                                    VOLUME,
-                                    (p[0], p[1], z0 + h + rz),
-                                    (rxy, rxy, rz),
-                                    0.0,
-                                    -1,
-                                    VEGETATION,
-                                    rng.uniform(5, 30),
-                                    rng.uniform(0.6, 2.0),
-                                )
-                            )
+                            rows.append((VOLUME, (p[0], p[1], z0 + h + rz), (rxy, rxy, rz), 0.0, -1,
+                                         VEGETATION, rng.uniform(5, 30), rng.uniform(0.6, 2.0)))
                             fp_tall.add(p, (rxy, rxy), 0.0)
                     s += rng.uniform(8.0, 20.0)
     # Bushes and clutter (bins, boxes, kiosks) away from the carriageway.
@@ -389,35 +349,15 @@ def _sample_static(rng, roads: list[Road], ground: Ground, fp: _Footprints, fp_t
                 if kind == "bush":
                     r, rz = rng.uniform(0.4, 1.5), rng.uniform(0.3, 1.0)
                     if fp.try_add(p, (r, r), 0.0):
-                        rows.append(
-                            (
-                                VOLUME,
-                                (p[0], p[1], gz(*p) + 0.4 * rz),
-                                (r, r, rz),
-                                0.0,
-                                -1,
-                                VEGETATION,
-                                rng.uniform(5, 30),
-                                rng.uniform(2.0, 5.0),
-                            )
-                        )
+                        rows.append((VOLUME, (p[0], p[1], gz(*p) + 0.4 * rz), (r, r, rz), 0.0, -1, VEGETATION,
+                                     rng.uniform(5, 30), rng.uniform(2.0, 5.0)))
                         break
                 else:
                     hx, hy, hz = rng.uniform(0.2, 1.0), rng.uniform(0.2, 0.6), rng.uniform(0.25, 0.75)
                     a = rng.uniform(-np.pi, np.pi)
                     if fp.try_add(p, (hx + 0.1, hy + 0.1), a):
-                        rows.append(
-                            (
-                                BOX,
-                                (p[0], p[1], gz(*p) + hz - 0.05),
-                                (hx, hy, hz + 0.05),
-                                a,
-                                -1,
-                                CLUTTER,
-                                rng.uniform(10, 60),
-                                0.0,
-                            )
-                        )
+                        rows.append((BOX, (p[0], p[1], gz(*p) + hz - 0.05), (hx, hy, hz + 0.05), a, -1, CLUTTER,
+                                     rng.uniform(10, 60), 0.0))
                         break
     return Primitives.from_rows(rows)
 
@@ -425,32 +365,16 @@ def _sample_static(rng, roads: list[Road], ground: Ground, fp: _Footprints, fp_t
 def _sample_dims(rng, name: str) -> np.ndarray:
     """(length, width, height) in metres."""
     if name == "car":
-        return np.array(
-            [
-                np.clip(rng.normal(4.6, 0.35), 3.6, 5.6),
-                np.clip(rng.normal(1.92, 0.12), 1.6, 2.2),
-                np.clip(rng.normal(1.65, 0.18), 1.35, 2.1),
-            ]
-        )
+        return np.array([np.clip(rng.normal(4.6, 0.35), 3.6, 5.6), np.clip(rng.normal(1.92, 0.12), 1.6, 2.2),
+                         np.clip(rng.normal(1.65, 0.18), 1.35, 2.1)])
     if name == "truck":
-        return np.array(
-            [rng.uniform(6.5, 10.5), np.clip(rng.normal(2.5, 0.12), 2.2, 2.8), np.clip(rng.normal(3.1, 0.3), 2.5, 3.8)]
-        )
+        return np.array([rng.uniform(6.5, 10.5), np.clip(rng.normal(2.5, 0.12), 2.2, 2.8),
+                         np.clip(rng.normal(3.1, 0.3), 2.5, 3.8)])
     if name == "pedestrian":
-        return np.array(
-            [
-                np.clip(rng.normal(0.72, 0.1), 0.5, 1.0),
-                np.clip(rng.normal(0.67, 0.08), 0.5, 0.9),
-                np.clip(rng.normal(1.75, 0.1), 1.45, 2.0),
-            ]
-        )
-    return np.array(
-        [
-            np.clip(rng.normal(1.8, 0.12), 1.5, 2.1),
-            np.clip(rng.normal(0.65, 0.08), 0.5, 0.85),
-            np.clip(rng.normal(1.7, 0.1), 1.45, 1.95),
-        ]
-    )
+        return np.array([np.clip(rng.normal(0.72, 0.1), 0.5, 1.0), np.clip(rng.normal(0.67, 0.08), 0.5, 0.9),
+                         np.clip(rng.normal(1.75, 0.1), 1.45, 2.0)])
+    return np.array([np.clip(rng.normal(1.8, 0.12), 1.5, 2.1), np.clip(rng.normal(0.65, 0.08), 0.5, 0.85),
+                     np.clip(rng.normal(1.7, 0.1), 1.45, 1.95)])
 
 
 def _parts(rng, name: str, dims: np.ndarray, moving: bool) -> list[tuple]:
@@ -562,16 +486,8 @@ def sample_layout(rng: np.random.Generator, scene: SceneConfig, sensor_height: f
         main = roads[0]
         s_c = rng.uniform(-40.0, 40.0)
         angle = main.angle + rng.choice([-1.0, 1.0]) * rng.uniform(np.radians(70), np.radians(110))
-        roads.append(
-            Road(
-                main.point(s_c, 0.0),
-                float(wrap_angle(angle)),
-                int(rng.integers(1, 3)),
-                rng.uniform(3.2, 3.7),
-                float(rng.choice([0.0, 2.3])),
-                rng.uniform(2.0, 4.5),
-            )
-        )
+        roads.append(Road(main.point(s_c, 0.0), float(wrap_angle(angle)), int(rng.integers(1, 3)),
+                          rng.uniform(3.2, 3.7), float(rng.choice([0.0, 2.3])), rng.uniform(2.0, 4.5)))
     fp = _Footprints()
     ego_speed = rng.uniform(0.0, scene.ego_max_speed) if rng.random() < 0.7 else 0.0
     ego_yaw_rate = float(np.clip(rng.normal(0.0, 0.05), -0.15, 0.15))
@@ -610,45 +526,22 @@ def sample_layout(rng: np.random.Generator, scene: SceneConfig, sensor_height: f
                     speed.append(v)
                     dims.append(d)
                     for x0, x1, y0, y1, z0, z1, mat, refl in _parts(rng, name, d, v > 0):
-                        parts_rows.append(
-                            (
-                                idx,
-                                ((x0 + x1) / 2, (y0 + y1) / 2, (z0 + z1) / 2),
-                                ((x1 - x0) / 2, (y1 - y0) / 2, (z1 - z0) / 2),
-                                mat,
-                                refl,
-                            )
-                        )
+                        parts_rows.append((idx, ((x0 + x1) / 2, (y0 + y1) / 2, (z0 + z1) / 2),
+                                           ((x1 - x0) / 2, (y1 - y0) / 2, (z1 - z0) / 2), mat, refl))
                     break
-    objects = Objects(
-        np.asarray(cls, np.int64),
-        np.asarray(xy, np.float64).reshape(-1, 2),
-        np.asarray(heading, np.float64),
-        np.asarray(speed, np.float64),
-        np.asarray(dims, np.float64).reshape(-1, 3),
-    )
+    objects = Objects(np.asarray(cls, np.int64), np.asarray(xy, np.float64).reshape(-1, 2),
+                      np.asarray(heading, np.float64), np.asarray(speed, np.float64),
+                      np.asarray(dims, np.float64).reshape(-1, 3))
     if parts_rows:
         owner, pc, ph, pm, pr = zip(*parts_rows)
     else:
         owner, pc, ph, pm, pr = (), (), (), (), ()
-    surface = {
-        ROAD: rng.uniform(4, 12),
-        SIDEWALK: rng.uniform(18, 35),
-        TERRAIN: rng.uniform(8, 25),
-        LANE_MARK: rng.uniform(50, 110),
-    }
+    surface = {ROAD: rng.uniform(4, 12), SIDEWALK: rng.uniform(18, 35), TERRAIN: rng.uniform(8, 25),
+               LANE_MARK: rng.uniform(50, 110)}
     return Layout(
-        ground=ground,
-        roads=roads,
-        static=static,
-        objects=objects,
-        part_owner=np.asarray(owner, np.int64),
-        part_center=np.asarray(pc, np.float64).reshape(-1, 3),
-        part_half=np.asarray(ph, np.float64).reshape(-1, 3),
-        part_material=np.asarray(pm, np.int16),
-        part_refl=np.asarray(pr, np.float64),
-        ego_speed=float(ego_speed),
-        ego_yaw_rate=ego_yaw_rate,
-        sensor_height=sensor_height,
-        surface_refl=surface,
+        ground=ground, roads=roads, static=static, objects=objects,
+        part_owner=np.asarray(owner, np.int64), part_center=np.asarray(pc, np.float64).reshape(-1, 3),
+        part_half=np.asarray(ph, np.float64).reshape(-1, 3), part_material=np.asarray(pm, np.int16),
+        part_refl=np.asarray(pr, np.float64), ego_speed=float(ego_speed), ego_yaw_rate=ego_yaw_rate,
+        sensor_height=sensor_height, surface_refl=surface,
     )

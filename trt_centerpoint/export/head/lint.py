@@ -250,13 +250,8 @@ def rule_concat_shared_scale(g: _Graph) -> list[Finding]:
         distinct = {v.tobytes() for v in scales.values()}
         if len(distinct) > 1:
             listed = ", ".join(f"{t}: {v[:2].tolist()}" for t, v in scales.items())
-            out.append(
-                Finding(
-                    _name(node),
-                    f"inputs dequantized with {len(distinct)} different scales ({listed}): "
-                    "give them one shared scale (unify_concat_scales)",
-                )
-            )
+            out.append(Finding(_name(node), f"inputs dequantized with {len(distinct)} different scales ({listed}): "
+                                            "give them one shared scale (unify_concat_scales)"))
     return out
 
 
@@ -270,32 +265,15 @@ def rule_no_qdq_on_outputs(g: _Graph) -> list[Finding]:
             continue
         src = g.producer.get(node.input[0])
         if src is not None and src.op_type in ("Conv", "ConvTranspose", "Gemm"):
-            out.append(
-                Finding(
-                    _name(node),
-                    f"quantizes the output of {src.op_type} {_name(src)}: put Q/DQ on the "
-                    "inputs of the next layer instead",
-                )
-            )
+            out.append(Finding(_name(node), f"quantizes the output of {src.op_type} {_name(src)}: put Q/DQ on the "
+                                            "inputs of the next layer instead"))
     for value in g.model.graph.output:
         dq = g.made_by(value.name, "DequantizeLinear")
         if dq is not None:
-            out.append(
-                Finding(
-                    _name(dq),
-                    f"graph output {value.name!r} is a DequantizeLinear output: Q/DQ on a "
-                    "model output (leave outputs float)",
-                )
-            )
+            out.append(Finding(_name(dq), f"graph output {value.name!r} is a DequantizeLinear output: Q/DQ on a "
+                                          "model output (leave outputs float)"))
     return out
 
 
-QDQ_RULES = [
-    rule_qdq_opset,
-    rule_qdq_scale_type,
-    rule_qdq_scales,
-    rule_conv_inputs_quantized,
-    rule_weight_scales,
-    rule_concat_shared_scale,
-    rule_no_qdq_on_outputs,
-]
+QDQ_RULES = [rule_qdq_opset, rule_qdq_scale_type, rule_qdq_scales, rule_conv_inputs_quantized, rule_weight_scales,
+             rule_concat_shared_scale, rule_no_qdq_on_outputs]

@@ -24,40 +24,16 @@ ACTIVATIONS = ("ReLU", "None")
 PRECISIONS = ("int8", "fp16")
 
 CONV_REQUIRED = {
-    "ndim": A.INT,
-    "input_spatial_shape": A.INTS,
-    "output_spatial_shape": A.INTS,
-    "in_channels": A.INT,
-    "out_channels": A.INT,
-    "kernel_size": A.INTS,
-    "stride": A.INTS,
-    "padding": A.INTS,
-    "dilation": A.INTS,
-    "output_padding": A.INTS,
-    "transposed": A.INT,
-    "inverse": A.INT,
-    "groups": A.INT,
-    "subm": A.INT,
-    "rulebook": A.STRING,
-    "activation": A.STRING,
-    "output_bound": A.INT,
-    "input_shape": A.INTS,
+    "ndim": A.INT, "input_spatial_shape": A.INTS, "output_spatial_shape": A.INTS, "in_channels": A.INT,
+    "out_channels": A.INT, "kernel_size": A.INTS, "stride": A.INTS, "padding": A.INTS, "dilation": A.INTS,
+    "output_padding": A.INTS, "transposed": A.INT, "inverse": A.INT, "groups": A.INT, "subm": A.INT,
+    "rulebook": A.STRING, "activation": A.STRING, "output_bound": A.INT, "input_shape": A.INTS,
     "output_shape": A.INTS,
 }
-CONV_OPTIONAL = {
-    "input_dynamic_range": A.FLOAT,
-    "weight_dynamic_ranges": A.FLOATS,
-    "precision": A.STRING,
-    "output_precision": A.STRING,
-    "fixed_launch_points": A.INT,
-}
-ADD_OPTIONAL = {
-    "input0_dynamic_range": A.FLOAT,
-    "input1_dynamic_range": A.FLOAT,
-    "precision": A.STRING,
-    "output_precision": A.STRING,
-    "fixed_launch_points": A.INT,
-}
+CONV_OPTIONAL = {"input_dynamic_range": A.FLOAT, "weight_dynamic_ranges": A.FLOATS, "precision": A.STRING,
+                 "output_precision": A.STRING, "fixed_launch_points": A.INT}
+ADD_OPTIONAL = {"input0_dynamic_range": A.FLOAT, "input1_dynamic_range": A.FLOAT, "precision": A.STRING,
+                "output_precision": A.STRING, "fixed_launch_points": A.INT}
 SCATTER_REQUIRED = {"input_spatial_shape": A.INTS, "format": A.STRING, "output_shape": A.INTS}
 SCATTER_OPTIONAL = {"input_dynamic_range": A.FLOAT, "output_layout": A.STRING, "fixed_launch_points": A.INT}
 DIMS_REQUIRED = {"dims": A.INTS}
@@ -101,9 +77,8 @@ def rule_header(model: onnx.ModelProto) -> list[Finding]:
             ]
         return []
     if versions.get("ai.onnx") != 11:
-        return [
-            Finding("header", f"opset import ai.onnx {versions.get('ai.onnx', 'missing')}, the scn dialect uses 11")
-        ]
+        found = versions.get("ai.onnx", "missing")
+        return [Finding("header", f"opset import ai.onnx {found}, the scn dialect uses 11")]
     return []
 
 
@@ -115,9 +90,8 @@ def rule_io(model: onnx.ModelProto) -> list[Finding]:
             continue
         t = values[0].type.tensor_type
         if t.elem_type != TensorProto.FLOAT16:
-            out.append(
-                Finding(f"{kind} {values[0].name}", f"{TensorProto.DataType.Name(t.elem_type)}, must be FLOAT16")
-            )
+            dtype = TensorProto.DataType.Name(t.elem_type)
+            out.append(Finding(f"{kind} {values[0].name}", f"{dtype}, must be FLOAT16"))
         if len(t.shape.dim) != rank:
             out.append(Finding(f"{kind} {values[0].name}", f"rank {len(t.shape.dim)}, expected {rank}"))
     return out
@@ -125,11 +99,8 @@ def rule_io(model: onnx.ModelProto) -> list[Finding]:
 
 def rule_ops(model: onnx.ModelProto) -> list[Finding]:
     allowed = DIALECT_OPS + (QDQ_OPS if is_qdq(model) else ())
-    return [
-        Finding(_node(n), f"unsupported operator {n.op_type!r} (libspconv accepts {', '.join(DIALECT_OPS)})")
-        for n in model.graph.node
-        if n.op_type not in allowed
-    ]
+    return [Finding(_node(n), f"unsupported operator {n.op_type!r} (libspconv accepts {', '.join(DIALECT_OPS)})")
+            for n in model.graph.node if n.op_type not in allowed]
 
 
 def rule_names(model: onnx.ModelProto) -> list[Finding]:
@@ -150,13 +121,8 @@ def rule_initializers(model: onnx.ModelProto) -> list[Finding]:
         where = f"initializer {t.name}"
         if t.name in qdq_inputs:  # Q/DQ form: INT8 weights, float32 scales, int8 zero points
             if t.data_type not in (TensorProto.INT8, TensorProto.FLOAT):
-                out.append(
-                    Finding(
-                        where,
-                        f"{TensorProto.DataType.Name(t.data_type)} in a Q/DQ node, "
-                        "expected INT8 codes / zero points or FLOAT scales",
-                    )
-                )
+                out.append(Finding(where, f"{TensorProto.DataType.Name(t.data_type)} in a Q/DQ node, "
+                                          "expected INT8 codes / zero points or FLOAT scales"))
             elif t.data_type == TensorProto.FLOAT:
                 values = onnx.numpy_helper.to_array(t)
                 if not (values > 0).all() or not math.isfinite(float(values.max(initial=0.0))):
@@ -165,17 +131,11 @@ def rule_initializers(model: onnx.ModelProto) -> list[Finding]:
                 out.append(Finding(where, "non-zero zero point (TensorRT INT8 is symmetric)"))
             continue
         if t.data_type != TensorProto.FLOAT16:
-            out.append(
-                Finding(where, f"{TensorProto.DataType.Name(t.data_type)}, libspconv's parser takes FLOAT16 only")
-            )
+            dtype = TensorProto.DataType.Name(t.data_type)
+            out.append(Finding(where, f"{dtype}, libspconv's parser takes FLOAT16 only"))
         elif len(t.raw_data) != 2 * math.prod(t.dims):
-            out.append(
-                Finding(
-                    where,
-                    f"raw_data holds {len(t.raw_data)} bytes, {2 * math.prod(t.dims)} expected "
-                    "(libspconv reads FP16 raw_data only)",
-                )
-            )
+            out.append(Finding(where, f"raw_data holds {len(t.raw_data)} bytes, {2 * math.prod(t.dims)} expected "
+                                      "(libspconv reads FP16 raw_data only)"))
     return out
 
 
@@ -224,9 +184,8 @@ def rule_values(model: onnx.ModelProto) -> list[Finding]:
                 if key in a and isinstance(a[key], list) and len(a[key]) != ndim:
                     out.append(Finding(where, f"{key} has {len(a[key])} values, ndim is {ndim}"))
             if "activation" in a and text(a["activation"]) not in ACTIVATIONS:
-                out.append(
-                    Finding(where, f"activation {text(a['activation'])!r} (must be one of {', '.join(ACTIVATIONS)})")
-                )
+                allowed = ", ".join(ACTIVATIONS)
+                out.append(Finding(where, f"activation {text(a['activation'])!r} (must be one of {allowed})"))
             if a.get("groups", 1) != 1:
                 out.append(Finding(where, f"groups {a['groups']} (libspconv supports 1)"))
             if isinstance(a.get("output_bound"), int) and a["output_bound"] <= 0:
@@ -236,22 +195,12 @@ def rule_values(model: onnx.ModelProto) -> list[Finding]:
             if "weight_dynamic_ranges" in a:
                 ranges, cout = a["weight_dynamic_ranges"], a.get("out_channels")
                 if isinstance(cout, int) and len(ranges) != cout:
-                    out.append(
-                        Finding(
-                            where,
-                            f"weight_dynamic_ranges has {len(ranges)} values, out_channels is {cout} "
-                            "(one per output channel)",
-                        )
-                    )
+                    out.append(Finding(where, f"weight_dynamic_ranges has {len(ranges)} values, out_channels is {cout} "
+                                              "(one per output channel)"))
                 bad = [i for i, v in enumerate(ranges) if not math.isfinite(v) or v < 0]
                 if bad:
-                    out.append(
-                        Finding(
-                            where,
-                            f"weight_dynamic_ranges[{bad[0]}] is {ranges[bad[0]]} "
-                            f"({len(bad)} value(s) not finite and >= 0)",
-                        )
-                    )
+                    out.append(Finding(where, f"weight_dynamic_ranges[{bad[0]}] is {ranges[bad[0]]} "
+                                              f"({len(bad)} value(s) not finite and >= 0)"))
             if int8 and qdq:
                 for index, role in ((0, "input features"), (1, "weight")):
                     if len(n.input) > index and n.input[index] not in dq:
@@ -288,13 +237,8 @@ def rule_relu_after_conv(model: onnx.ModelProto) -> list[Finding]:
     for n in model.graph.node:
         src = producer.get(n.input[0]) if n.op_type == "Relu" and n.input else None
         if src is not None and src.op_type == "SparseConvolution":
-            out.append(
-                Finding(
-                    _node(n),
-                    f"Relu right after SparseConvolution {_node(src)}: libspconv takes no Relu "
-                    f"after a conv; fuse it ({_node(src)} activation 'ReLU')",
-                )
-            )
+            out.append(Finding(_node(n), f"Relu right after SparseConvolution {_node(src)}: libspconv takes no Relu "
+                                         f"after a conv; fuse it ({_node(src)} activation 'ReLU')"))
     return out
 
 
@@ -307,13 +251,8 @@ def _check_weight_dq(node: onnx.NodeProto, inits: dict, cout, where: str, out: l
         return None
     axis = attributes(node).get("axis", 1)
     if list(scale.dims) != [cout] or axis != 0:
-        out.append(
-            Finding(
-                where,
-                f"weight scale of shape {list(scale.dims)} on axis {axis}: one scale per output "
-                f"channel ([{cout}], axis 0) expected",
-            )
-        )
+        out.append(Finding(where, f"weight scale of shape {list(scale.dims)} on axis {axis}: one scale per output "
+                                  f"channel ([{cout}], axis 0) expected"))
     return codes
 
 
@@ -352,10 +291,8 @@ def rule_conv_weights(model: onnx.ModelProto) -> list[Finding]:
 def _conv_out_spatial(a: dict, spatial: list[int]) -> list[int]:
     if a.get("subm"):
         return list(spatial)
-    return [
-        (n + 2 * p - d * (k - 1) - 1) // s + 1
-        for n, k, s, p, d in zip(spatial, a["kernel_size"], a["stride"], a["padding"], a["dilation"])
-    ]
+    return [(n + 2 * p - d * (k - 1) - 1) // s + 1
+            for n, k, s, p, d in zip(spatial, a["kernel_size"], a["stride"], a["padding"], a["dilation"])]
 
 
 def rule_dataflow(model: onnx.ModelProto) -> list[Finding]:
@@ -438,13 +375,8 @@ def _flow(n, a, where, ins, out, rulebooks):
             out.append(Finding(where, "Add needs two sparse inputs"))
             return None
         if ins[0][1:] != ins[1][1:] and None not in (ins[0][1], ins[1][1]):
-            out.append(
-                Finding(
-                    where,
-                    f"adds tensors of spatial shape / channels {list(ins[0][1])}/{ins[0][2]} and "
-                    f"{list(ins[1][1])}/{ins[1][2]}",
-                )
-            )
+            out.append(Finding(where, f"adds tensors of spatial shape / channels {list(ins[0][1])}/{ins[0][2]} and "
+                                      f"{list(ins[1][1])}/{ins[1][2]}"))
         return ins[0]
     if n.op_type == "Relu":
         return ins[0]
@@ -471,15 +403,5 @@ def _flow(n, a, where, ins, out, rulebooks):
     return ("dense", [ins[0][1][d] for d in dims])
 
 
-SCN_RULES = [
-    rule_header,
-    rule_io,
-    rule_ops,
-    rule_names,
-    rule_initializers,
-    rule_attributes,
-    rule_values,
-    rule_relu_after_conv,
-    rule_conv_weights,
-    rule_dataflow,
-]
+SCN_RULES = [rule_header, rule_io, rule_ops, rule_names, rule_initializers, rule_attributes, rule_values,
+             rule_relu_after_conv, rule_conv_weights, rule_dataflow]
