@@ -15,9 +15,11 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[cpu,test,rtx]"
 	touch $(STAMP)
 
+# one thread: as fast as two on an idle 2-core machine, and several times faster when other jobs share the
+# cores (BENCHMARKS.md); tests that need more threads set them themselves
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 TRT_CENTERPOINT_THREADS=1 $(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

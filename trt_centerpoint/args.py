@@ -22,6 +22,7 @@ from trt_centerpoint.quant.calibrate import METHODS
 from trt_centerpoint.runtime.pipeline import BACKENDS
 from trt_centerpoint.runtime.trt.build import RTX_DEFAULT_TARGETS
 from trt_centerpoint.runtime.trt.env import BUILDERS
+from trt_centerpoint.threads import ENV
 
 DEFAULT_CONFIG = "synthetic_small"
 DEFAULT_METHOD = "mse"
@@ -249,6 +250,24 @@ class RuntimeArgs:
             return tuple(value) if isinstance(value, (list, tuple)) else (value,)
 
         return RuntimeChoice(as_tuple(args.backend), as_tuple(args.precision))
+
+
+# --- threads: every command
+
+
+class ThreadArgs:
+    """`--threads N`: CPU threads for torch and ONNX Runtime (`trt_centerpoint.threads` says why the default)."""
+
+    @staticmethod
+    def add_to_parser(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--threads", type=int, metavar="N",
+                            help=f"CPU threads for torch and ONNX Runtime (default: ${ENV} if set, else the cores "
+                                 "not busy with other work, from the 1-minute load average; other jobs on the "
+                                 "cores make extra threads several times slower)")
+
+    @staticmethod
+    def read(args: argparse.Namespace) -> int | None:
+        return getattr(args, "threads", None)
 
 
 # --- engine builder: --builder / --compute-capability

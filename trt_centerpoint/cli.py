@@ -26,6 +26,7 @@ from trt_centerpoint.args import (
     OutputArgs,
     ProgressArgs,
     RuntimeArgs,
+    ThreadArgs,
     TrainingArgs,
 )
 from trt_centerpoint.artifacts import BENCH_JSON, BENCH_PNG, MANIFEST, REPORT_MD
@@ -54,6 +55,7 @@ from trt_centerpoint.stages.evaluate import run_eval
 from trt_centerpoint.stages.export import DEFAULT_MAX_FRAMES as EXPORT_FRAMES
 from trt_centerpoint.stages.export import run_export
 from trt_centerpoint.stages.infer import detections_table, run_inference
+from trt_centerpoint.threads import set_threads
 from trt_centerpoint.train.loop import TrainOptions, train
 
 EXIT_USER_ERROR = 2
@@ -246,7 +248,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def _command(sub, name: str, summary: str, description: str, func, *groups) -> argparse.ArgumentParser:
     """A subcommand: `summary` in the command list, `description` atop its --help, then the option groups."""
     p = sub.add_parser(name, help=summary, description=description)
-    for group in groups:
+    for group in (*groups, ThreadArgs()):
         group.add_to_parser(p)
     p.set_defaults(func=func)
     return p
@@ -499,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     try:
+        set_threads(ThreadArgs.read(args))
         return args.func(args)
     except UserError as exc:
         print(f"trt-centerpoint {args.command}: error: {exc}", file=sys.stderr)
