@@ -191,3 +191,19 @@ def test_engine_section_says_what_was_built_and_what_it_proves():
     assert "built with TensorRT 10.13.0.35, for the GPU model it was built on" in md
     assert "ran them here" in md and "weight-only" not in md
     assert "INT8 vs FP32 engines on 5 frames: min output cosine 0.999100 (hm_0)" in md and "`compare_trt/`" in md
+
+
+def test_latency_shows_speed_ups_only_where_int8_runs_int8_kernels(tmp_path):
+    """onnx / torch INT8 on the CPU is simulated quantization: a FP32 / INT8 ratio there is noise, not a speed-up."""
+    latency = {"onnx": {"fp32": _stages(1.0), "int8": _stages(1.4)},
+               "trt": {"fp32": _stages(0.2), "int8": _stages(0.1)},
+               "meta": {"device": "cpu"},
+               "settings": {"onnx/fp32": {"device": "cpu", "timer": "perf_counter", "torch_threads": 1},
+                            "onnx/int8": {"device": "cpu", "timer": "perf_counter", "torch_threads": 1},
+                            "trt/fp32": {"device": "cuda", "timer": "cuda_events", "torch_threads": 1},
+                            "trt/int8": {"device": "cuda", "timer": "cuda_events", "torch_threads": 1}}}
+    md = "\n".join(build_report._section_latency({"latency": latency}, {}))
+    assert "speed-up trt (FP32/INT8)" in md and "speed-up onnx" not in md
+    assert "onnx: INT8 runs as simulated quantization" in md
+    assert "Measured with (per column):" in md and "| trt/int8 " in md and "cuda_events" in md
+    assert set(latency_series(latency)) == {"onnx/fp32", "onnx/int8", "trt/fp32", "trt/int8"}

@@ -86,10 +86,10 @@ def _get(d, *keys):
 # ------------------------------------------------------------------------------------------------ latency
 
 def latency_series(latency: dict | None) -> dict[str, dict[str, dict]]:
-    """{backend: {precision: {stage: stats}}, "meta": ...} -> {"backend/precision": {stage: stats}}."""
+    """{backend: {precision: {stage: stats}}, "meta": ..., "settings": ...} -> {"backend/precision": {stage: stats}}."""
     series = {}
     for backend, per_precision in (latency or {}).items():
-        if backend == "meta" or not isinstance(per_precision, dict):
+        if backend in ("meta", "settings") or not isinstance(per_precision, dict):
             continue
         for precision, stages in per_precision.items():
             if isinstance(stages, dict) and stages:
@@ -97,11 +97,16 @@ def latency_series(latency: dict | None) -> dict[str, dict[str, dict]]:
     return series
 
 
+# Backends whose INT8 runs as simulated quantization (Q/DQ + float kernels) on the CPU: their FP32 / INT8 ratio is
+# no speed-up, only noise around 1 (the voxelizer, identical code in both, showed "1.40x" once).
+SIMULATED_INT8 = ("onnx", "torch")
+
+
 def _speedups(latency: dict) -> dict[str, dict[str, float]]:
-    """Per backend holding both fp32 and int8: {backend: {stage: fp32 median / int8 median}}."""
+    """Per backend holding both fp32 and int8 and running INT8 kernels: {backend: {stage: fp32 / int8 median}}."""
     out = {}
     for backend, per_precision in latency.items():
-        if backend == "meta" or not isinstance(per_precision, dict):
+        if backend in ("meta", "settings", *SIMULATED_INT8) or not isinstance(per_precision, dict):
             continue
         lower = {str(k).lower(): v for k, v in per_precision.items()}
         fp32, int8 = lower.get("fp32"), lower.get("int8")
@@ -254,8 +259,18 @@ def _section_latency(data: dict, pngs: dict[str, Path]) -> list[str]:
     lines.append(_md_table(headers, rows))
     p90 = [[stage, *(_num(_get(st, stage, "p90_ms"), ".2f") for st in series.values())] for stage in stages]
     lines += ["", "p90 ms:", "", _md_table(["stage", *series], p90)]
+    simulated = [b for b in SIMULATED_INT8 if b in latency]
+    if simulated:
+        lines += ["", f"{' and '.join(simulated)}: INT8 runs as simulated quantization (Q/DQ + float kernels) on the "
+                      "CPU, so no FP32 / INT8 speed-up is shown for them; an INT8 speed figure needs TensorRT on a "
+                      "GPU."]
+    settings = latency.get("settings")
     meta = latency.get("meta")
-    if meta:
+    if isinstance(settings, dict) and settings:
+        keys = sorted({k for s in settings.values() for k in s if k not in ("backend", "precision")})
+        rows = [[label, *(str(s.get(k, "")) for k in keys)] for label, s in settings.items()]
+        lines += ["", "Measured with (per column):", "", _md_table(["column", *keys], rows)]
+    elif meta:
         lines += ["", "Measured on: " + ", ".join(f"{k}={v}" for k, v in meta.items() if not isinstance(v, dict))]
     if "latency" in pngs:
         lines += ["", f"![latency]({pngs['latency'].name})"]

@@ -32,12 +32,15 @@ def latency_section(results: dict) -> dict:
     """`{backend: {precision: {stage: stats}}, "meta": {...}}` (the report's `latency`) from write_bench's
     {"backend/precision": BenchResult}."""
     section: dict = {}
+    settings: dict = {}
     meta = None
     for label, result in results.items():
         backend, precision = label.split("/")
         section.setdefault(backend, {})[precision] = {s: st.as_dict() for s, st in result.stages.items()}
         meta = meta or result.meta
+        settings[label] = {k: v for k, v in result.meta.items() if not isinstance(v, dict)}
     section["meta"] = meta or {}
+    section["settings"] = settings  # per column: each backend x precision was measured on its own
     return section
 
 
