@@ -412,6 +412,9 @@ def test_a_non_empty_folder_is_refused_unless_forced(tmp_path):
     assert sorted(p.stem for p in (tmp_path / "ds" / "points").iterdir()) == meta["stems"]  # no stale frames
     assert len(LabeledFrames(tmp_path / "ds", 5)) == 2
     assert [p.name for p in tmp_path.iterdir()] == ["ds"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "ds").stat().st_mode) == 0o777 & ~umask  # not mkdtemp's 0700
 
 
 def test_readers_refuse_frames_that_disagree_with_meta(tmp_path):

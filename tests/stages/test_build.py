@@ -74,7 +74,8 @@ def test_first_build_writes_every_artifact_and_the_report_keys(built):
             assert layers["builder"] == "tensorrt-rtx" and layers["strongly_typed"], name
         assert data["stages"]["engine_fp32"]["status"] == "ran" and data["stages"]["engine_int8"]["status"] == "ran"
         assert data["engine"]["builder"] == "tensorrt-rtx" and not data["engine"]["runnable"]
-        assert set(data["latency"]) == {"onnx", "meta"}  # not benched: an RTX engine needs an RTX GPU
+        assert set(data["latency"]) == {"onnx", "meta", "settings"}  # not benched: an RTX engine needs an RTX GPU
+        assert set(data["latency"]["settings"]) == {"onnx/fp32", "onnx/int8"}
         assert "not an INT8 latency figure" in (out / "report.md").read_text()
     report = json.loads((out / "report.json").read_text())
     assert isinstance(report["accuracy"]["fp32"]["mAP"], float) and isinstance(report["accuracy"]["int8"]["mAP"], float)
