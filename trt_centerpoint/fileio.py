@@ -27,18 +27,11 @@ NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 def ensure_dir(path: str | Path, what: str = "output folder") -> Path:
     """Create `path` (and its parents) or say in one line why it cannot be: checked before a command starts its
     work, so a bad --out fails in a second, not after minutes of export."""
-    path = Path(path)
+    path = check_output_dir(path, what)
     try:
         path.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise UserError(f"{path}: the {what} is a file, not a folder") from None
-    except NotADirectoryError:
-        blocker = next((p for p in path.parents if p.is_file()), path.parent)
-        raise UserError(f"{path}: cannot create the {what}: {blocker} is a file, not a folder") from None
-    except OSError as exc:
+    except OSError as exc:  # e.g. a race with another process, or a read-only file system
         raise UserError(f"{path}: cannot create the {what}: {exc.strerror or exc}") from None
-    if not os.access(path, os.W_OK):
-        raise UserError(f"{path}: the {what} is not writable")
     return path
 
 
@@ -98,6 +91,29 @@ def atomic_path(path: str | Path, size: int | None = None) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path, replace: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary folder next to `path`; on success it becomes `path` (an existing one is replaced
+    only once the new one is complete, with `replace`), on failure it is removed: a folder appears whole or not
+    at all. Its mode is the usual 0777 & ~umask, not mkdtemp's 0700."""
+    path = Path(path)
+    ensure_dir(path.parent, "parent folder")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_UMASK)
+        if path.is_dir() and replace:
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            path.rename(old / path.name)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_files_together(folder: str | Path, files: dict[str, bytes]) -> list[Path]:

@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from trt_centerpoint.cli import main
-from trt_centerpoint.runtime.trt import parser as parser_module
+from trt_centerpoint.runtime.trt.env import tensorrt_status
 from trt_centerpoint.runtime.trt.parser import nvidia_parser, parse_onnx
 from trt_centerpoint.stages.check import check_files, exit_status
 
@@ -116,5 +116,5 @@ def test_tensorrt_without_a_gpu_falls_back_to_rtx(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     parser, reason = nvidia_parser()
     assert parser is not None and parser.name == "TensorRT-RTX"
-    trt, why = parser_module._tensorrt_with_builder()
-    assert trt is None and "TensorRT 10.13.0 cannot create a builder" in why
+    trt, why = tensorrt_status(check_gpu=True)  # the same check `--builder auto` makes
+    assert trt is None and "TensorRT 10.13.0 is installed but cannot create a builder" in why

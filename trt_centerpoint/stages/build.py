@@ -257,7 +257,7 @@ class _Build:
             if findings:
                 raise UserError(f"check: {findings[0]} ({len(findings)} finding(s); `trt-centerpoint check` lists "
                                 "them)")
-            parsed = sorted({c.parser.split(" parser:")[0] for c in checks if c.kind == "onnx"})
+            parsed = sorted({c.parsed_by or c.parser for c in checks if c.kind == "onnx"})
             for c in checks:
                 self._sublog(f"{c.path.name}: ok ({c.kind}; {c.parser})")
             return StageOutcome([], f"{len(files)} files, no lint findings; NVIDIA parser: {', '.join(parsed)}",

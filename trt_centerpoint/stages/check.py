@@ -27,6 +27,7 @@ class FileCheck:
     kind: str = ""  # "scn" (libspconv dialect) or "onnx" (standard ONNX for TensorRT)
     findings: list[str] = field(default_factory=list)  # lint lines, then parser lines
     parser: str = ""  # "TensorRT-RTX 1.7.1.116 parser: 84 layers", or why it did not run
+    parsed_by: str = ""  # "TensorRT-RTX 1.7.1.116" when NVIDIA's parser ran
     error: str = ""  # the file could not be read
 
     @property
@@ -49,6 +50,7 @@ def _parse(check: FileCheck, parser: NvidiaParser | None, unavailable: str) -> N
         check.parser = f"NVIDIA parser unavailable: {unavailable}"
         return
     result: ParseResult = parse_onnx(check.path, parser)
+    check.parsed_by = result.parser
     check.parser = f"{result.parser} parser: {result.layers} layers"
     check.findings += [e.line(str(check.path), result.parser) for e in result.errors]
 

@@ -228,12 +228,17 @@ def _export_scn_fp16(model, cfg: ModelConfig, fused, fusion_line: str, plan, val
                               "node_paths": scn.node_paths})
 
 
+def _log_passes_and_lint(name: str, rpn, log) -> None:
+    """Each graphsurgeon pass in a line, then the lint (a finding stops the export)."""
+    for report in rpn.passes:
+        log(f"{name}: {report.line()}")
+    _require_clean(name, rpn.model)
+
+
 def _export_rpn_head_fp32(model, cfg: ModelConfig, bevs, log) -> ExportedFile:
     """`rpn_head.fp32.onnx`: lint + ONNX Runtime vs PyTorch + Polygraphy's comparison."""
     rpn = export_rpn_head(model, cfg)
-    for report in rpn.passes:
-        log(f"{RPN_HEAD_FP32}: {report.line()}")
-    _require_clean(RPN_HEAD_FP32, rpn.model)
+    _log_passes_and_lint(RPN_HEAD_FP32, rpn, log)
     figures = validate_rpn_head(rpn, model, bevs)
     log(f"{RPN_HEAD_FP32}: ONNX Runtime vs PyTorch on {figures['frames']} BEV map(s): "
         f"max abs error {figures['max_abs_error']:.3g} ({figures['max_scaled_error']:.3g} relative to "
@@ -247,9 +252,7 @@ def _export_rpn_head_fp32(model, cfg: ModelConfig, bevs, log) -> ExportedFile:
 def _int8_head(name: str, qmodel, cfg: ModelConfig, bevs, log, **options):
     """Export one INT8 head file (options: fp16, fp16_io), print its pass log, lint and validate it."""
     rpn = export_rpn_head_int8(qmodel, cfg, **options)
-    for report in rpn.passes:
-        log(f"{name}: {report.line()}")
-    _require_clean(name, rpn.model)
+    _log_passes_and_lint(name, rpn, log)
     figures = validate_rpn_head_int8(rpn, qmodel, bevs)
     log(f"{name}: ONNX Runtime vs PyTorch fake-quant head on {len(bevs)} BEV map(s): worst median abs error "
         f"{figures['max_median_abs_error']:.3g} layer by layer (tolerance {figures['tolerance']:g}), max abs error "

@@ -46,9 +46,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -59,7 +56,7 @@ from tqdm import tqdm
 from trt_centerpoint.data.synth.scene import CLASSES, Layout, SceneConfig, sample_layout
 from trt_centerpoint.data.synth.sensor import SensorConfig, Sweep, cast_sweep
 from trt_centerpoint.errors import UserError
-from trt_centerpoint.fileio import atomic_write_bytes
+from trt_centerpoint.fileio import atomic_dir, atomic_write_bytes
 
 __all__ = [
     "CLASSES",
@@ -212,31 +209,8 @@ def write_dataset(out_dir, frames: int, seed: int, config=None, progress: bool =
         raise UserError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise UserError(f"{out}: exists and is not empty; give --force to replace it (a data set is written whole)")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    except OSError as exc:
-        raise UserError(f"{out}: cannot create the dataset folder: {exc.strerror or exc}") from None
-    try:
-        meta = _write_frames(tmp, frames, seed, config, progress, sensor, scene, start_index)
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a data set is as readable as any folder
-        if out.is_dir():  # force: the old data set goes only once the new one is complete
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            out.rename(old / out.name)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return meta
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    with atomic_dir(out, replace=force) as tmp:
+        return _write_frames(tmp, frames, seed, config, progress, sensor, scene, start_index)
 
 
 def _write_frames(out: Path, frames: int, seed: int, config, progress: bool, sensor: SensorConfig | None,

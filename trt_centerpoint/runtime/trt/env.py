@@ -61,24 +61,31 @@ def polygraphy_rtx_config():
     return import_optional("polygraphy.backend.tensorrt_rtx").CreateConfigRTX
 
 
+def _module_status(builder: str, hint: str, minimum: tuple[int, int]):
+    """(module or None, reason) for `builder` ("tensorrt" / "tensorrt-rtx"): importable and new enough."""
+    name, module = BUILDER_NAMES[builder], BUILDER_MODULES[builder]
+    try:
+        lib = import_optional(module)
+    except Exception as exc:  # ImportError, OSError (libnvinfer / libtensorrt_rtx missing), RuntimeError, ...
+        return None, import_failure(module, exc, hint)
+    version = getattr(lib, "__version__", "?")
+    try:
+        too_old = parse_version(version) < minimum
+    except ValueError:
+        return None, f"{name} reports an unreadable version {version!r}"
+    if too_old:
+        return None, f"{name} {version} is too old (trt-centerpoint needs {name} >= {minimum[0]}.{minimum[1]})"
+    return lib, f"{name} {version}"
+
+
 def tensorrt_status(check_gpu: bool = False):
     """(module or None, reason). The reason says what was found or, in one line, why TensorRT is unusable."""
-    try:
-        trt = import_optional("tensorrt")
-    except Exception as exc:  # ImportError, OSError (libnvinfer missing), RuntimeError (CUDA init), ...
-        return None, import_failure("tensorrt", exc, INSTALL_HINT)
-    version = getattr(trt, "__version__", "?")
-    try:
-        too_old = parse_version(version) < MIN_TRT_VERSION
-    except ValueError:
-        return None, f"TensorRT reports an unreadable version {version!r}"
-    if too_old:
-        return None, f"TensorRT {version} is too old (trt-centerpoint needs TensorRT >= 10.0)"
-    if check_gpu:
+    trt, reason = _module_status("tensorrt", INSTALL_HINT, MIN_TRT_VERSION)
+    if trt is not None and check_gpu:
         problem = _probe_builder(trt)
         if problem:
-            return None, f"TensorRT {version} is installed but {problem}"
-    return trt, f"TensorRT {version}"
+            return None, f"{reason} is installed but {problem}"
+    return trt, reason
 
 
 def _probe_builder(trt) -> str | None:
@@ -114,18 +121,7 @@ def require_tensorrt(purpose: str):
 
 def tensorrt_rtx_status():
     """(``tensorrt_rtx`` or None, reason). No GPU check: TensorRT-RTX builds ahead of time without one."""
-    try:
-        rtx = import_optional("tensorrt_rtx")
-    except Exception as exc:  # ImportError, OSError (libtensorrt_rtx missing), ...
-        return None, import_failure("tensorrt_rtx", exc, RTX_INSTALL_HINT)
-    version = getattr(rtx, "__version__", "?")
-    try:
-        too_old = parse_version(version) < MIN_RTX_VERSION
-    except ValueError:
-        return None, f"TensorRT-RTX reports an unreadable version {version!r}"
-    if too_old:
-        return None, f"TensorRT-RTX {version} is too old (trt-centerpoint needs TensorRT-RTX >= 1.0)"
-    return rtx, f"TensorRT-RTX {version}"
+    return _module_status("tensorrt-rtx", RTX_INSTALL_HINT, MIN_RTX_VERSION)
 
 
 def resolve_builder(requested: str = "auto") -> tuple[str | None, str]:

@@ -16,13 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trt_centerpoint._compat.optional import import_failure, import_optional
+from trt_centerpoint.runtime.trt.env import BUILDER_NAMES, require_builder, resolve_builder
 
 __all__ = ["NvidiaParser", "ParseResult", "ParserError", "nvidia_parser", "parse_onnx"]
-
-RTX_HINT = "pip install 'trt-centerpoint[rtx]'"
-TRT_HINT = "pip install 'trt-centerpoint[trt]' on a machine with an NVIDIA GPU"
-
 
 @dataclass(frozen=True)
 class ParserError:
@@ -78,31 +74,13 @@ def _collecting_logger(trt, sink: list[str]):
     return Collect()
 
 
-def _tensorrt_with_builder():
-    """`tensorrt` when it imports and can create a builder here; else (None, reason)."""
-    try:
-        trt = import_optional("tensorrt")
-    except Exception as exc:  # ImportError, OSError (libnvinfer missing), ...
-        return None, import_failure("tensorrt", exc, TRT_HINT)
-    try:
-        builder = trt.Builder(_collecting_logger(trt, []))
-    except Exception as exc:  # no GPU / driver: TensorRT cannot create a builder
-        return None, f"TensorRT {getattr(trt, '__version__', '?')} cannot create a builder ({exc})"
-    if builder is None:
-        return None, f"TensorRT {getattr(trt, '__version__', '?')} cannot create a builder (no GPU?)"
-    return trt, ""
-
-
 def nvidia_parser() -> tuple[NvidiaParser | None, str]:
-    """(the parser to use, "") or (None, why neither TensorRT nor TensorRT-RTX can parse here)."""
-    trt, trt_reason = _tensorrt_with_builder()
-    if trt is not None:
-        return NvidiaParser(trt, "TensorRT"), ""
-    try:
-        rtx = import_optional("tensorrt_rtx")
-    except Exception as exc:
-        return None, f"{trt_reason}; {import_failure('tensorrt_rtx', exc, RTX_HINT)}"
-    return NvidiaParser(rtx, "TensorRT-RTX"), ""
+    """(the parser to use, "") or (None, why neither TensorRT nor TensorRT-RTX can parse here): the library
+    `--builder auto` would build with."""
+    builder, reason = resolve_builder("auto")
+    if builder is None:
+        return None, reason
+    return NvidiaParser(require_builder(builder, "parse ONNX"), BUILDER_NAMES[builder]), ""
 
 
 def _strongly_typed_flags(trt) -> int:
