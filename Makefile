@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check $(TORCH_PIN)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[cpu,test,rtx]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[cpu,test,rtx,nuscenes]"
 	touch $(STAMP)
 
 # one thread: as fast as two on an idle 2-core machine, and several times faster when other jobs share the

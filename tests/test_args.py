@@ -23,8 +23,8 @@ from trt_centerpoint.args import (
 from trt_centerpoint.quant.calibrate import METHODS
 from trt_centerpoint.quant.quantize import DEFAULT_SKIP
 
-COMMANDS = ("infer", "synth", "train", "eval", "ptq", "qat", "sensitivity", "engine", "export", "compare", "bench",
-            "build", "check")
+COMMANDS = ("infer", "synth", "convert", "init-checkpoint", "train", "eval", "ptq", "qat", "sensitivity", "engine",
+            "export", "compare", "bench", "build", "check")
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +145,8 @@ def test_infer_wires_backend_precision_and_artifacts(monkeypatch, capsys):
                      "--quiet"]) == 0
     (args, kwargs), = calls
     assert args == ("synthetic_small", None, "p")
-    assert kwargs == {"out": None, "backend": "onnx", "precision": "int8", "artifacts": "b", "progress": False}
+    assert kwargs == {"out": None, "backend": "onnx", "precision": "int8", "artifacts": "b", "progress": False,
+                      "allow_overflow": False}
     assert "f: 0 detections" in capsys.readouterr().out
 
 

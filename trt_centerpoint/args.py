@@ -18,6 +18,9 @@ from dataclasses import dataclass
 
 from trt_centerpoint.artifacts import PRECISIONS
 from trt_centerpoint.config import bundled_names
+from trt_centerpoint.data.nuscenes import DEFAULT_SWEEPS, SPLITS, NuScenesSelection, is_dataroot
+from trt_centerpoint.data.points import POINT_LAYOUTS
+from trt_centerpoint.errors import UserError
 from trt_centerpoint.quant.calibrate import METHODS
 from trt_centerpoint.runtime.pipeline import BACKENDS
 from trt_centerpoint.runtime.trt.build import RTX_DEFAULT_TARGETS
@@ -157,20 +160,79 @@ class FrameArgs:
                       getattr(args, "eval_frames", None))
 
 
+# --- nuScenes dataroot: --version, --split, --sweeps
+
+
+@dataclass(frozen=True)
+class NuScenesChoice:
+    version: str | None = None  # None: the dataroot's only version
+    split: str | None = None
+    sweeps: int | None = None  # None: DEFAULT_SWEEPS
+
+    def selection(self, dataroot: str) -> NuScenesSelection:
+        return NuScenesSelection(dataroot, self.version, self.split,
+                                 DEFAULT_SWEEPS if self.sweeps is None else self.sweeps)
+
+    def sources(self, *paths: str | None) -> list[str | NuScenesSelection | None]:
+        """Each path as given, or the selection it names when it is a nuScenes dataroot; --version / --split /
+        --sweeps without any dataroot among `paths` is an error (they would be ignored)."""
+        out = [self.selection(p) if p is not None and is_dataroot(p) else p for p in paths]
+        options = [flag for flag, value in (("--version", self.version), ("--split", self.split),
+                                            ("--sweeps", self.sweeps)) if value is not None]
+        if options and not any(isinstance(o, NuScenesSelection) for o in out):
+            given = ", ".join(str(p) for p in paths if p is not None)
+            raise UserError(f"{' / '.join(options)}: only for a nuScenes dataroot (a folder with v1.0-*/sample.json); "
+                            f"{given + ' is not one' if given else 'no data option was given'}")
+        return out
+
+
+class NuScenesArgs:
+    """`--version`, `--split`, `--sweeps`: what a data option that is a nuScenes dataroot (a folder with
+    v1.0-*/sample.json) reads, on the fly, with the nuScenes devkit. Errors are one line, so no argparse choices."""
+
+    def add_to_parser(self, parser: argparse.ArgumentParser) -> None:
+        splits = ", ".join(f"{', '.join(names)} ({version})" for version, names in SPLITS.items())
+        group = parser.add_argument_group("nuScenes dataroot", "for a data option that is a nuScenes dataroot (a "
+                                          "folder with v1.0-*/sample.json), read with the nuScenes devkit")
+        group.add_argument("--version", metavar="VERSION",
+                           help=f"its table folder: {', '.join(SPLITS)} (default: the dataroot's only one)")
+        group.add_argument("--split", metavar="SPLIT", help=f"the split to read (required): {splits}")
+        group.add_argument("--sweeps", type=int, metavar="N",
+                           help=f"LIDAR_TOP sweeps stacked per sample, the key frame first (default "
+                                f"{DEFAULT_SWEEPS})")
+
+    @staticmethod
+    def read(args: argparse.Namespace) -> NuScenesChoice:
+        return NuScenesChoice(getattr(args, "version", None), getattr(args, "split", None),
+                              getattr(args, "sweeps", None))
+
+
+def add_point_layout(parser: argparse.ArgumentParser) -> None:
+    """`--point-layout`: what the point files hold (`data.points`); the CLI applies it to every read of a run."""
+    parser.add_argument("--point-layout", choices=POINT_LAYOUTS, default="auto",
+                        help="auto: the config's columns (x, y, z, intensity 0..255, time lag), or one raw nuScenes "
+                             "sweep for *.pcd.bin; kitti: KITTI velodyne float32 x 4, intensity 0..1 (scaled by 255, "
+                             "time lag 0) (default auto)")
+
+
 # --- data: --data, --calib-data, --eval-data, --artifacts
 
 
 @dataclass(frozen=True)
 class DataPaths:
-    data: str | None = None
-    calib_data: str | None = None
-    eval_data: str | None = None
+    """The data options as given; each of data / calib_data / eval_data is a `NuScenesSelection` when it names a
+    nuScenes dataroot."""
+
+    data: str | NuScenesSelection | None = None
+    calib_data: str | NuScenesSelection | None = None
+    eval_data: str | NuScenesSelection | None = None
     artifacts: str | None = None
 
 
 class DataArgs:
     """The input folders a command reads. Each keyword is that option's help text (None: not taken); the
-    names in `required` must be given."""
+    names in `required` must be given. Commands that read frames also take `NuScenesArgs`: any of --data,
+    --calib-data, --eval-data may be a nuScenes dataroot."""
 
     FLAGS = {"data": "--data", "calib_data": "--calib-data", "eval_data": "--eval-data", "artifacts": "--artifacts"}
 
@@ -185,11 +247,20 @@ class DataArgs:
     def add_to_parser(self, parser: argparse.ArgumentParser) -> None:
         for name, help in self.helps.items():
             if help is not None:
-                parser.add_argument(self.FLAGS[name], required=name in self.required, metavar="DIR", help=help)
+                frames = name != "artifacts"
+                parser.add_argument(self.FLAGS[name], required=name in self.required, metavar="DIR",
+                                    help=f"{help}; or a nuScenes dataroot (with --split)" if frames else help)
+        if any(self.helps[name] is not None for name in ("data", "calib_data", "eval_data")):
+            NuScenesArgs().add_to_parser(parser)
+            add_point_layout(parser)
 
     @staticmethod
     def read(args: argparse.Namespace) -> DataPaths:
-        return DataPaths(*(getattr(args, name, None) for name in DataArgs.FLAGS))
+        names = ("data", "calib_data", "eval_data")
+        paths = [getattr(args, name, None) for name in names]
+        if any(hasattr(args, name) for name in names):  # a command that reads frames (not only --artifacts)
+            paths = NuScenesArgs.read(args).sources(*paths)
+        return DataPaths(*paths, getattr(args, "artifacts", None))
 
 
 # --- output: --out
@@ -250,6 +321,24 @@ class RuntimeArgs:
             return tuple(value) if isinstance(value, (list, tuple)) else (value,)
 
         return RuntimeChoice(as_tuple(args.backend), as_tuple(args.precision))
+
+
+# --- output_bound overflows: commands that run the exported scn file
+
+
+class OverflowArgs:
+    """`--allow-overflow`: run on even when a frame needs more voxels than a sparse conv's output_bound (libspconv
+    would drop them); without it that is an error naming the layer."""
+
+    @staticmethod
+    def add_to_parser(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--allow-overflow", action="store_true",
+                            help="with the exported files (onnx / trt): warn instead of stopping when a frame needs "
+                                 "more voxels than a sparse conv's output_bound (default: stop with an error)")
+
+    @staticmethod
+    def read(args: argparse.Namespace) -> bool:
+        return bool(getattr(args, "allow_overflow", False))
 
 
 # --- threads: every command
@@ -335,5 +424,6 @@ class TrainingArgs:
 
 __all__ = [
     "DataArgs", "DataPaths", "FrameArgs", "FrameCount", "Frames", "MethodArgs", "ModelArgs", "ModelChoice",
-    "OutputArgs", "ProgressArgs", "RuntimeArgs", "RuntimeChoice", "TrainingArgs", "TrainingChoice", "add_option",
+    "NuScenesArgs", "NuScenesChoice", "OutputArgs", "ProgressArgs", "RuntimeArgs", "RuntimeChoice", "TrainingArgs",
+    "TrainingChoice", "add_option",
 ]

@@ -23,18 +23,27 @@ from trt_centerpoint.args import (
     FrameCount,
     MethodArgs,
     ModelArgs,
+    NuScenesArgs,
     OutputArgs,
+    OverflowArgs,
     ProgressArgs,
     RuntimeArgs,
     ThreadArgs,
     TrainingArgs,
+    add_point_layout,
 )
 from trt_centerpoint.artifacts import BENCH_JSON, BENCH_PNG, MANIFEST, REPORT_MD
 from trt_centerpoint.config import load_config
-from trt_centerpoint.data.synth.dataset import write_dataset
+from trt_centerpoint.data.nuscenes.convert import convert_nuscenes
+from trt_centerpoint.data.nuscenes.synth import DEFAULT_SAMPLES_PER_SCENE, DEFAULT_SCENES, write_nuscenes
+from trt_centerpoint.data.points import set_point_layout
+from trt_centerpoint.data.synth.dataset import unknown_classes, write_dataset
 from trt_centerpoint.errors import UserError
 from trt_centerpoint.eval.ap import format_table
+from trt_centerpoint.eval.compare import DEFAULT_RUN_RESULTS_MB
 from trt_centerpoint.export.scn.output_bound import DEFAULT_MARGIN
+from trt_centerpoint.fileio import ensure_parent
+from trt_centerpoint.model.random_init import save_random_checkpoint
 from trt_centerpoint.quant.ptq import DEFAULT_NUM_FRAMES as PTQ_FRAMES
 from trt_centerpoint.quant.ptq import run_ptq
 from trt_centerpoint.quant.qat import OBJECTIVES, QATOptions, run_qat
@@ -51,7 +60,7 @@ from trt_centerpoint.stages.check import check_files, exit_status
 from trt_centerpoint.stages.compare import BACKENDS as COMPARE_BACKENDS
 from trt_centerpoint.stages.compare import DEFAULT_MAX_FRAMES as COMPARE_FRAMES
 from trt_centerpoint.stages.compare import run_compare, summary_lines
-from trt_centerpoint.stages.evaluate import run_eval
+from trt_centerpoint.stages.evaluate import METRICS, eval_notes, run_eval
 from trt_centerpoint.stages.export import DEFAULT_MAX_FRAMES as EXPORT_FRAMES
 from trt_centerpoint.stages.export import run_export
 from trt_centerpoint.stages.infer import detections_table, run_inference
@@ -79,9 +88,10 @@ def _require_checkpoint_for_torch(backend: str, checkpoint: str | None) -> None:
 def cmd_infer(args: argparse.Namespace) -> int:
     model, runtime = ModelArgs.read(args), RuntimeArgs.read(args)
     _require_checkpoint_for_torch(runtime.backend, model.checkpoint)
-    results = run_inference(model.config, model.checkpoint, args.points, out=args.out, backend=runtime.backend,
+    points = NuScenesArgs.read(args).sources(args.points)[0]
+    results = run_inference(model.config, model.checkpoint, points, out=args.out, backend=runtime.backend,
                             precision=runtime.precision, artifacts=DataArgs.read(args).artifacts,
-                            progress=ProgressArgs.read(args))
+                            progress=ProgressArgs.read(args), allow_overflow=OverflowArgs.read(args))
     for stem, dets in results.items():
         print(f"{stem}: {len(dets)} detections")
         if dets:
@@ -92,9 +102,31 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    write_dataset(args.out, frames=args.frames, seed=args.seed, config=load_config(ModelArgs.read(args).config),
-                  progress=ProgressArgs.read(args), force=args.force)
+    if args.format == "nuscenes":
+        made = write_nuscenes(args.out, version=args.version, scenes=args.scenes,
+                              samples_per_scene=args.samples_per_scene, seed=args.seed,
+                              progress=ProgressArgs.read(args), force=args.force)
+        print(f"wrote a synthetic nuScenes {made['version']} dataroot to {args.out}: {len(made['scenes'])} scene(s) "
+              f"({', '.join(made['scenes'])}), {made['samples']} samples, {made['sweeps']} LIDAR_TOP sweeps, "
+              f"{made['annotations']} annotations")
+        return 0
+    cfg = load_config(ModelArgs.read(args).config)
+    unknown = unknown_classes(cfg)
+    if unknown and len(unknown) < len(cfg.class_names):
+        known = [n for n in cfg.class_names if n not in unknown]
+        print(f"config {cfg.name}: labeling {', '.join(known)} only; the generator cannot make "
+              f"{', '.join(unknown)} ({len(unknown)} classes)")
+    write_dataset(args.out, frames=args.frames, seed=args.seed, config=cfg, progress=ProgressArgs.read(args),
+                  force=args.force)
     print(f"wrote {args.frames} frames to {args.out} (points/, labels/)")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    selection = NuScenesArgs.read(args).selection(args.dataroot)
+    meta = convert_nuscenes(selection, args.out, force=args.force, progress=ProgressArgs.read(args))
+    what = "points/, labels/, meta.json" if selection.labeled else "points/, meta.json"
+    print(f"wrote {len(meta['stems'])} samples of {selection} to {args.out} ({what})")
     return 0
 
 
@@ -109,13 +141,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_init_checkpoint(args: argparse.Namespace) -> int:
+    cfg = load_config(ModelArgs.read(args).config)
+    ensure_parent(args.out, "checkpoint")
+    meta = save_random_checkpoint(cfg, args.out, seed=args.seed)
+    print(f"wrote {args.out} ({cfg.name}, {meta['init']['parameters']:,} parameters, random init seed {args.seed}: "
+          "detections are noise, for size / time / memory runs)")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     model, runtime, data = ModelArgs.read(args), RuntimeArgs.read(args), DataArgs.read(args)
-    _require_checkpoint_for_torch(runtime.backend, model.checkpoint)
+    if args.detections is None:
+        _require_checkpoint_for_torch(runtime.backend, model.checkpoint)
     metrics = run_eval(load_config(model.config), model.checkpoint, data.data, out=args.out,
                        dump_detections=args.dump_detections, backend=runtime.backend, precision=runtime.precision,
-                       progress=ProgressArgs.read(args), artifacts=data.artifacts)
+                       progress=ProgressArgs.read(args), artifacts=data.artifacts, metric=args.metric,
+                       detections=args.detections, allow_overflow=OverflowArgs.read(args))
     print(format_table(metrics))
+    for line in eval_notes(metrics):
+        print(line)
     for path in (args.out, args.dump_detections):
         if path:
             print(f"wrote {path}")
@@ -190,7 +235,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     record = run_export(model.config, model.checkpoint, args.out,
                                      calib_data=DataArgs.read(args).calib_data, max_frames=FrameArgs.read(args).frames,
                                      margin=args.bound_margin, fp16=args.fp16, fp16_io=args.fp16_io,
-                                     log=print if ProgressArgs.read(args) else _silent)
+                                     log=print if ProgressArgs.read(args) else _silent,
+                                     output_bound=args.output_bound)
     for name, digest in record["outputs"].items():
         print(f"wrote {Path(args.out) / name} (sha256 {digest[:12]})")
     print(f"wrote {Path(args.out) / MANIFEST} (stage export)")
@@ -202,7 +248,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     figures = run_compare(load_config(model.config), data.artifacts, data.data, out=args.out,
                                         checkpoint=model.checkpoint, max_frames=FrameArgs.read(args).frames,
                                         save_frames=args.save_frames, progress=ProgressArgs.read(args),
-                                        backend=args.backend)
+                                        backend=args.backend, allow_overflow=OverflowArgs.read(args),
+                                        run_results_mb=args.run_results_mb)
     for line in summary_lines(figures, args.out or data.artifacts):
         print(line)
     return 0
@@ -212,7 +259,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     model, data, runtime = ModelArgs.read(args), DataArgs.read(args), RuntimeArgs.read(args)
     run_bench(load_config(model.config), data.artifacts, data.data, out=args.out, backends=list(runtime.backends),
               precisions=list(runtime.precisions), checkpoint=model.checkpoint, iterations=args.iterations,
-              warmup=args.warmup, progress=ProgressArgs.read(args))
+              warmup=args.warmup, progress=ProgressArgs.read(args), allow_overflow=OverflowArgs.read(args),
+              max_seconds=args.max_seconds)
     out = args.out or data.artifacts
     print(f"wrote {out}/{BENCH_JSON} and {out}/{BENCH_PNG}")
     return 0
@@ -225,7 +273,8 @@ def cmd_build(args: argparse.Namespace) -> int:
                         eval_data=data.eval_data, out=args.out, qat=args.qat, method=MethodArgs.read(args),
                         calib_frames=frames.calib, eval_frames=frames.eval, bench_iterations=args.iterations,
                         progress=ProgressArgs.read(args), builder=builder.builder,
-                        compute_capabilities=builder.compute_capabilities)
+                        compute_capabilities=builder.compute_capabilities,
+                        allow_overflow=OverflowArgs.read(args))
     report = run_build(opts)
     print(summary_table(report))
     ran = [name for name, s in report["stages"].items() if s["status"] == "ran"]
@@ -269,29 +318,66 @@ def build_parser() -> argparse.ArgumentParser:
                  cmd_infer,
                  ModelArgs(checkpoint="optional", checkpoint_help="det3d-layout checkpoint (.pth); needed by the "
                                                                   "torch backend"),
-                 RuntimeArgs(),
+                 RuntimeArgs(), OverflowArgs(),
                  DataArgs(artifacts="build folder holding the exported files (onnx / trt backends)"),
                  OutputArgs("write detections JSON here ({frame stem: [{box, score, name}, ...]}) (default: "
                             "print only)", required=False),
-                 progress)
-    p.add_argument("--points", required=True, help="a .bin / .npy point cloud, or a folder of them")
+                 NuScenesArgs(), progress)
+    p.add_argument("--points", required=True,
+                   help="a .bin / .npy point cloud, a folder of them, or a nuScenes dataroot (with --split)")
+    add_point_layout(p)
     p.add_argument("--show", type=int, default=DEFAULT_SHOW,
                    help=f"rows of the table printed per frame (default {DEFAULT_SHOW})")
 
-    p = _command(sub, "synth", "generate a labeled synthetic LiDAR data set (points/*.bin, labels/*.json)",
+    p = _command(sub, "synth", "generate a labeled synthetic LiDAR data set (points/*.bin, labels/*.json, or a "
+                               "nuScenes dataroot)",
                  "Generate a labeled synthetic LiDAR data set: points/*.bin and labels/*.json, deterministic per "
-                 "(seed, frame index).",
+                 "(seed, frame index); or (--format nuscenes) a synthetic nuScenes dataroot that the nuScenes devkit "
+                 "loads: scenes of 20 Hz LIDAR_TOP sweeps with 2 Hz annotated samples, deterministic per seed.",
                  cmd_synth,
                  OutputArgs("output folder"),
-                 ModelArgs(checkpoint=None, config_help="config whose point cloud range and classes to use"),
+                 ModelArgs(checkpoint=None, config_help="folder format: config whose point cloud range and classes "
+                                                        "to use"),
                  progress)
+    p.add_argument("--format", choices=("folder", "nuscenes"), default="folder",
+                   help="folder: points/, labels/, meta.json; nuscenes: a nuScenes dataroot (v1.0-*/ tables, "
+                        "samples/, sweeps/, maps/) (default folder)")
     p.add_argument("--frames", type=int, default=DEFAULT_SYNTH_FRAMES, metavar="N",
-                   help=f"frames to generate (default {DEFAULT_SYNTH_FRAMES})")
+                   help=f"folder format: frames to generate (default {DEFAULT_SYNTH_FRAMES})")
     p.add_argument("--seed", type=int, default=0,
-                   help="data set seed; frames are deterministic per (seed, index) (default 0)")
+                   help="data set seed; frames are deterministic per (seed, index), scenes per (seed, scene) "
+                        "(default 0)")
     p.add_argument("--force", action="store_true",
                    help="replace a non-empty --out folder (default: refuse it; the data set is written whole into a "
                         "temporary folder and renamed, so old and new frames never mix)")
+    p.add_argument("--version", default="v1.0-mini",
+                   help="nuscenes format: the table folder, whose split lists name the scenes (validation split "
+                        "first) (default v1.0-mini)")
+    p.add_argument("--scenes", type=int, default=DEFAULT_SCENES, metavar="N",
+                   help=f"nuscenes format: scenes (default {DEFAULT_SCENES}: v1.0-mini's mini_val)")
+    p.add_argument("--samples-per-scene", type=int, default=DEFAULT_SAMPLES_PER_SCENE, metavar="K",
+                   help=f"nuscenes format: annotated samples (2 Hz) per scene (default {DEFAULT_SAMPLES_PER_SCENE})")
+
+    p = _command(sub, "convert", "convert a nuScenes split to labeled frames (points/, labels/, meta.json)",
+                 "Convert a split of a nuScenes dataroot into a folder every command reads: per sample, the "
+                 "stacked LIDAR_TOP sweeps (float32 x, y, z, intensity, time lag) and its boxes in the LiDAR frame, "
+                 "with meta.json (sample tokens, poses). Read with the nuScenes devkit, as a dataroot given "
+                 "to --data is.",
+                 cmd_convert,
+                 OutputArgs("output folder: points/<sample token>.bin, labels/<sample token>.json, meta.json"),
+                 NuScenesArgs(), progress)
+    p.add_argument("format", choices=("nuscenes",), help="the data set's format: nuscenes")
+    p.add_argument("--dataroot", required=True, help="the nuScenes dataroot (v1.0-*/ tables, samples/, sweeps/)")
+    p.add_argument("--force", action="store_true",
+                   help="replace a non-empty --out folder (default: refuse it; the folder is written whole)")
+
+    p = _command(sub, "init-checkpoint", "write a random-init checkpoint of a config (det3d layout)",
+                 "Write a randomly initialised checkpoint of a config in det3d's layout, to run the whole chain at the "
+                 "config's real size (time, memory, file sizes) without trained weights; its detections are noise.",
+                 cmd_init_checkpoint,
+                 ModelArgs(checkpoint=None, config_help="config to initialise"),
+                 OutputArgs("checkpoint to write (.pth)"))
+    p.add_argument("--seed", type=int, default=0, help="torch seed of the initialisation (default 0)")
 
     t = TrainOptions()
     p = _command(sub, "train", "train a config on labeled frames (CenterPoint loss, resumable)",
@@ -309,17 +395,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "eval", "score a model on labeled frames (nuScenes-style AP, mAP)",
                  "Score a model on labeled frames: nuScenes-style AP per class and mAP, for the PyTorch model or "
-                 "the exported files of a build folder.",
+                 "the exported files of a build folder, or an existing detection JSON (--detections); with "
+                 "--metric nuscenes the nuScenes devkit scores it (mAP, NDS).",
                  cmd_eval,
                  ModelArgs(checkpoint="optional", checkpoint_help="det3d-layout checkpoint (.pth); needed by the "
                                                                   "torch backend"),
                  DataArgs(data="labeled data folder (points/, labels/)",
                           artifacts="build folder holding the exported files (onnx / trt backends)",
                           required=("data",)),
-                 RuntimeArgs(),
+                 RuntimeArgs(), OverflowArgs(),
                  OutputArgs("write metrics JSON here (default: print only)", required=False),
                  progress)
     p.add_argument("--dump-detections", help="write all detections (detection JSON) here (default: not written)")
+    p.add_argument("--metric", choices=METRICS, default="builtin",
+                   help="builtin: the nuScenes AP re-implemented (no NDS); nuscenes: the nuScenes devkit itself "
+                        "(mAP, NDS; needs nuScenes data: a dataroot with --split, or a `convert nuscenes` folder) "
+                        "(default builtin)")
+    p.add_argument("--detections", metavar="FILE",
+                   help="score this detection JSON instead of running a model (no checkpoint needed)")
 
     skip_default = " ".join(DEFAULT_SKIP)
     p = _command(sub, "ptq", "post-training quantization: fold BN, insert quantizers, calibrate, save ptq.pth",
@@ -419,7 +512,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also rpn_head.int8.fp16.onnx: INT8 head with FP16 float parts (strongly typed TensorRT)")
     p.add_argument("--fp16-io", action="store_true", help="with --fp16: FP16 input and outputs too")
     p.add_argument("--bound-margin", type=float, default=DEFAULT_MARGIN,
-                   help=f"output_bound = observed max active voxels x this (default {DEFAULT_MARGIN:g})")
+                   help="per-layer output_bound = this x the layer's largest active/input voxel ratio on "
+                        "--calib-data x voxel.max_voxels, at least the config's export.output_bound_floor "
+                        f"(default {DEFAULT_MARGIN:g})")
+    p.add_argument("--output-bound", type=int, metavar="N",
+                   help="every sparse conv's output_bound = N instead (a fixed number as other tools use: libspconv's "
+                        "parser 150000, CUDA-CenterPoint 200000) (default: per layer, see --bound-margin)")
 
     p = _command(sub, "compare", "FP32 vs INT8 files on frames: tensors, per layer, detections, mAP",
                  "Run the FP32 and INT8 files of a build folder on the same frames and compare output tensors, "
@@ -432,8 +530,11 @@ def build_parser() -> argparse.ArgumentParser:
                  OutputArgs("where to write compare.json etc. (default: --artifacts)", required=False),
                  FrameArgs(FrameCount("--frames", COMPARE_FRAMES, "frames to compare",
                                       old=("--max-frames",))),
-                 progress)
+                 OverflowArgs(), progress)
     p.add_argument("--save-frames", type=int, default=3, help="frames kept in the Polygraphy RunResults (default 3)")
+    p.add_argument("--run-results-mb", type=float, default=DEFAULT_RUN_RESULTS_MB, metavar="MB",
+                   help="size limit of compare.run_results.json: whole frames while they fit, else the central window "
+                        f"of one frame's maps (default {DEFAULT_RUN_RESULTS_MB:g})")
     p.add_argument("--backend", default="onnx", choices=COMPARE_BACKENDS,
                    help="onnx: the ONNX head files on ONNX Runtime; trt: the head engines (TensorRT, a GPU); the "
                         "sparse part runs in the scn reference runner either way (default onnx)")
@@ -445,11 +546,14 @@ def build_parser() -> argparse.ArgumentParser:
                  ModelArgs(checkpoint="optional", checkpoint_help="checkpoint for the torch backend"),
                  DataArgs(artifacts="build folder (onnx / trt backends)", data="point files to run (cycled)",
                           required=("data",)),
-                 RuntimeArgs(multiple=True, backends=("onnx",), precisions=("fp32", "int8")),
+                 RuntimeArgs(multiple=True, backends=("onnx",), precisions=("fp32", "int8")), OverflowArgs(),
                  OutputArgs("where to write bench.json / bench.png (default: --artifacts)", required=False),
                  ProgressArgs("no progress output"))
     p.add_argument("--iterations", type=int, default=20, help="timed frames per backend x precision (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed frames first (default 3)")
+    p.add_argument("--max-seconds", type=float, metavar="S",
+                   help="stop each backend x precision's timed frames after S seconds (at least 3 run; default: no "
+                        "limit, all --iterations)")
 
     b = BuildOptions()
     p = _command(sub, "build", "the whole chain: PTQ/QAT -> export -> check -> engine -> compare -> bench -> "
@@ -468,7 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
                            FrameCount("--eval-frames", b.eval_frames,
                                       "evaluation frames (this many generated without --eval-data)")),
                  OutputArgs(f"build folder (default {b.out}/)", required=False, default=str(b.out)),
-                 BuilderArgs(), progress)
+                 BuilderArgs(), OverflowArgs(), progress)
     p.add_argument("--qat", action="store_true", help="fine-tune after PTQ (1 epoch on the calibration data)")
     p.add_argument("--iterations", type=int, default=b.bench_iterations,
                    help=f"bench iterations per backend x precision (default {b.bench_iterations})")
@@ -502,6 +606,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     try:
         set_threads(ThreadArgs.read(args))
+        set_point_layout(getattr(args, "point_layout", "auto"))
         return args.func(args)
     except UserError as exc:
         print(f"trt-centerpoint {args.command}: error: {exc}", file=sys.stderr)

@@ -111,6 +111,27 @@ class PostProcessConfig:
 
 
 @dataclass
+class EvalConfig:
+    """How `eval` scores the detections (no effect on the model)."""
+
+    # Class name -> range in metres (BEV distance of the box centre from the ego origin, or from the sensor where
+    # the frame's pose is unknown): ground truth and predictions at or beyond it are not scored, as the nuScenes
+    # devkit does (its detection_cvpr_2019: 50 m vehicles, 40 m pedestrian / cycles, 30 m cones / barriers).
+    # A class not listed is scored at every distance; empty: no range filter.
+    class_range: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ExportConfig:
+    """How `export` writes the deployment files (no effect on the model)."""
+
+    # The least output_bound any sparse conv of the exported backbone gets. The bounds already scale with
+    # voxel.max_voxels (export.scn.output_bound); a floor matters only for a layer whose calibration frames gave a
+    # tiny ratio. 0: no floor.
+    output_bound_floor: int = 0
+
+
+@dataclass
 class ModelConfig:
     name: str
     voxel: VoxelConfig
@@ -118,6 +139,8 @@ class ModelConfig:
     neck: NeckConfig = field(default_factory=NeckConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     post: PostProcessConfig = field(default_factory=PostProcessConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     description: str = ""
 
     @property
@@ -149,7 +172,7 @@ class ModelConfig:
         v = self.voxel
         if len(v.point_cloud_range) != 6 or len(v.voxel_size) != 3:
             raise ConfigError(f"{source}: voxel.point_cloud_range needs 6 values and voxel.voxel_size 3")
-        check_bounds(config_to_dict(self), source)
+        check_bounds(dataclasses.asdict(self), source)
         for key, box in (("voxel.point_cloud_range", v.point_cloud_range),
                          ("post.post_center_range", self.post.post_center_range)):
             if len(box) != 6:
@@ -183,6 +206,10 @@ class ModelConfig:
             raise ConfigError(f"{source}: post.nms_type must be 'rotate' or 'circle', got {self.post.nms_type!r}")
         if self.post.nms_type == "circle" and len(self.post.circle_radius) != len(self.head.tasks):
             raise ConfigError(f"{source}: post.circle_radius needs one radius per task ({len(self.head.tasks)})")
+        unknown = [c for c in self.eval.class_range if c not in names]
+        if unknown:
+            raise ConfigError(f"{source}: eval.class_range names {', '.join(unknown)}, not a class of head.tasks "
+                              f"({', '.join(names)})")
 
 
 @dataclass(frozen=True)
@@ -212,7 +239,7 @@ POSITIVE, AT_LEAST_ONE, FRACTION = Bounds(0, low_open=True), Bounds(1), Bounds(0
 # file (an empty grid, no detection ever passing the threshold, NMS that keeps overlapping boxes).
 BOUNDS: dict[str, Bounds] = {
     "voxel.voxel_size": POSITIVE, "voxel.max_points_per_voxel": AT_LEAST_ONE, "voxel.max_voxels": AT_LEAST_ONE,
-    "voxel.max_voxels_train": AT_LEAST_ONE,
+    "voxel.max_voxels_train": AT_LEAST_ONE, "export.output_bound_floor": Bounds(0),
     "backbone.channels": AT_LEAST_ONE, "backbone.blocks_per_stage": AT_LEAST_ONE, "backbone.bn_eps": POSITIVE,
     "backbone.bn_momentum": Bounds(0, 1, low_open=True),
     "neck.layer_nums": Bounds(0), "neck.ds_layer_strides": AT_LEAST_ONE, "neck.ds_num_filters": AT_LEAST_ONE,
@@ -221,7 +248,7 @@ BOUNDS: dict[str, Bounds] = {
     "head.share_conv_channel": AT_LEAST_ONE, "head.head_conv": AT_LEAST_ONE, "head.final_kernel": AT_LEAST_ONE,
     "head.out_size_factor": AT_LEAST_ONE, "head.common_heads": AT_LEAST_ONE,
     "post.score_threshold": FRACTION, "post.nms_iou_threshold": FRACTION, "post.nms_pre_max": AT_LEAST_ONE,
-    "post.nms_post_max": AT_LEAST_ONE, "post.circle_radius": POSITIVE,
+    "post.nms_post_max": AT_LEAST_ONE, "post.circle_radius": POSITIVE, "eval.class_range": POSITIVE,
 }
 
 
@@ -293,8 +320,20 @@ def config_from_dict(data: dict, source: str = "<dict>") -> ModelConfig:
     return cfg
 
 
+# sections of a config that do not change the model: a quantized checkpoint or a sensitivity file made under one
+# value still fits the model under another
+MODEL_NEUTRAL = ("name", "description", "eval", "export")
+
+
 def config_to_dict(cfg: ModelConfig) -> dict:
-    return dataclasses.asdict(cfg)
+    """The config as plain data. The `eval` and `export` sections are left out while they hold only defaults, so a
+    config without them records (and hashes, for the build's up-to-date checks) exactly as before they existed."""
+    data = dataclasses.asdict(cfg)
+    if cfg.eval == EvalConfig():
+        del data["eval"]
+    if cfg.export == ExportConfig():
+        del data["export"]
+    return data
 
 
 def load_config(name_or_path: str | Path) -> ModelConfig:

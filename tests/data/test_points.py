@@ -18,7 +18,13 @@ from trt_centerpoint.errors import UserError
 
 
 def cloud(n: int, f: int, seed: int = 0) -> np.ndarray:
-    return (np.random.default_rng(seed).standard_normal((n, f)) * 20).astype(np.float32)
+    """Points that look like LiDAR: x, y over +-50 m, z near the ground, intensity 0..255, time lag 0 / 0.05 s
+    (plus arbitrary extra columns)."""
+    rng = np.random.default_rng(seed)
+    cols = [rng.uniform(-50, 50, n), rng.uniform(-50, 50, n), rng.normal(-1.0, 1.0, n),
+            rng.integers(0, 256, n).astype(float), rng.choice([0.0, 0.05], n)]
+    cols += [rng.standard_normal(n) * 20 for _ in range(f - 5)]
+    return np.stack(cols[:f], axis=1).astype(np.float32)
 
 
 @pytest.mark.parametrize("f", [4, 5])

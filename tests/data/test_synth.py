@@ -326,7 +326,7 @@ def test_write_dataset_and_read_back(tmp_path):
     assert on_disk["sensor"]["beams"] == 32 and (root / "README.md").is_file()
     scene = scene_for_config(cfg)
     for i, stem in enumerate(stems):
-        points, labels = generate_frame(42, i, scene=scene)
+        points, labels = generate_frame(42, i, scene=scene, counts=True)
         raw = (root / "points" / f"{stem}.bin").read_bytes()
         assert raw == points.tobytes()
         assert read_labels(root / "labels" / f"{stem}.json") == labels

@@ -131,3 +131,23 @@ def test_progress_goes_to_stderr(capsys):
     run_benchmark(lambda timer, i: None, iterations=2, warmup=1, progress=True)
     captured = capsys.readouterr()
     assert captured.out == "" and "3/3" in captured.err
+
+
+def test_max_seconds_stops_the_timed_frames_but_keeps_a_few(monkeypatch):
+    """A nuScenes-size model takes seconds per frame on CPU: `max_seconds` caps the timed frames (a fake clock:
+    each frame takes 10 s), never below MIN_TIMED_ITERATIONS, and the meta says how many ran."""
+    from trt_centerpoint.eval.bench import MIN_TIMED_ITERATIONS, run_benchmark
+
+    clock = FakeClock()
+    monkeypatch.setattr("trt_centerpoint.eval.bench.time.perf_counter", clock)
+
+    def frame(timer, i):
+        with timer.stage("a"):
+            clock.sleep(10.0)
+
+    result = run_benchmark(frame, iterations=20, warmup=2, progress=False, max_seconds=35.0)
+    assert result.meta["iterations"] == 4 and result.meta["iterations_asked"] == 20  # 40 s >= 35 s after 4
+    result = run_benchmark(frame, iterations=20, warmup=0, progress=False, max_seconds=1.0)
+    assert result.meta["iterations"] == MIN_TIMED_ITERATIONS
+    result = run_benchmark(frame, iterations=5, warmup=0, progress=False, max_seconds=None)
+    assert result.meta["iterations"] == 5 and "iterations_asked" not in result.meta

@@ -177,3 +177,23 @@ def test_first_jump_criterion():
     assert find_first_jump(layers([0, 1e-5, 1e-3])) == "t2"  # 100x over the worst before it
     assert find_first_jump(layers([0, 5e-5, 0])) is None  # below the visibility threshold
     assert find_first_jump(layers([0, 1e-3, 1e-4, 2e-2])) == "t1"
+
+
+def test_run_results_fit_the_budget_whole_frames_or_a_central_window(tmp_path):
+    from trt_centerpoint.eval.compare import fit_run_results, load_run_results, save_run_results
+
+    rng = np.random.default_rng(0)
+    frames = [{"hm": rng.random((1, 2, 100, 100), dtype=np.float32),
+               "reg": rng.random((1, 2, 100, 100), dtype=np.float32)} for _ in range(3)]
+    results = {"onnxrt-fp32": frames, "onnxrt-int8": [{k: v + 1 for k, v in f.items()} for f in frames]}
+    kept, note = fit_run_results(results, budget_mb=1.5)  # one frame of both runners: about 0.43 MB
+    assert note["frames"] == 3 and note["crop"] is None and len(kept["onnxrt-int8"]) == 3
+    kept, note = fit_run_results(results, budget_mb=0.5)
+    assert note["frames"] == 1 and note["crop"] is None
+    kept, note = fit_run_results(results, budget_mb=0.1)  # not even one frame: its central window
+    y0, y1, x0, x1 = note["crop"]
+    assert note["frames"] == 1 and 0 < y1 - y0 < 100 and y0 == (100 - (y1 - y0)) // 2 and (y0, y1) == (x0, x1)
+    path = save_run_results(tmp_path / "r.json", kept)
+    assert path.stat().st_size <= 0.1e6
+    loaded = load_run_results(path)  # Polygraphy reads it back: the window, bit-exact
+    np.testing.assert_array_equal(loaded["onnxrt-int8"][0]["hm"], results["onnxrt-int8"][0]["hm"][..., y0:y1, x0:x1])

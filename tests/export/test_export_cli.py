@@ -40,7 +40,10 @@ def test_export_writes_validated_files_and_manifest(exported, checkpoint):
     assert extra["validation"]["scn.fp16.onnx"]["min_cosine"] >= 0.9999
     assert extra["validation"]["rpn_head.fp32.onnx"]["max_abs_error"] <= 1e-4
     assert extra["output_bounds"]["source"] == "calib_data" and len(extra["calib_data"]["frames"]) == 2
-    assert all(layer["source"] == "observed" for layer in extra["output_bounds"]["layers"].values())
+    layers = extra["output_bounds"]["layers"]
+    assert {layer["source"] for layer in layers.values()} <= {"scaled", "safe"} and "scaled" in {
+        layer["source"] for layer in layers.values()}
+    assert layers["conv_input.0"]["bound"] == 20000  # subm on the input: the tiny config's max_voxels
     assert [p["pass"] for p in extra["passes"]["rpn_head.fp32.onnx"]] == [
         "fold_constants", "name_and_order_outputs", "cleanup_toposort", "infer_shapes"]
     # the bounds in the file are the ones recorded
@@ -54,7 +57,7 @@ def test_export_prints_the_pass_log(checkpoint, tmp_path, capsys):
     assert main(["export", "--config", "tiny", "--checkpoint", str(checkpoint), "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "fuse_bn_relu: 13 BatchNorm folded into 13 sparse convs, 9 ReLU fused" in out
-    assert "output_bound: safe fallback (no --calib-data)" in out
+    assert "output_bound: safe bound (no --calib-data)" in out
     assert "rpn_head.fp32.onnx: fold_constants: " in out and "rpn_head.fp32.onnx: infer_shapes: " in out
     assert "scn.fp16.onnx: reference runner vs PyTorch backbone on 2 frame(s): cosine" in out
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files
@@ -140,3 +143,31 @@ def test_fp16_option_writes_the_strongly_typed_head(exported_int8, data_dir, tmp
     assert main(["check", str(out / "rpn_head.int8.fp16.onnx")]) == 0
     assert main(["export", "--config", "tiny", "--checkpoint", str(ptq), "--out", str(out), "--fp16-io"]) == 2
     assert "--fp16-io needs --fp16" in capsys.readouterr().err
+
+
+def test_frames_over_an_output_bound_stop_compare_unless_allowed(checkpoint, exported_int8, data_dir, tmp_path,
+                                                                  capsys):
+    """`export --output-bound 50`: every sparse conv gets 50 voxels, far below these frames. compare (and any
+    run of the files) must stop naming the layer, the bound and the count; --allow-overflow runs on and records
+    the overflow, and the headroom per layer is in compare.json either way."""
+    ptq = exported_int8.parent / "ptq.pth"
+    out = tmp_path / "small_bounds"
+    assert main(["export", "-c", "tiny", "-p", str(ptq), "--out", str(out), "--calib-data", str(data_dir),
+                 "--output-bound", "50", "--quiet"]) == 0
+    stage = json.loads((out / "manifest.json").read_text())["stages"]["export"]
+    assert stage["params"]["output_bound"] == 50 and stage["extra"]["output_bounds"]["source"] == "override"
+    capsys.readouterr()
+    assert main(["compare", "-c", "tiny", "--artifacts", str(out), "--data", str(data_dir), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "scn.fp16.onnx: sparse conv conv0 needs" in err and "over its output_bound 50" in err
+    assert "--allow-overflow" in err and "\n" not in err
+    assert main(["compare", "-c", "tiny", "--artifacts", str(out), "--data", str(data_dir), "--quiet",
+                 "--allow-overflow"]) == 0
+    figures = json.loads((out / "compare.json").read_text())
+    assert figures["output_bound_overflows"]["conv0"]["output_bound"] == 50
+    assert figures["output_bound_headroom"]["conv0"]["headroom"] < 1
+    # the files exported with per-layer bounds have room on the same frames
+    assert main(["compare", "-c", "tiny", "--artifacts", str(exported_int8), "--data", str(data_dir), "--quiet"]) == 0
+    headroom = json.loads((exported_int8 / "compare.json").read_text())["output_bound_headroom"]
+    assert headroom and min(row["headroom"] for row in headroom.values()) >= 1
+    assert main(["export", "-c", "tiny", "-p", str(ptq), "--out", str(out), "--output-bound", "0"]) == 2

@@ -9,7 +9,7 @@ from trt_centerpoint.errors import UserError
 from trt_centerpoint.export.scn.fuse import fuse_backbone
 from trt_centerpoint.export.scn.writer import export_scn
 from trt_centerpoint.export.validate import compare_tensors, validate_scn
-from trt_centerpoint.runtime.scn_runner import OutputBoundWarning, ScnRunner
+from trt_centerpoint.runtime.scn_runner import OutputBoundOverflow, OutputBoundWarning, ScnRunner
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +45,12 @@ def test_runner_reuses_rulebooks_and_counts_voxels(scn_file, frames):
     assert runner.overflows == {}
 
 
-def test_output_bound_overflow_is_reported(fused, frames):
-    runner = ScnRunner(export_scn(fused, output_bounds={"conv2.0": 10}).to_bytes())
+def test_output_bound_overflow_is_an_error_unless_allowed(fused, frames):
+    data = export_scn(fused, output_bounds={"conv2.0": 10}).to_bytes()
+    with pytest.raises(OutputBoundOverflow, match=r"sparse conv conv3 needs \d+ output voxels on this frame, over "
+                                                  r"its output_bound 10: libspconv would drop \d+ of them"):
+        ScnRunner(data).run(*frames[0])
+    runner = ScnRunner(data, allow_overflow=True)
     with pytest.warns(OutputBoundWarning, match="conv3 has .* active voxels, over its output_bound 10"):
         runner.run(*frames[0])
     assert runner.overflows["conv3"][1] == 10

@@ -8,6 +8,7 @@ import torch
 from trt_centerpoint.export.scn.fuse import fuse_backbone
 from trt_centerpoint.export.scn.output_bound import (
     DEFAULT_MARGIN,
+    Observed,
     observe_active_voxels,
     plan_output_bounds,
     safe_bounds,
@@ -57,21 +58,52 @@ def test_walk_refuses_an_unfused_backbone(model):
 def test_safe_bounds_hold_on_real_frames(fused, ops, frames, cfg):
     observed = observe_active_voxels(fused, ops, frames)
     safe = safe_bounds(ops, cfg.voxel.max_voxels)
-    assert set(observed) == set(safe) and all(0 < observed[p] <= safe[p] for p in safe)
+    assert set(observed) == set(safe) and all(0 < observed[p].active <= safe[p] for p in safe)
+    assert observed["conv_input.0"].ratio == 1.0  # a subm conv on the graph input keeps its sites
     assert safe["conv_input.0"] == cfg.voxel.max_voxels  # subm keeps the input's sites
     grid = math.prod(next(op for op in ops if op.path == "extra_conv.0").out_spatial)
     assert safe["extra_conv.0"] <= grid
 
 
-def test_plan_uses_observed_times_margin_capped_by_safe(ops, cfg):
-    observed = {"conv_input.0": 1000, "conv2.0": 10, "extra_conv.0": 10**9}
-    plan = plan_output_bounds(ops, cfg.voxel.max_voxels, observed)
-    assert plan["conv_input.0"].bound == math.ceil(1000 * DEFAULT_MARGIN) and plan["conv_input.0"].source == "observed"
-    assert plan["conv2.0"].bound == 15
+def test_plan_scales_the_ratio_to_max_voxels_with_floor_cap_and_override(ops, cfg):
+    mv = cfg.voxel.max_voxels
+    observed = {"conv_input.0": Observed(1000, 1.0), "conv2.0": Observed(10, 0.001), "extra_conv.0": Observed(9, 50.0)}
+    plan = plan_output_bounds(ops, mv, observed)
+    assert plan["conv_input.0"].bound == mv and plan["conv_input.0"].source == "safe"  # 1.5 x 1.0 x mv > safe
+    assert plan["conv2.0"].bound == math.ceil(DEFAULT_MARGIN * 0.001 * mv) and plan["conv2.0"].source == "scaled"
     assert plan["extra_conv.0"].bound == plan["extra_conv.0"].safe  # never above what the grid can hold
-    assert plan["conv3.0"].source == "fallback" and plan["conv3.0"].bound == plan["conv3.0"].safe
+    assert plan["conv3.0"].source == "safe" and plan["conv3.0"].bound == plan["conv3.0"].safe  # not observed
+    floored = plan_output_bounds(ops, mv, observed, floor=100)
+    assert floored["conv2.0"].bound == 100 and floored["conv2.0"].source == "floor"
+    fixed = plan_output_bounds(ops, mv, observed, override=12345)
+    assert {b.bound for b in fixed.values()} == {12345} and {b.source for b in fixed.values()} == {"override"}
     with pytest.raises(ValueError, match="margin must be >= 1"):
-        plan_output_bounds(ops, cfg.voxel.max_voxels, observed, margin=0.5)
+        plan_output_bounds(ops, mv, observed, margin=0.5)
+
+
+def test_bounds_from_sparse_frames_hold_on_dense_frames(model, fused, ops, cfg, tmp_path):
+    """The failure users report: bounds taken from sparse calibration frames (one sweep of an 8-beam sensor)
+    and frames three times denser (3 sweeps of 32 beams) at run time. The old rule (1.5 x the counts seen)
+    is exceeded here; the plan's bounds are not, on any layer."""
+    from trt_centerpoint.data.synth.dataset import generate_frame
+    from trt_centerpoint.data.synth.sensor import SensorConfig
+
+    def voxelized(sensor, indices):
+        out = []
+        for i in indices:
+            points, _ = generate_frame(5, i, sensor)
+            v = model.voxelize([torch.from_numpy(points)])
+            out.append((v.features, v.coords))
+        return out
+
+    sparse = voxelized(SensorConfig(beams=8, num_sweeps=1), [0, 1])
+    dense = voxelized(SensorConfig(beams=32, num_sweeps=3), [2, 3])
+    assert min(len(f) for f, _ in dense) > 2 * max(len(f) for f, _ in sparse)
+    calibrated = observe_active_voxels(fused, ops, sparse)
+    plan = plan_output_bounds(ops, cfg.voxel.max_voxels, calibrated)
+    seen = observe_active_voxels(fused, ops, dense)
+    assert all(seen[p].active <= plan[p].bound for p in plan), {p: (seen[p].active, plan[p].bound) for p in plan}
+    assert any(seen[p].active > DEFAULT_MARGIN * calibrated[p].active for p in plan)  # the old rule would drop voxels
 
 
 def test_walk_refuses_a_leftover_batchnorm(model):

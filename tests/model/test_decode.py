@@ -28,7 +28,7 @@ def blank_preds(cfg, batch=1, vel=True):
             "reg": torch.full((batch, 2, h, w), 0.5),
             "height": torch.zeros(batch, 1, h, w),
             "dim": torch.zeros(batch, 3, h, w),
-            "rot": torch.cat([torch.zeros(batch, 1, h, w), torch.ones(batch, 1, h, w)], dim=1),
+            "rot": torch.cat([torch.zeros(batch, 1, h, w), -torch.ones(batch, 1, h, w)], dim=1),  # yaw 0
             "hm": torch.full((batch, len(names), h, w), LOW),
         }
         if vel:
@@ -43,7 +43,7 @@ def put(preds, task, cls, i, j, logit, reg=(0.5, 0.5), z=0.0, dims=(1.0, 1.0, 1.
     p["reg"][b, :, i, j] = torch.tensor(reg)
     p["height"][b, 0, i, j] = z
     p["dim"][b, :, i, j] = torch.log(torch.tensor(dims))
-    p["rot"][b, :, i, j] = torch.tensor([math.sin(yaw), math.cos(yaw)])
+    p["rot"][b, :, i, j] = torch.tensor([math.sin(yaw), -math.cos(yaw)])  # det3d's (sin, cos) of -yaw - pi
     if "vel" in p:
         p["vel"][b, :, i, j] = torch.tensor(vel)
 
@@ -263,7 +263,8 @@ def ref_decode(preds, cfg):
                     lo, hi = post.post_center_range[:3], post.post_center_range[3:]
                     if score <= post.score_threshold or not all(lo[k] <= v <= hi[k] for k, v in enumerate((x, y, z))):
                         continue
-                    box = [x, y, z, *(math.exp(dim[k][i][j]) for k in range(3)), math.atan2(rot[0][i][j], rot[1][i][j])]
+                    yaw = math.atan2(rot[0][i][j], -rot[1][i][j])
+                    box = [x, y, z, *(math.exp(dim[k][i][j]) for k in range(3)), yaw]
                     box += [vel[0][i][j], vel[1][i][j]] if vel else [0.0, 0.0]
                     cands.append((score, i * w + j, box, label + offset))
             cands.sort(key=lambda c: (-c[0], c[1]))
@@ -342,3 +343,27 @@ def test_equal_scores_keep_row_major_cell_order():
     cells = [divmod(k, w) for k in range(40)]  # the first 40 cells in row-major order
     want = [cell_xy(cfg, i, j) for i, j in cells]
     assert det.boxes[:, :2].tolist() == [pytest.approx(list(xy), abs=1e-4) for xy in want]
+
+
+@pytest.mark.parametrize("theta", [0.0, 0.3, math.pi / 2, 2.5, -2.0, math.pi - 1e-3])
+def test_det3d_rot_maps_decode_to_the_devkit_box(cfg, theta):
+    """A det3d checkpoint regresses (sin, cos) of det3d's label yaw, which det3d's nuScenes converter writes as
+    `-heading - pi/2` (heading from the devkit's quaternion). Decoding must give the devkit box's footprint and
+    heading: the reference is nuscenes-devkit's own `Box.corners()`."""
+    pyquaternion = pytest.importorskip("pyquaternion")
+    data_classes = pytest.importorskip("nuscenes.utils.data_classes")
+    from trt_centerpoint.data.synth.dataset import boxes_to_corners
+
+    preds = blank_preds(cfg)
+    put(preds, 0, 0, 5, 7, 5.0, dims=(1.9, 4.6, 1.7))
+    yaw_det3d = -theta - math.pi / 2
+    preds[0]["rot"][0, :, 5, 7] = torch.tensor([math.sin(yaw_det3d), math.cos(yaw_det3d)])
+    box = decode(preds, cfg)[0].boxes[0].double().numpy()
+
+    ref = data_classes.Box(box[:3].tolist(), [1.9, 4.6, 1.7], pyquaternion.Quaternion(axis=[0, 0, 1], angle=theta))
+    ref_bottom = ref.bottom_corners()[:2].T  # [4, 2]
+    ours = boxes_to_corners(box[None])[0]
+    dist = ((ours[:, None, :] - ref_bottom[None, :, :]) ** 2).sum(-1) ** 0.5
+    assert dist.min(axis=1).max() < 1e-5  # the same four corners, in any order
+    heading = box[6] + math.pi / 2
+    assert abs(math.remainder(heading - theta, 2 * math.pi)) < 1e-5  # the direction of travel, not only the footprint

@@ -54,7 +54,7 @@ def test_build_targets_places_objects(cfg):
     assert t_car.index[0, 0] == int(cy) * 16 + int(cx)
     assert t_car.heatmap[0, 0, int(cy), int(cx)] == 1.0
     expect = [cx - int(cx), cy - int(cy), -0.5, math.log(1.9), math.log(4.5), math.log(1.6), 3.0, -1.0,
-              math.sin(0.4), math.cos(0.4)]
+              math.sin(0.4), -math.cos(0.4)]  # det3d rot of our yaw 0.4
     np.testing.assert_allclose(t_car.box[0, 0].numpy(), expect, rtol=1e-6, atol=1e-6)
     assert t_small.cls[0, :2].tolist() == [0, 1]  # pedestrian, cyclist within the task
     assert t_small.heatmap[0, 1].max() == 1.0 and t_small.heatmap[0, 0].max() == 1.0

@@ -57,6 +57,10 @@ def full_data() -> dict:
         "engine": {"available": False, "reason": "tensorrt is not installed"},
         "sensitivity": {"png": "sensitivity.png"},
         "versions": {"torch": "2.13.0", "onnx": "1.23.2"},
+        "output_bounds": {"conv0": {"output_bound": 20000, "max_active": 2706, "headroom": 20000 / 2706,
+                                    "path": "conv_input.0", "source": "safe"},
+                          "conv3": {"output_bound": 4000, "max_active": 3100, "headroom": 4000 / 3100,
+                                    "path": "conv2.0", "source": "scaled"}},
     }
 
 
@@ -76,7 +80,9 @@ def test_full_report(tmp_path, full_data):
                  "0.7311", "pedestrian", "0.9731", "`conv2_out`", "0.998710", "12.25", "6.12", "2.00x",
                  "rpn_head.onnx", "2.2 MiB", "0123456789ab", "unavailable", "no TensorRT",
                  "tensorrt is not installed", "(errors.png)", "(bench.png)", "(sensitivity.png)",
-                 "How to read", "pytorch/fp32", "tensorrt/int8", "Test CPU", "2.13.0", "inf"):
+                 "How to read", "pytorch/fp32", "tensorrt/int8", "Test CPU", "2.13.0", "inf",
+                 "output_bound headroom", "1.29 | scaled |", "7.39 |   safe |",
+                 "Tightest: 1.29."):
         assert text in md, text
     assert "max |x|" not in md and "`ptq`" in md
     assert f"{full_data['tensors']['hm']['cosine']:.6f}" in md

@@ -25,10 +25,10 @@ def _weights(path):
 
 def test_train_resume_is_exact(tmp_path, data, monkeypatch):
     cfg = load_config("tiny")
-    opts = TrainOptions(epochs=2, batch_size=2, lr=3e-3, seed=5)
+    opts = TrainOptions(epochs=3, batch_size=2, lr=3e-3, seed=5)  # 2 epochs (4 steps): too noisy a trend
     meta = train(cfg, data, tmp_path / "full.pth", opts, progress=False)
     losses = [h["loss"] for h in meta["history"]]
-    assert len(losses) == 2 and losses[-1] < losses[0]
+    assert len(losses) == 3 and losses[-1] < losses[0]
     assert not state_path(tmp_path / "full.pth").exists()
 
     # interrupt after the first epoch's state is saved, then rerun the same command

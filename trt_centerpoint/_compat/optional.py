@@ -1,4 +1,5 @@
-"""Importing the optional GPU libraries (tensorrt, tensorrt_rtx, pycuda) on demand, with a one-line reason.
+"""Importing the optional libraries (tensorrt, tensorrt_rtx, pycuda; the nuScenes devkit) on demand, with a
+one-line reason.
 
 They cannot be installed on CPU machines (TensorRT needs NVIDIA's index and a GPU driver; pycuda needs
 cuda.h), so no module imports them at load time: code asks here when it needs one. Every other dependency
@@ -13,7 +14,11 @@ from types import ModuleType
 # Polygraphy's TensorRT (and TensorRT-RTX) backend binds the TensorRT module when it is imported: only the
 # engine paths need it.
 OPTIONAL = ("tensorrt", "tensorrt_rtx", "pycuda", "pycuda.driver", "pycuda.autoinit", "polygraphy.backend.trt",
-            "polygraphy.backend.common", "polygraphy.backend.tensorrt_rtx")
+            "polygraphy.backend.common", "polygraphy.backend.tensorrt_rtx",
+            # nuscenes-devkit (the `nuscenes` extra), through `_compat.nuscenes.devkit`
+            "nuscenes", "nuscenes.eval.common.config", "nuscenes.eval.detection.constants",
+            "nuscenes.eval.detection.evaluate", "nuscenes.eval.detection.utils", "nuscenes.utils.data_classes",
+            "nuscenes.utils.splits", "pyquaternion")
 DISPLAY = {"tensorrt": "TensorRT", "tensorrt_rtx": "TensorRT-RTX", "pycuda": "pycuda", "pycuda.driver": "pycuda",
            "pycuda.autoinit": "pycuda", "polygraphy.backend.trt": "Polygraphy's TensorRT backend",
            "polygraphy.backend.common": "Polygraphy",

@@ -1,4 +1,5 @@
-"""Labeled frames on disk: `DIR/points/<stem>.bin` with `DIR/labels/<stem>.json` (the `synth` layout)."""
+"""Labeled frames: `DIR/points/<stem>.bin` with `DIR/labels/<stem>.json` (the `synth` and `convert` layout), or
+an annotated split of a nuScenes dataroot read on the fly (`data.nuscenes.NuScenesSelection`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from trt_centerpoint.data.points import list_point_files, read_points
+from trt_centerpoint.data.nuscenes.selection import NuScenesSelection
+from trt_centerpoint.data.points import list_point_files
+from trt_centerpoint.data.source import DataSource, frame_stem, list_frames, read_frame
 from trt_centerpoint.data.synth.dataset import read_labels
 from trt_centerpoint.errors import UserError
 
@@ -24,7 +27,7 @@ def check_against_meta(root: Path, files: list[Path]) -> None:
         raise UserError(f"{meta_path}: not a readable meta.json") from None
     if not isinstance(listed, list):
         return  # a meta.json of another tool: nothing to compare
-    found = {f.stem for f in files}
+    found = {frame_stem(f) for f in files}
     extra, missing = sorted(found - set(listed)), sorted(set(listed) - found)
     if extra or missing:
         what = [f"{len(extra)} not listed (e.g. {extra[0]})" if extra else "",
@@ -34,16 +37,23 @@ def check_against_meta(root: Path, files: list[Path]) -> None:
 
 
 class LabeledFrames:
-    """Indexable frames with labels: item i is (stem, points [N, F] float32, boxes [K, 9] float64, names)."""
+    """Indexable frames with labels: item i is (stem, points [N, F] float32, boxes [K, 9] float64, names).
 
-    def __init__(self, root: str | Path, num_features: int, class_names: list[str] | None = None):
-        self.root = Path(root)
+    `root` is a labeled folder or a `NuScenesSelection` (then `files` are its samples and `labels` is None)."""
+
+    def __init__(self, root: DataSource, num_features: int, class_names: list[str] | None = None):
         self.num_features = num_features
         self.class_names = class_names
+        if isinstance(root, NuScenesSelection):
+            if not root.labeled:
+                raise UserError(f"{root}: the {root.split} split has no annotations (labels)")
+            self.root, self.files, self.labels = root, list_frames(root), None
+            return
+        self.root = Path(root)
         self.files = list_point_files(self.root)
         check_against_meta(self.root, self.files)
         label_dir = self.root / "labels"
-        self.labels = [label_dir / f"{f.stem}.json" for f in self.files]
+        self.labels = [label_dir / f"{frame_stem(f)}.json" for f in self.files]
         missing = [p for p in self.labels if not p.is_file()]
         if missing:
             raise UserError(f"{self.root}: {len(missing)} frame(s) have no label file, e.g. {missing[0]}")
@@ -51,20 +61,26 @@ class LabeledFrames:
     def __len__(self) -> int:
         return len(self.files)
 
+    def _read_labels(self, i: int) -> dict:
+        return self.files[i].labels() if self.labels is None else read_labels(self.labels[i])
+
     def __getitem__(self, i: int) -> tuple[str, np.ndarray, np.ndarray, list[str]]:
-        cloud = read_points(self.files[i], self.num_features)
-        labels = read_labels(self.labels[i])
+        cloud = read_frame(self.files[i], self.num_features)
+        labels = self._read_labels(i)
         boxes = np.asarray(labels["boxes"], np.float64).reshape(-1, 9)
         names = list(labels["names"])
         if self.class_names is not None:
             keep = [j for j, n in enumerate(names) if n in self.class_names]
             boxes, names = boxes[keep], [names[j] for j in keep]
-        return cloud.stem, cloud.points, boxes, names
+        return frame_stem(self.files[i]), cloud.points, boxes, names
 
     def ground_truth(self) -> dict[str, dict]:
-        """{stem: {"boxes": [...], "names": [...]}} for evaluation (labels only, no points read)."""
+        """{stem: {"boxes": [...], "names": [...]}} for evaluation (labels only, no points read), with
+        "num_lidar_pts" where the labels have it (`synth` and `convert` write it)."""
         out = {}
-        for f, lab in zip(self.files, self.labels):
-            data = read_labels(lab)
-            out[f.stem] = {"boxes": [list(map(float, b)) for b in data["boxes"]], "names": list(data["names"])}
+        for i, f in enumerate(self.files):
+            data = self._read_labels(i)
+            out[frame_stem(f)] = {"boxes": [list(map(float, b)) for b in data["boxes"]], "names": list(data["names"])}
+            if "num_lidar_pts" in data:
+                out[frame_stem(f)]["num_lidar_pts"] = list(data["num_lidar_pts"])
         return out

@@ -44,13 +44,19 @@ Edge cases, decided as the devkit decides them:
   missing from ``ground_truth`` have no GT (all their predictions are FPs);
 * names not in ``class_names`` are ignored (both in predictions and GT).
 
+Which boxes are scored follows the devkit's filter (``eval.box_filter``): ground-truth boxes whose labels
+say they hold no LiDAR return (``"num_lidar_pts": 0``) are dropped, and with ``class_range`` ground truth
+and predictions at or beyond their class's range are dropped (measured from the ego vehicle where
+``range_transforms`` gives the frame's poses, else from the sensor).
+
 TP errors (computed at the devkit's ``dist_th_tp = 2.0``): ATE (BEV centre distance), ASE
 (1 - aligned 3D IoU of the sizes), AOE (smallest yaw difference; period pi for ``barrier``), AVE
 (L2 of the velocity difference), each the nan-aware cumulative mean over the TPs, resampled on the
 recall points via the confidences and averaged from recall 0.11 to the highest recall reached
 (1.0 if that is below 0.11). As in the devkit, ``traffic_cone`` has no AOE/AVE and ``barrier`` no
 AVE (NaN), and the means over classes ignore NaNs. The attribute error (AAE) and hence the NDS
-are not computed: the project's format carries no attributes.
+are not computed here: the project's format carries no attributes (``eval.nuscenes_metric`` has the devkit
+compute them, with attributes derived from the predicted speed).
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from trt_centerpoint.errors import UserError
+from trt_centerpoint.eval.box_filter import filter_boxes
 
 DEFAULT_DIST_THRESHOLDS: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
 MIN_RECALL = 0.1
@@ -282,6 +289,8 @@ def evaluate(
     min_precision: float = MIN_PRECISION,
     tp_metrics: bool = True,
     tp_dist_threshold: float = TP_DIST_THRESHOLD,
+    class_range: Mapping[str, float] | None = None,
+    range_transforms: Mapping[object, np.ndarray] | None = None,
 ) -> dict:
     """nuScenes detection AP (devkit semantics; see the module docstring).
 
@@ -293,6 +302,8 @@ def evaluate(
          "per_threshold": {"0.5": AP, ...},             # mean over classes
          "num_gt": {name: int}, "num_pred": {name: int}, "num_frames": int,
          "class_names": [...], "dist_thresholds": [...],
+         "gt_filtered": int,                            # GT boxes not scored (out of range, no points)
+         "filtered": {"gt_total", "gt_out_of_range", "gt_without_points", "pred_total", "pred_out_of_range"},
          # with tp_metrics=True:
          "tp_errors": {name: {"trans_err": .., "scale_err": .., "orient_err": .., "vel_err": ..}},
          "mean_tp_errors": {"mATE": .., "mASE": .., "mAOE": .., "mAVE": ..}}
@@ -311,6 +322,10 @@ def evaluate(
     p_frame, p_cls, p_score, p_box, g_frame, g_cls, g_box = _collect(
         predictions, ground_truth, class_names
     )
+    predictions, ground_truth, filtered = filter_boxes(predictions, ground_truth, class_range or {},
+                                                       range_transforms, classes=set(class_names))
+    if filtered["gt_out_of_range"] or filtered["gt_without_points"] or filtered["pred_out_of_range"]:
+        p_frame, p_cls, p_score, p_box, g_frame, g_cls, g_box = _collect(predictions, ground_truth, class_names)
     num_frames = len(set(predictions) | set(ground_truth))
     match_ths = list(dict.fromkeys(dist_thresholds + ([float(tp_dist_threshold)] if tp_metrics else [])))
 
@@ -389,6 +404,8 @@ def evaluate(
         "num_frames": num_frames,
         "class_names": class_names,
         "dist_thresholds": dist_thresholds,
+        "gt_filtered": filtered["gt_out_of_range"] + filtered["gt_without_points"],
+        "filtered": filtered,
     }
     if tp_metrics:
         out["tp_errors"] = tp_errors

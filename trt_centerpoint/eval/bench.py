@@ -171,28 +171,46 @@ def bench_meta(device: str, timer_kind: str) -> dict:
     return meta
 
 
+MIN_TIMED_ITERATIONS = 3  # a median and a p90 need a few samples, whatever the time limit
+
+
 def run_benchmark(run_frame: Callable[[StageTimer, int], None], iterations: int, warmup: int = 10,
-                  device: str = "cpu", progress: bool = True) -> BenchResult:
+                  device: str = "cpu", progress: bool = True, max_seconds: float | None = None) -> BenchResult:
     """Call `run_frame(timer, i)` for `warmup` (discarded) then `iterations` frames; summarise per stage.
 
     `i` counts from 0 over warm-up and measured frames together, so `run_frame` may cycle through inputs.
+    `max_seconds`: stop the timed frames once they took this long (at least MIN_TIMED_ITERATIONS run): a
+    nuScenes-size model on CPU takes seconds per frame, and a build should not spend minutes on latency there.
+    The meta records how many ran.
     """
     if iterations < 1 or warmup < 0:
         raise UserError(f"bench: need iterations >= 1 and warmup >= 0, got {iterations} and {warmup}")
     timer = StageTimer(device)
     total = warmup + iterations
+    timed_start = None
+    ran = 0
     for i in range(total):
         if i == warmup:
             timer.reset()
+            timed_start = time.perf_counter()
         timer.begin_iteration()
         run_frame(timer, i)
         timer.end_iteration()
+        ran = max(0, i + 1 - warmup)
+        if (max_seconds is not None and timed_start is not None and ran >= min(iterations, MIN_TIMED_ITERATIONS)
+                and time.perf_counter() - timed_start >= max_seconds and ran < iterations):
+            if progress:
+                print(f"\rbench: {i + 1}/{total} (stopped: the timed frames took {max_seconds:g} s)", file=sys.stderr,
+                      flush=True)
+            break
         if progress and (i + 1 == total or (i + 1) % max(1, total // 20) == 0):
             phase = "warm-up" if i < warmup else "timed"
             print(f"\rbench: {i + 1}/{total} ({phase})", end="\n" if i + 1 == total else "", file=sys.stderr,
                   flush=True)
     meta = bench_meta(device, timer.kind)
-    meta.update(iterations=iterations, warmup=warmup)
+    meta.update(iterations=ran, warmup=warmup)
+    if ran < iterations:
+        meta.update(iterations_asked=iterations, max_seconds=max_seconds)
     return BenchResult(timer.stats(), meta)
 
 

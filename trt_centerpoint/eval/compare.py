@@ -30,8 +30,9 @@ from trt_centerpoint._compat.pytorch_quantization import quiet_library_logs
 from trt_centerpoint.eval import tensor_metrics as tm
 from trt_centerpoint.fileio import atomic_path
 
-__all__ = ["accuracy_check", "compare_runs", "find_first_jump", "load_run_results", "per_layer_onnx",
-           "polygraphy_accuracy", "polygraphy_compare", "save_run_results", "to_run_results"]
+__all__ = ["DEFAULT_RUN_RESULTS_MB", "accuracy_check", "compare_runs", "find_first_jump", "fit_run_results",
+           "load_run_results", "per_layer_onnx", "polygraphy_accuracy", "polygraphy_compare", "save_run_results",
+           "to_run_results"]
 
 Frames = list[dict[str, np.ndarray]]
 
@@ -56,6 +57,60 @@ def save_run_results(path: str | Path, results: Mapping[str, Frames]) -> Path:
     with atomic_path(path) as tmp, quiet_logger(G_LOGGER.ERROR):  # no "[I] Saving ..." line
         run_results.save(os.fspath(tmp))
     return Path(path)
+
+
+DEFAULT_RUN_RESULTS_MB = 10.0
+
+
+def _json_bytes(frame: Mapping[str, np.ndarray]) -> int:
+    """What one frame's outputs take in Polygraphy's RunResults JSON: each array as base64 of its .npy bytes."""
+    return sum((np.asarray(a).nbytes + 128) * 4 // 3 + 256 for a in frame.values()) + 1024
+
+
+def _center_crop(frame: Mapping[str, np.ndarray], side: int) -> tuple[dict, list[int]]:
+    """The central side x side cells of every [..., H, W] output (smaller arrays whole) and the window."""
+    out, window = {}, None
+    for name, a in frame.items():
+        a = np.asarray(a)
+        if a.ndim < 2:
+            out[name] = a
+            continue
+        h, w = a.shape[-2:]
+        y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
+        window = [y0, min(h, y0 + side), x0, min(w, x0 + side)]
+        out[name] = np.ascontiguousarray(a[..., window[0]:window[1], window[2]:window[3]])
+    return out, window
+
+
+def fit_run_results(results: Mapping[str, Frames], budget_mb: float = DEFAULT_RUN_RESULTS_MB
+                    ) -> tuple[dict[str, Frames], dict]:
+    """Keep the saved RunResults under `budget_mb`: whole frames while they fit (all runners, same frames);
+    when not even one frame fits (nuScenes-size heads: about 24 MB per frame for FP32 + INT8), the central
+    window of the first frame's maps that does. Returns what to save and a note for compare.json."""
+    runners = list(results)
+    frames = min((len(results[r]) for r in runners), default=0)
+    per_frame = [sum(_json_bytes(results[r][i]) for r in runners) for i in range(frames)]
+    budget = int(budget_mb * 1e6 * 0.97)  # the JSON's own keys and metadata
+    keep = 0
+    while keep < frames and sum(per_frame[:keep + 1]) <= budget:
+        keep += 1
+    if keep or not frames:
+        return ({r: list(results[r][:keep]) for r in runners},
+                {"frames": keep, "of": frames, "crop": None, "budget_mb": budget_mb, "bytes": sum(per_frame[:keep])})
+    first = {r: results[r][0] for r in runners}
+    hw = [np.asarray(a).shape[-2:] for f in first.values() for a in f.values() if np.asarray(a).ndim >= 2]
+    side = int(min(min(h, w) for h, w in hw) * (budget / per_frame[0]) ** 0.5)
+    while side > 1:
+        cropped = {r: _center_crop(f, side) for r, f in first.items()}
+        size = sum(_json_bytes(c[0]) for c in cropped.values())
+        if size <= budget:
+            break
+        side -= max(1, side // 20)
+    cropped = {r: _center_crop(f, max(side, 1)) for r, f in first.items()}
+    window = next(iter(cropped.values()))[1]
+    return ({r: [c[0]] for r, c in cropped.items()},
+            {"frames": 1, "of": frames, "crop": window, "budget_mb": budget_mb,
+             "bytes": sum(_json_bytes(c[0]) for c in cropped.values())})
 
 
 def load_run_results(path: str | Path) -> dict[str, Frames]:

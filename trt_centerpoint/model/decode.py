@@ -6,9 +6,13 @@ Box convention (the whole project uses it: decode, NMS, evaluation, the detectio
 
 - (x, y, z) is the box centre (z is the centre height, not the bottom face).
 - The footprint corners are `(x, y) + R(yaw) @ (+-w/2, +-l/2)` with R the counter-clockwise rotation
-  `[[cos, -sin], [sin, cos]]`: at yaw = 0 the width w spans the x axis and the length l spans the y axis.
-  This is OpenPCDet's (dx, dy, heading) geometry, which det3d's rotated NMS uses unchanged, so det3d
-  checkpoints post-process exactly as in det3d.
+  `[[cos, -sin], [sin, cos]]`: at yaw = 0 the width w spans the x axis and the length l spans the y axis,
+  and the object's heading (the direction of its length) is `yaw + pi/2`.
+- det3d's own yaw is another number for the same box: its nuScenes labels store `-heading - pi/2` and its
+  `rot` head regresses (sin, cos) of that; its rotated NMS turns it back into OpenPCDet's heading
+  (`-yaw - pi/2`, with w and l swapped) before computing IoU. Hence `yaw = -yaw_det3d - pi`, i.e.
+  `atan2(rot[0], -rot[1])` below, and `model.targets` writes `(sin yaw, -cos yaw)`: a det3d checkpoint's
+  boxes come out with the heading det3d reports (a car driving along +x: rot = (-1, 0), yaw = -pi/2).
 - h is the vertical extent; (vx, vy) the BEV velocity (0 when the model has no `vel` head).
 
 Note the order differs from det3d's own output `[x, y, z, w, l, h, vx, vy, yaw]`: here yaw comes before
@@ -18,7 +22,8 @@ Decoding of head outputs (all maps [B, C, H, W], row i = y, column j = x), as de
 
 - `x = (j + reg[0]) * out_size_factor * voxel_size[0] + range_min_x`,
   `y = (i + reg[1]) * out_size_factor * voxel_size[1] + range_min_y`, `z = height`,
-- `(w, l, h) = exp(dim)`, `yaw = atan2(rot[0], rot[1])` (channel 0 = sin, 1 = cos), `(vx, vy) = vel`,
+- `(w, l, h) = exp(dim)`, `yaw = atan2(rot[0], -rot[1])` (det3d's channel 0 = sin, 1 = cos of its yaw),
+  `(vx, vy) = vel`,
 - score = max over the task's classes of sigmoid(hm), label = first argmax + the task's class offset.
 
 Then per task and frame: keep score > score_threshold (strict, as det3d) and centre (x, y, z) inside
@@ -141,7 +146,7 @@ def _decode_maps(pred: dict[str, Tensor], cfg: ModelConfig) -> tuple[Tensor, Ten
     )
     x = (xs + reg[:, 0]) * stride * voxel[0] + rng[0]
     y = (ys + reg[:, 1]) * stride * voxel[1] + rng[1]
-    yaw = torch.atan2(rot[:, 0], rot[:, 1])
+    yaw = torch.atan2(rot[:, 0], -rot[:, 1])  # det3d's yaw -> ours (module doc)
     boxes = torch.stack([x, y, height[:, 0], dims[:, 0], dims[:, 1], dims[:, 2], yaw, vel[:, 0], vel[:, 1]], dim=-1)
 
     probs = torch.sigmoid(hm)

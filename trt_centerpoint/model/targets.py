@@ -2,8 +2,9 @@
 
 Follows det3d's `AssignLabel`: an object's centre cell gets a Gaussian peak (radius from CornerNet's
 formula with min_overlap 0.1, at least `min_radius` cells), and its regression target
-`[dx, dy, z, log w, log l, log h, vx, vy, sin yaw, cos yaw]` (det3d's order: reg, height, dim, vel, rot)
-at the flattened index of that cell.
+`[dx, dy, z, log w, log l, log h, vx, vy, sin yaw, -cos yaw]` (det3d's order: reg, height, dim, vel, rot)
+at the flattened index of that cell. The rot pair is (sin, cos) of det3d's yaw `-yaw - pi` (see
+`model.decode`), so a model trained here and a det3d checkpoint mean the same thing by their rot maps.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def build_targets(cfg: ModelConfig, boxes_per_frame: list[np.ndarray], names_per
                 mask[b, k] = 1.0
                 cls[b, k] = c
                 box[b, k] = [cx - ix, cy - iy, z, math.log(w), math.log(l), math.log(h), vx, vy,
-                             math.sin(yaw), math.cos(yaw)]
+                             math.sin(yaw), -math.cos(yaw)]  # det3d's rot: yaw_det3d = -yaw - pi
                 k += 1
         out.append(TaskTargets(*(torch.from_numpy(a) for a in (heat, index, mask, cls, box))))
     return out

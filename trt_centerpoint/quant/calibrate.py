@@ -21,7 +21,6 @@ import contextlib
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from pytorch_quantization.calib import HistogramCalibrator, MaxCalibrator
@@ -29,8 +28,8 @@ from torch import nn
 from tqdm import tqdm
 
 from trt_centerpoint._compat.pytorch_quantization import iter_quantizers, quiet_library_logs
-from trt_centerpoint.data.points import list_point_files, read_points
 from trt_centerpoint.data.sampling import evenly_spaced
+from trt_centerpoint.data.source import DataSource, FrameRef, list_frames, read_frame
 from trt_centerpoint.errors import UserError
 from trt_centerpoint.quant.mse import merge_bins, mse_amax
 
@@ -54,10 +53,10 @@ class CalibrationResult:
     amax: dict[str, list[float]] = field(default_factory=dict)  # quantizer path -> flattened amax
 
 
-def select_calibration_files(path: str | Path, num_frames: int | None = None) -> list[Path]:
-    """The point files of `path` (a file or folder, see ``list_point_files``); with `num_frames`, that
-    many spread evenly over the sorted list (neighbouring frames of a sequence are near-duplicates)."""
-    files = list_point_files(path)
+def select_calibration_files(path: DataSource, num_frames: int | None = None) -> list[FrameRef]:
+    """The frames of `path` (a point file or folder, see ``list_point_files``, or a nuScenes selection); with
+    `num_frames`, that many spread evenly over the list (neighbouring frames of a sequence are near-duplicates)."""
+    files = list_frames(path)
     if num_frames is None or num_frames >= len(files):
         return files
     if num_frames < 1:
@@ -65,9 +64,9 @@ def select_calibration_files(path: str | Path, num_frames: int | None = None) ->
     return evenly_spaced(files, num_frames)
 
 
-def iter_points(files: Iterable[Path], num_features: int) -> Iterator[torch.Tensor]:
+def iter_points(files: Iterable[FrameRef], num_features: int) -> Iterator[torch.Tensor]:
     for f in files:
-        yield torch.from_numpy(read_points(f, num_features).points)
+        yield torch.from_numpy(read_frame(f, num_features).points)
 
 
 @contextlib.contextmanager

@@ -12,8 +12,8 @@
   spirit of the supervised loss' normalisation by the object count; the regression term gets the
   supervised loss' weights (code weights, velocity 0.2, loc weight 0.25).
 
-``UnlabeledFrames`` gives any folder of point clouds the item shape of ``LabeledFrames`` (no boxes), so
-the trainer's batching and augmentation are shared.
+``UnlabeledFrames`` gives any folder of point clouds (or nuScenes selection) the item shape of
+``LabeledFrames`` (no boxes), so the trainer's batching and augmentation are shared.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trt_centerpoint.data.points import list_point_files, read_points
+from trt_centerpoint.data.nuscenes import NuScenesSelection
+from trt_centerpoint.data.source import DataSource, list_frames, read_frame
 from trt_centerpoint.model.loss import DEFAULT_CODE_WEIGHTS, LOC_WEIGHT
 
 _BOX_WITH_VEL = ("reg", "height", "dim", "vel", "rot")
@@ -32,19 +33,22 @@ _BOX_NO_VEL = ("reg", "height", "dim", "rot")
 
 
 class UnlabeledFrames:
-    """Point files of a folder (or one file); item i is (stem, points [N, F] float32, no boxes, no names)."""
+    """Point files of a folder (or one file), or a nuScenes selection's samples; item i is (stem, points [N, F]
+    float32, no boxes, no names)."""
 
-    def __init__(self, root: str | Path, num_features: int):
-        self.root = Path(root)
+    def __init__(self, root: DataSource, num_features: int):
+        self.root = root if isinstance(root, NuScenesSelection) else Path(root)
         self.num_features = num_features
-        self.files = list_point_files(self.root)
+        self.files = list_frames(self.root)
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[str, np.ndarray, np.ndarray, list[str]]:
-        cloud = read_points(self.files[i], self.num_features)
-        return cloud.stem, cloud.points, np.zeros((0, 9), np.float64), []
+        ref = self.files[i]
+        cloud = read_frame(ref, self.num_features)
+        stem = ref.stem if isinstance(self.root, NuScenesSelection) else cloud.stem
+        return stem, cloud.points, np.zeros((0, 9), np.float64), []
 
 
 def _box(pred: dict[str, torch.Tensor]) -> torch.Tensor:

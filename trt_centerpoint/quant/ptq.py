@@ -24,7 +24,7 @@ from trt_centerpoint._compat.pytorch_quantization import (
     register_amax_buffers,
 )
 from trt_centerpoint._compat.spconv import import_spconv, spconv_version
-from trt_centerpoint.config import ModelConfig, config_from_dict, config_to_dict, load_config
+from trt_centerpoint.config import MODEL_NEUTRAL, ModelConfig, config_from_dict, config_to_dict, load_config
 from trt_centerpoint.model.centerpoint import CenterPoint, load_model
 from trt_centerpoint.model.checkpoint import CheckpointError, atomic_torch_save, match_state_dict, read_checkpoint
 from trt_centerpoint.quant.calibrate import METHODS, CalibrationError, calibrate, iter_points, select_calibration_files
@@ -153,7 +153,7 @@ def _read(path: str | Path) -> tuple[dict, dict]:
 
 def _config_differences(a: ModelConfig, b: ModelConfig) -> list[str]:
     da, db = config_to_dict(a), config_to_dict(b)
-    return [k for k in da if k not in ("name", "description") and da[k] != db.get(k)]
+    return [k for k in da if k not in MODEL_NEUTRAL and da[k] != db.get(k)]
 
 
 def load_quantized_model(path: str | Path, expect_config: ModelConfig | None = None,

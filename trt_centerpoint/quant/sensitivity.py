@@ -44,9 +44,10 @@ from torch import nn
 from tqdm import tqdm
 
 from trt_centerpoint._compat.pytorch_quantization import iter_quantizers, quiet_library_logs
-from trt_centerpoint.config import ModelConfig, config_to_dict, load_config
+from trt_centerpoint.config import MODEL_NEUTRAL, ModelConfig, config_to_dict, load_config
 from trt_centerpoint.data.dataset import LabeledFrames
 from trt_centerpoint.data.sampling import evenly_spaced, evenly_spaced_indices
+from trt_centerpoint.data.source import frame_stem
 from trt_centerpoint.errors import UserError
 from trt_centerpoint.eval.ap import evaluate
 from trt_centerpoint.fileio import atomic_write_json, atomic_write_text
@@ -252,7 +253,8 @@ class MapMetric:
             predictions[frame.key] = dets.to_json_list()
         if refs is not None:
             self.reference = refs
-        mean_ap = float(evaluate(predictions, self.ground_truth, self.cfg.class_names)["mAP"])
+        mean_ap = float(evaluate(predictions, self.ground_truth, self.cfg.class_names,
+                                    class_range=self.cfg.eval.class_range)["mAP"])
         return {"metric": mean_ap, "mAP": mean_ap, **acc.result()}
 
 
@@ -382,7 +384,7 @@ def calibrated_model(cfg: ModelConfig, checkpoint: str | Path, files: list[Path]
 
 
 def fidelity_frames(model: nn.Module, files: list[Path], num_features: int) -> list[_Frame]:
-    return [_voxelize(model, f.stem, p) for f, p in zip(files, iter_points(files, num_features))]
+    return [_voxelize(model, frame_stem(f), p) for f, p in zip(files, iter_points(files, num_features))]
 
 
 def labeled_frames(model: nn.Module, data: str | Path, cfg: ModelConfig, eval_frames: int | None):
@@ -516,7 +518,7 @@ def read_skip_list(path: str | Path, expect_config: ModelConfig | None = None) -
     if expect_config is not None:
         mine = config_to_dict(expect_config)
         theirs = doc.get("config") if isinstance(doc.get("config"), dict) else {}
-        diff = [k for k in mine if k not in ("name", "description") and mine[k] != theirs.get(k)]
+        diff = [k for k in mine if k not in MODEL_NEUTRAL and mine[k] != theirs.get(k)]
         if diff:
             raise SensitivityError(
                 f"{path}: made for another model config than {expect_config.name} (differs in: {', '.join(diff)})"

@@ -242,6 +242,22 @@ def _per_layer_lines(per: dict | None, title: str) -> list[str]:
     return lines
 
 
+def _section_output_bounds(data: dict) -> list[str]:
+    """Headroom per sparse conv: libspconv allocates `output_bound` voxels per layer and drops the rest."""
+    bounds = data.get("output_bounds")
+    if not bounds:
+        return []
+    lines = ["## Sparse conv output_bound headroom (evaluation frames)", "",
+             "Headroom = output_bound / most active voxels on one frame; below 1.0 libspconv would drop voxels "
+             "(runs stop with an error unless `--allow-overflow`)."]
+    rows = [[f"`{node}`", row.get("path") or _DASH, _plain(row.get("output_bound")), _plain(row.get("max_active")),
+             _num(row.get("headroom"), ".2f"), row.get("source") or _DASH] for node, row in bounds.items()]
+    tight = min((row["headroom"] for row in bounds.values() if row.get("headroom")), default=None)
+    if tight is not None:
+        lines[-1] += f" Tightest: {tight:.2f}."
+    return lines + ["", _md_table(["node", "layer", "output_bound", "max active", "headroom", "set by"], rows)]
+
+
 def _section_latency(data: dict, pngs: dict[str, Path]) -> list[str]:
     latency = data.get("latency")
     series = latency_series(latency)
@@ -358,6 +374,7 @@ def render_markdown(data: dict, pngs: dict[str, Path] | None = None) -> str:
     parts = [[f"# {data.get('title') or 'CenterPoint INT8 report'}"], _section_model(data), _section_accuracy(data),
              _section_validation(data),
              _section_tensors(data, pngs), _section_detections(data), _section_per_layer(data),
+             _section_output_bounds(data),
              _section_latency(data, pngs), _section_engine(data), _section_sensitivity(data),
              _section_artifacts(data), _section_stages(data), _section_versions(data),
              ["## How to read this report", "", _HOW_TO_READ]]

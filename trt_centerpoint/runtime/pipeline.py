@@ -136,10 +136,11 @@ def _how_to_make(name: str, artifacts) -> str:
 
 
 def make_pipeline(cfg: ModelConfig, backend: str, precision: str, checkpoint=None, artifacts=None,
-                  model=None) -> Pipeline:
+                  model=None, allow_overflow: bool = False) -> Pipeline:
     """A pipeline for `backend` x `precision`. torch needs `model` or `checkpoint` (int8 needs a quantized
     checkpoint; fp32 takes either: a quantized one runs with its quantizers off); onnx / trt need
-    `artifacts` (the build folder)."""
+    `artifacts` (the build folder); there a frame that overflows a sparse conv's output_bound is an error unless
+    `allow_overflow` (`runtime.scn_runner`)."""
     if backend not in BACKENDS or precision not in PRECISIONS:
         raise UserError(f"--backend {backend} --precision {precision}: choose from {BACKENDS} x {PRECISIONS}")
     label = f"{backend}/{precision}"
@@ -155,7 +156,8 @@ def make_pipeline(cfg: ModelConfig, backend: str, precision: str, checkpoint=Non
         return Pipeline(cfg, TorchBackbone(model), TorchHead(model), label)
     # the sparse part runs where the head runs: CPU for onnx; the GPU for trt when spconv has CUDA there
     device = "cuda" if backend == "trt" and torch.cuda.is_available() else "cpu"
-    backbone = ScnRunner(_artifact(artifacts, BACKBONE_FILES[precision]), precision="fp32", device=device)
+    backbone = ScnRunner(_artifact(artifacts, BACKBONE_FILES[precision]), precision="fp32", device=device,
+                         allow_overflow=allow_overflow)
     if backend == "onnx":
         return Pipeline(cfg, backbone, OnnxHead(_artifact(artifacts, HEAD_FILES[precision])), label)
     plan = _artifact(artifacts, ENGINE_FILES[precision])

@@ -9,7 +9,8 @@ Semantics:
 - SparseConvolution -> spconv conv with the node's geometry; `rulebook` becomes spconv's `indice_key`,
   so convs sharing a rulebook reuse its indice pairs exactly as libspconv reuses the rulebook;
   `activation` "ReLU" is spconv's fused ReLU (`act_type`). Each conv's active output voxels are compared
-  with its `output_bound`; an overflow (libspconv would truncate) is recorded and warned about.
+  with its `output_bound`: an overflow (libspconv would drop the excess voxels, silently) is an error naming the
+  layer, its bound and the count; with `allow_overflow` it is recorded and warned about instead.
 - Add: elementwise on two sparse tensors with the same sites; Relu; ScatterDense (format "zyx") ->
   dense [B, C, D, H, W]; Reshape / Transpose on the dense tensor.
 - precision "fp32": FP16 weights and FP16-rounded input features (the file's input type) computed in
@@ -47,11 +48,15 @@ spconv = import_spconv()
 _ACTIVATIONS = {"ReLU": RELU, "None": NO_ACT, "": NO_ACT}
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
-__all__ = ["OutputBoundWarning", "ScnRunner"]
+__all__ = ["OutputBoundOverflow", "OutputBoundWarning", "ScnRunner"]
 
 
 class OutputBoundWarning(UserWarning):
     """A conv produced more active voxels than its output_bound: libspconv would drop the excess."""
+
+
+class OutputBoundOverflow(UserError):
+    """The same, as an error: the default, because libspconv's truncation changes results without a word."""
 
 
 @dataclass
@@ -70,6 +75,7 @@ class ScnRunner:
     source: object
     precision: str = "fp32"
     device: str = "cpu"
+    allow_overflow: bool = False  # an output_bound overflow warns instead of raising OutputBoundOverflow
     counts: dict[str, int] = field(default_factory=dict, init=False)  # active output voxels per conv, last run
     overflows: dict[str, tuple[int, int]] = field(default_factory=dict, init=False)  # node -> (count, bound)
 
@@ -219,6 +225,11 @@ class ScnRunner:
             self.counts[node.name] = count
             if conv.output_bound is not None and count > conv.output_bound:
                 self.overflows[node.name] = (count, conv.output_bound)
+                if not self.allow_overflow:
+                    raise OutputBoundOverflow(
+                        f"{self.name}: sparse conv {node.name} needs {count} output voxels on this frame, over its "
+                        f"output_bound {conv.output_bound}: libspconv would drop {count - conv.output_bound} of them; "
+                        "re-export with --calib-data frames like these or --output-bound, or pass --allow-overflow")
                 warnings.warn(f"{self.name}: {node.name} has {count} active voxels, over its output_bound "
                               f"{conv.output_bound}", OutputBoundWarning, stacklevel=3)
             return y

@@ -47,7 +47,8 @@ def latency_section(results: dict) -> dict:
 def run_bench(cfg: ModelConfig, artifacts: str | Path | None, data: str | Path, *, out: str | Path | None = None,
               backends=("onnx",), precisions=PRECISIONS, checkpoint=None, iterations: int = DEFAULT_ITERATIONS,
               warmup: int = DEFAULT_WARMUP, frames: int = BENCH_FRAMES, progress: bool = True,
-              log: Callable[[str], None] = print) -> dict:
+              log: Callable[[str], None] = print, allow_overflow: bool = False,
+              max_seconds: float | None = None) -> dict:
     """Time every backend x precision; write bench.json + bench.png to `out` (default `artifacts`)."""
     for backend in backends:
         if backend not in BACKENDS:
@@ -59,7 +60,8 @@ def run_bench(cfg: ModelConfig, artifacts: str | Path | None, data: str | Path, 
     if not points:
         raise UserError(f"{data}: no point files")
     # every pipeline first: a missing file fails in seconds, not after the other benchmarks ran
-    pipes = {(b, p): make_pipeline(cfg, b, p, checkpoint=checkpoint, artifacts=artifacts)
+    pipes = {(b, p): make_pipeline(cfg, b, p, checkpoint=checkpoint, artifacts=artifacts,
+                                   allow_overflow=allow_overflow)
              for b in backends for p in precisions}
     results = {}
     for (backend, precision), pipe in pipes.items():
@@ -67,7 +69,7 @@ def run_bench(cfg: ModelConfig, artifacts: str | Path | None, data: str | Path, 
         with pipe:
             result = run_benchmark(lambda timer, i, pipe=pipe: pipe.detect(points[i % len(points)], timer),
                                    iterations, warmup, device="cuda" if backend == "trt" else "cpu",
-                                   progress=progress)
+                                   progress=progress, max_seconds=max_seconds)
         result.meta.update(backend=backend, precision=precision, frames=len(points), versions=library_versions())
         results[label] = result
         stages = ", ".join(f"{s} {st.median_ms:.1f}" for s, st in result.stages.items())

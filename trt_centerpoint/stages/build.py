@@ -46,6 +46,8 @@ from trt_centerpoint.artifacts import (
     engine_file,
 )
 from trt_centerpoint.config import ModelConfig, config_to_dict, load_config
+from trt_centerpoint.data.nuscenes import NuScenesSelection
+from trt_centerpoint.data.source import DataSource, has_labels, source_sha256
 from trt_centerpoint.data.synth.dataset import write_dataset
 from trt_centerpoint.errors import UserError
 from trt_centerpoint.eval.bench import BenchResult
@@ -76,8 +78,8 @@ __all__ = ["BuildOptions", "SAMPLE_CHECKPOINT", "SAMPLE_CONFIG", "run_build"]
 class BuildOptions:
     config: str | Path = SAMPLE_CONFIG
     checkpoint: str | Path | None = None  # None: the bundled sample
-    calib_data: str | Path | None = None  # None: generated
-    eval_data: str | Path | None = None  # None: generated (labeled)
+    calib_data: DataSource | None = None  # a folder or a nuScenes selection; None: generated
+    eval_data: DataSource | None = None  # None: generated (labeled)
     out: str | Path = "build"
     qat: bool = False
     method: str = "mse"
@@ -85,11 +87,13 @@ class BuildOptions:
     eval_frames: int = 50
     qat_epochs: int = 1
     bench_iterations: int = 20
+    bench_seconds: float = 30.0  # per backend x precision: a nuScenes-size model takes seconds per frame on CPU
     bench_warmup: int = 3
     workspace_mb: int = 1024
     builder: str = "auto"  # auto | tensorrt | tensorrt-rtx (`runtime.trt.env.resolve_builder`)
     compute_capabilities: tuple[str, ...] = ()  # TensorRT-RTX targets, e.g. ("8.6", "12.0"); () = its default
     progress: bool = True
+    allow_overflow: bool = False  # compare / bench: warn instead of failing on an output_bound overflow
 
 
 @dataclass
@@ -190,10 +194,13 @@ class _Build:
 
     # --- stages ----------------------------------------------------------------------------------
 
-    def data(self) -> tuple[Path, Path]:
+    def data(self) -> tuple[DataSource, DataSource]:
         folders = {}
         for kind, given, frames in (("calib", self.opts.calib_data, self.opts.calib_frames),
                                     ("eval", self.opts.eval_data, self.opts.eval_frames)):
+            if isinstance(given, NuScenesSelection):
+                folders[kind] = given
+                continue
             if given is not None:
                 folders[kind] = Path(given)
                 if not folders[kind].is_dir():
@@ -211,7 +218,7 @@ class _Build:
                             still_valid=lambda extra, folder=folder: extra.get("tree") == tree_sha256(folder))
         return folders["calib"], folders["eval"]
 
-    def quantize(self, calib: Path) -> Path:
+    def quantize(self, calib: DataSource) -> Path:
         ptq = self.out / PTQ_CHECKPOINT
 
         def calibrate() -> StageOutcome:
@@ -221,25 +228,25 @@ class _Build:
                                                   f"{meta['num_frames']} frames")
 
         self._run_stage("ptq", {"checkpoint": file_sha256(self.checkpoint), "config": self.config_sha,
-                                "calib_data": tree_sha256(calib)},
+                                "calib_data": source_sha256(calib)},
                         {"method": self.opts.method, "frames": self.opts.calib_frames, "sparse_weights_fp16": True},
                         calibrate)
         if not self.opts.qat:
             return ptq
 
         qat = self.out / QAT_CHECKPOINT
-        objective = "supervised" if (calib / "labels").is_dir() else "distill"
+        objective = "supervised" if has_labels(calib) else "distill"
 
         def fine_tune() -> StageOutcome:
             run_qat(ptq, calib, qat, QATOptions(objective=objective, epochs=self.opts.qat_epochs),
                     progress=self.opts.progress)
             return StageOutcome([QAT_CHECKPOINT], f"{objective} QAT, {self.opts.qat_epochs} epoch(s)")
 
-        self._run_stage("qat", {"ptq": file_sha256(ptq), "data": tree_sha256(calib)},
+        self._run_stage("qat", {"ptq": file_sha256(ptq), "data": source_sha256(calib)},
                         {"epochs": self.opts.qat_epochs, "objective": objective}, fine_tune)
         return qat
 
-    def export(self, quantized: Path, calib: Path) -> None:
+    def export(self, quantized: Path, calib: DataSource) -> None:
         def export() -> StageOutcome:
             result = export_checkpoint(self.cfg, quantized, calib_data=calib, log=self._sublog)
             result.write(self.out)
@@ -304,20 +311,21 @@ class _Build:
                 # only with the TensorRT-RTX runtime on RTX GPUs, never here
                 "runnable": builder == "tensorrt"}
 
-    def compare(self, eval_data: Path, quantized: Path) -> dict:
+    def compare(self, eval_data: DataSource, quantized: Path) -> dict:
         def compare() -> StageOutcome:
             figures = run_compare(self.cfg, self.out, eval_data, checkpoint=quantized, max_frames=self.opts.eval_frames,
-                                  progress=self.opts.progress, log=self._sublog)
+                                  progress=self.opts.progress, log=self._sublog,
+                                  allow_overflow=self.opts.allow_overflow)
             overflows = len(figures["output_bound_overflows"])
             detail = f"{figures['frames']} frames" + (f"; {overflows} conv(s) over output_bound" if overflows else "")
             return StageOutcome([COMPARE_JSON, RUN_RESULTS, *DETECTIONS.values()], detail)
 
         inputs = {**self._artifact_inputs([SCN_FP16, SCN_INT8, RPN_HEAD_FP32, RPN_HEAD_INT8]),
-                  "eval_data": tree_sha256(eval_data), "checkpoint": file_sha256(quantized)}
+                  "eval_data": source_sha256(eval_data), "checkpoint": file_sha256(quantized)}
         self._run_stage("compare", inputs, {"max_frames": self.opts.eval_frames}, compare)
         return json.loads((self.out / COMPARE_JSON).read_text())
 
-    def compare_engines(self, eval_data: Path, quantized: Path, engine: dict) -> dict | None:
+    def compare_engines(self, eval_data: DataSource, quantized: Path, engine: dict) -> dict | None:
         """Where the TensorRT engines run here: the same comparison with the head on the INT8 and FP32 engines
         (`compare --backend trt`), into `compare_trt/`; a few figures for the report. None otherwise."""
         if not engine.get("runnable"):
@@ -329,11 +337,11 @@ class _Build:
             folder.mkdir(exist_ok=True)
             figures = run_compare(self.cfg, self.out, eval_data, out=folder, checkpoint=quantized,
                                   max_frames=self.opts.eval_frames, progress=self.opts.progress, log=self._sublog,
-                                  backend="trt")
+                                  backend="trt", allow_overflow=self.opts.allow_overflow)
             return StageOutcome(names, f"{figures['frames']} frames, head on the TensorRT engines")
 
         inputs = {**self._artifact_inputs([SCN_FP16, SCN_INT8, *ENGINE_FILES.values()]),
-                  "eval_data": tree_sha256(eval_data), "checkpoint": file_sha256(quantized)}
+                  "eval_data": source_sha256(eval_data), "checkpoint": file_sha256(quantized)}
         self._run_stage("compare_engines", inputs, {"max_frames": self.opts.eval_frames}, compare)
         figures = json.loads((folder / COMPARE_JSON).read_text())
         cosines = {n: t["cosine"] for n, t in (figures.get("tensors") or {}).items() if "cosine" in t}
@@ -345,19 +353,25 @@ class _Build:
                 "mAP": {p: (figures.get("accuracy") or {}).get(p, {}).get("mAP") for p in PRECISIONS}
                 if figures.get("accuracy") else None}
 
-    def bench(self, eval_data: Path, engine: dict) -> dict:
+    def bench(self, eval_data: DataSource, engine: dict) -> dict:
         backends = ["onnx"] + (["trt"] if engine.get("runnable") else [])  # TensorRT-RTX engines never run here
 
         def bench() -> StageOutcome:
-            run_bench(self.cfg, self.out, eval_data, backends=backends, iterations=self.opts.bench_iterations,
-                      warmup=self.opts.bench_warmup, progress=self.opts.progress, log=self._sublog)
-            return StageOutcome([BENCH_JSON, BENCH_PNG],
-                                f"{', '.join(backends)} x fp32/int8, {self.opts.bench_iterations} iterations")
+            section = run_bench(self.cfg, self.out, eval_data, backends=backends,
+                                iterations=self.opts.bench_iterations, warmup=self.opts.bench_warmup,
+                                progress=self.opts.progress, log=self._sublog, allow_overflow=self.opts.allow_overflow,
+                                max_seconds=self.opts.bench_seconds)
+            ran = sorted({s.get("iterations") for s in (section or {}).get("settings", {}).values()} - {None})
+            what = "-".join(str(n) for n in ran[:: max(1, len(ran) - 1)]) or str(self.opts.bench_iterations)
+            short = bool(ran) and ran[0] < self.opts.bench_iterations
+            cut = f" (stopped at {self.opts.bench_seconds:g} s per column)" if short else ""
+            return StageOutcome([BENCH_JSON, BENCH_PNG], f"{', '.join(backends)} x fp32/int8, {what} iterations{cut}")
 
         names = [SCN_FP16, SCN_INT8, RPN_HEAD_FP32, RPN_HEAD_INT8]
         names += [ENGINE_FILES[p] for p in PRECISIONS] if engine.get("runnable") else []
-        inputs = {**self._artifact_inputs(names), "eval_data": tree_sha256(eval_data)}
-        params = {"backends": backends, "iterations": self.opts.bench_iterations, "warmup": self.opts.bench_warmup}
+        inputs = {**self._artifact_inputs(names), "eval_data": source_sha256(eval_data)}
+        params = {"backends": backends, "iterations": self.opts.bench_iterations, "warmup": self.opts.bench_warmup,
+                  "max_seconds": self.opts.bench_seconds}
         self._run_stage("bench", inputs, params, bench)
         raw = json.loads((self.out / BENCH_JSON).read_text())
         return latency_section({label: BenchResult.from_dict(r) for label, r in raw.items()})
@@ -380,6 +394,7 @@ class _Build:
             "detections": _flat_detections(compare.get("detections") or {}),
             "per_layer": compare.get("per_layer"),
             "per_layer_backbone": compare.get("per_layer_backbone"),
+            "output_bounds": _output_bounds(self.manifest, compare),
             "validation": _export_validation(self.manifest),
             "latency": latency,
             "artifacts": artifacts,
@@ -424,6 +439,20 @@ def _export_validation(manifest: Manifest) -> dict:
                          f"by layer (gate {h['tolerance']:g}), {h['free_running']['max_median_abs_error']:.3g} free "
                          "running")
     return out
+
+
+def _output_bounds(manifest: Manifest, compare: dict) -> dict | None:
+    """Per sparse conv of scn.fp16.onnx: its output_bound, how it was set, and the headroom on the evaluation
+    frames (bound / most active voxels seen; below 1 libspconv drops voxels)."""
+    headroom = compare.get("output_bound_headroom") or {}
+    if not headroom:
+        return None
+    rec = manifest.stages.get(EXPORT_STAGE)
+    extra = rec.extra if rec else {}
+    planned = (extra.get("output_bounds") or {}).get("layers") or {}
+    paths = ((extra.get("artifacts") or {}).get(SCN_FP16) or {}).get("node_paths") or {}
+    return {node: {**row, "path": paths.get(node), "source": (planned.get(paths.get(node)) or {}).get("source")}
+            for node, row in headroom.items()}
 
 
 def _flat_detections(detections: dict) -> dict:

@@ -31,8 +31,10 @@ from trt_centerpoint.data.frames import load_frames
 from trt_centerpoint.errors import UserError
 from trt_centerpoint.eval.ap import evaluate
 from trt_centerpoint.eval.compare import (
+    DEFAULT_RUN_RESULTS_MB,
     compare_runs,
     find_first_jump,
+    fit_run_results,
     per_layer_onnx,
     polygraphy_accuracy,
     save_run_results,
@@ -46,6 +48,7 @@ from trt_centerpoint.model.decode import Detections, decode
 from trt_centerpoint.report.table import format_table
 from trt_centerpoint.runtime.pipeline import Pipeline, make_pipeline, split_tasks
 from trt_centerpoint.runtime.scn_runner import OutputBoundWarning
+from trt_centerpoint.stages.evaluate import range_transforms
 
 BACKENDS = ("onnx", "trt")  # the deployed files: the head on ONNX Runtime, or its TensorRT engines
 RUNNER_NAMES = {"onnx": "onnxrt", "trt": "tensorrt"}  # runner names in the saved RunResults
@@ -118,10 +121,11 @@ def compare_scn_layers(pipes: dict, points) -> dict:
     return {"layers": layers, "first_jump": find_first_jump(layers)}
 
 
-def compare_outputs(cfg: ModelConfig, pipes: dict, frames, progress: bool = True):
+def compare_outputs(cfg: ModelConfig, pipes: dict, frames, progress: bool = True, headroom: dict | None = None):
     """({precision: outputs per frame}, {precision: detections per frame}, output_bound overflows) of the
     pipelines of the files `pipes` ({"fp32": ..., "int8": ...}); an overflow is a conv whose active voxels exceeded
-    its output_bound (libspconv would truncate)."""
+    its output_bound (libspconv would truncate; only reached with allow_overflow, else the runner raises).
+    `headroom`, when given, collects per conv of the FP32 file its bound and the most active voxels seen."""
     outs = {"fp32": [], "int8": []}
     dets = {"fp32": [], "int8": []}
     overflows: dict[str, dict] = {}
@@ -136,13 +140,25 @@ def compare_outputs(cfg: ModelConfig, pipes: dict, frames, progress: bool = True
                     seen = overflows.setdefault(node, {"max_active": 0, "output_bound": bound, "frames": 0})
                     seen["max_active"] = max(seen["max_active"], count)
                     seen["frames"] += precision == "fp32"
+                if headroom is not None and precision == "fp32":
+                    _track_headroom(headroom, pipe.backbone)
     return outs, dets, overflows
+
+
+def _track_headroom(headroom: dict, runner) -> None:
+    """Per sparse conv: its output_bound, the most active voxels seen, and their ratio (the report's headroom)."""
+    for node, count in getattr(runner, "counts", {}).items():
+        bound = runner.convs[node].output_bound
+        row = headroom.setdefault(node, {"output_bound": bound, "max_active": 0})
+        row["max_active"] = max(row["max_active"], count)
+        row["headroom"] = None if not (bound and row["max_active"]) else bound / row["max_active"]
 
 
 def run_compare(cfg: ModelConfig, artifacts: str | Path, data: str | Path, *, out: str | Path | None = None,
                 checkpoint: str | Path | None = None, max_frames: int = DEFAULT_MAX_FRAMES, save_frames: int = 3,
                 verify_frames: int = 3, progress: bool = True, log: Callable[[str], None] = print,
-                backend: str = "onnx") -> dict:
+                backend: str = "onnx", allow_overflow: bool = False,
+                run_results_mb: float = DEFAULT_RUN_RESULTS_MB) -> dict:
     """Compare the FP32 and INT8 files on `data`, the head run by `backend` ("onnx": ONNX Runtime, "trt": the
     TensorRT engines); write compare.json, the RunResults and the detections to `out` (default:
     `artifacts`). Returns the figures (the report's `tensors`, `detections`, `accuracy`, `per_layer`
@@ -157,13 +173,15 @@ def run_compare(cfg: ModelConfig, artifacts: str | Path, data: str | Path, *, ou
     frames = load_frames(data, cfg, max_frames)
     if not frames.points:
         raise UserError(f"{data}: no point files")
-    pipes = {p: make_pipeline(cfg, backend, p, artifacts=artifacts) for p in ("fp32", "int8")}
-    outs, dets, overflows = compare_outputs(cfg, pipes, frames.points, progress)
+    pipes = {p: make_pipeline(cfg, backend, p, artifacts=artifacts, allow_overflow=allow_overflow)
+             for p in ("fp32", "int8")}
+    headroom: dict[str, dict] = {}
+    outs, dets, overflows = compare_outputs(cfg, pipes, frames.points, progress, headroom)
     if overflows:
         worst = max(overflows, key=lambda n: overflows[n]["max_active"] / overflows[n]["output_bound"])
         log(f"warning: {len(overflows)} sparse conv(s) exceed their output_bound on these frames (worst {worst}: "
             f"{overflows[worst]['max_active']} active voxels > {overflows[worst]['output_bound']}); libspconv would "
-            "drop voxels: export with more --calib-data frames or a larger --bound-margin")
+            "drop voxels: export with --calib-data frames like these, a larger --bound-margin or --output-bound")
     ran = [i for i, o in enumerate(outs["fp32"]) if o is not None]
     if not ran:
         raise UserError(f"{data}: no frame has a point inside the config's point_cloud_range")
@@ -172,7 +190,11 @@ def run_compare(cfg: ModelConfig, artifacts: str | Path, data: str | Path, *, ou
     tensors = compare_runs(ref, got)
     runner = RUNNER_NAMES[backend]
     saved = {f"{runner}-fp32": ref[:save_frames], f"{runner}-int8": got[:save_frames]}
-    run_results_path = save_run_results(out / RUN_RESULTS, saved)
+    kept, run_results_note = fit_run_results(saved, run_results_mb)
+    run_results_path = save_run_results(out / RUN_RESULTS, kept)
+    if run_results_note["crop"]:
+        log(f"{RUN_RESULTS}: one frame does not fit in {run_results_mb:g} MB; kept the central window "
+            f"{run_results_note['crop']} of the first frame's maps (the figures cover every frame, whole maps)")
     accuracy_check = polygraphy_accuracy(to_run_results(saved), POLYGRAPHY_ATOL, POLYGRAPHY_RTOL)
 
     # per layer: the two scn files on the same voxels, and the two head ONNX files on the same FP32 BEV (an
@@ -198,15 +220,18 @@ def run_compare(cfg: ModelConfig, artifacts: str | Path, data: str | Path, *, ou
     if frames.ground_truth is not None:
         accuracy = {"frames": len(frames.stems), "backend": backend}
         for precision in ("fp32", "int8"):
-            metrics = evaluate(predictions[precision], frames.ground_truth, cfg.class_names)
+            metrics = evaluate(predictions[precision], frames.ground_truth, cfg.class_names,
+                               class_range=cfg.eval.class_range, range_transforms=range_transforms(data))
             accuracy[precision] = {"mAP": metrics["mAP"], "per_class": metrics["per_class"]}
         accuracy["delta_mAP"] = accuracy["int8"]["mAP"] - accuracy["fp32"]["mAP"]
 
     for precision, name in DETECTIONS.items():
         write_detections(out / name, predictions[precision])
-    figures = {"output_bound_overflows": overflows, "per_layer_backbone": per_layer_backbone, "tensors": tensors,
+    figures = {"output_bound_overflows": overflows, "output_bound_headroom": headroom,
+               "per_layer_backbone": per_layer_backbone, "tensors": tensors,
                "polygraphy": accuracy_check, "per_layer": per_layer, "detections": detections,
-               "accuracy": accuracy, "run_results": run_results_path.name, "frames": len(frames.points),
+               "accuracy": accuracy, "run_results": run_results_path.name, "run_results_saved": run_results_note,
+               "frames": len(frames.points),
                "frames_with_voxels": len(ran), "data": str(data), "seconds": time.perf_counter() - start}
     atomic_write_json(out / COMPARE_JSON, figures)
     worst = min(tensors, key=lambda n: tensors[n]["cosine"])

@@ -25,6 +25,7 @@ standalone command, and `build`'s own stage runner for a build.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,8 +42,8 @@ from trt_centerpoint.artifacts import (
     SCN_INT8_QDQ,
 )
 from trt_centerpoint.config import ModelConfig, config_to_dict, load_config
-from trt_centerpoint.data.points import list_point_files, read_points
 from trt_centerpoint.data.sampling import evenly_spaced
+from trt_centerpoint.data.source import list_frames, read_frame, source_sha256
 from trt_centerpoint.data.synth.dataset import generate_frame, scene_for_config
 from trt_centerpoint.errors import UserError
 from trt_centerpoint.eval.compare import polygraphy_compare
@@ -57,9 +58,9 @@ from trt_centerpoint.export.scn.walk import walk_backbone
 from trt_centerpoint.export.scn.writer import SCN_INPUT, SCN_OUTPUT, export_scn
 from trt_centerpoint.export.validate import ValidationError, fp16_deployed_reference, validate_scn
 from trt_centerpoint.fileio import check_output_dir, ensure_dir, write_files_together
-from trt_centerpoint.manifest import Manifest, file_sha256, json_sha256, tree_sha256
+from trt_centerpoint.manifest import Manifest, file_sha256, json_sha256
 from trt_centerpoint.quant.ptq import is_quantized_checkpoint, load_model_pair
-from trt_centerpoint.runtime.scn_runner import ScnRunner
+from trt_centerpoint.runtime.scn_runner import OutputBoundWarning, ScnRunner
 
 DEFAULT_MAX_FRAMES = 16
 VALIDATION_FRAMES = 2  # the reference runner and PyTorch each run the backbone once per frame
@@ -102,6 +103,7 @@ class ExportResult:
     bound_margin: float
     bounds_observed: bool  # False: the safe fallback (no --calib-data)
     calib_data: dict | None  # the folder and frames the bounds were observed on
+    bound_override: int | None = None  # --output-bound: every layer
 
     @property
     def names(self) -> list[str]:
@@ -121,8 +123,9 @@ class ExportResult:
             "quantized": self.quantized,
             "calib_data": self.calib_data,
             "passes": {f.name: f.passes for f in self.files if f.passes is not None},
-            "output_bounds": {"margin": self.bound_margin,
-                              "source": "calib_data" if self.bounds_observed else "fallback",
+            "output_bounds": {"margin": self.bound_margin, "override": self.bound_override,
+                              "source": ("override" if self.bound_override else "calib_data" if self.bounds_observed
+                                         else "fallback"),
                               "layers": {p: b.as_dict() for p, b in self.bound_plan.items()}},
             "validation": {f.name: f.validation for f in self.files},
             "artifacts": {f.name: f.describe() for f in self.files},
@@ -141,22 +144,25 @@ class ExportResult:
 
 
 def export_key(cfg: ModelConfig, checkpoint: Path, calib_data, max_frames: int = DEFAULT_MAX_FRAMES,
-               margin: float = DEFAULT_MARGIN, fp16: bool = False, fp16_io: bool = False) -> tuple[dict, dict]:
+               margin: float = DEFAULT_MARGIN, fp16: bool = False, fp16_io: bool = False,
+               output_bound: int | None = None) -> tuple[dict, dict]:
     """(inputs, params) the manifest records for an export: what decides whether it must run again."""
     inputs = {"checkpoint": file_sha256(checkpoint), "config": json_sha256(config_to_dict(cfg))}
     if calib_data is not None:
-        inputs["calib_data"] = tree_sha256(calib_data)
+        inputs["calib_data"] = source_sha256(calib_data)
     params = {"config": cfg.name, "max_frames": max_frames, "bound_margin": margin,
               "precision": "int8" if is_quantized_checkpoint(Path(checkpoint)) else "float"}
     if fp16:
         params.update(fp16=True, fp16_io=bool(fp16_io))
+    if output_bound is not None:
+        params["output_bound"] = int(output_bound)
     return inputs, params
 
 
 def _calib_frames(model, cfg: ModelConfig, calib_data, max_frames: int) -> tuple[list, dict]:
     frames, used = [], []
-    for f in evenly_spaced(list_point_files(calib_data), max_frames):
-        points = read_points(f, cfg.voxel.num_point_features).points
+    for f in evenly_spaced(list_frames(calib_data), max_frames):
+        points = read_frame(f, cfg.voxel.num_point_features).points
         voxels = model.voxelize([torch.from_numpy(points)])
         if voxels.num_voxels:
             frames.append((voxels.features, voxels.coords))
@@ -212,13 +218,30 @@ def _polygraphy_check(name: str, exported, model, bevs, rule, log) -> dict:
     return figures
 
 
-def _export_scn_fp16(model, cfg: ModelConfig, fused, fusion_line: str, plan, validation_frames, log) -> ExportedFile:
+def _validation_runner(data: bytes) -> ScnRunner:
+    """The reference runner for checking numbers against PyTorch, which never truncates: output_bound overflows
+    are not this check's business (`_check_bounds` reports them once, from the calibration counts)."""
+    return ScnRunner(data, precision="fp32", allow_overflow=True)
+
+
+def _check_bounds(plan: dict, log) -> None:
+    """A bound below what a layer already needed on the calibration frames (only `--output-bound` can do that):
+    say so now, since every run on such frames will stop (`runtime.scn_runner`)."""
+    short = {p: b for p, b in plan.items() if b.observed is not None and b.observed > b.bound}
+    if short:
+        worst = max(short.values(), key=lambda b: b.observed / b.bound)
+        log(f"warning: output_bound below what {len(short)} sparse conv(s) needed on the calibration frames "
+            f"(worst {worst.path}: {worst.observed} > {worst.bound}); runs on such frames will stop with an error")
+
+
+def _export_scn_fp16(model, cfg: ModelConfig, fused, fusion_line: str, plan, validation_frames, bevs,
+                     log) -> ExportedFile:
     """`scn.fp16.onnx`: lint + reference runner vs the PyTorch backbone."""
     scn = export_scn(fused, output_bounds={p: b.bound for p, b in plan.items()}, max_voxels=cfg.voxel.max_voxels)
     data = scn.to_bytes()
     _require_clean(SCN_FP16, scn.model)
-    runner = ScnRunner(data, precision="fp32")
-    figures = validate_scn(runner, model.backbone, validation_frames) if validation_frames else {}
+    runner = _validation_runner(data)
+    figures = validate_scn(runner, model.backbone, validation_frames, references=bevs) if validation_frames else {}
     if figures:
         log(f"{SCN_FP16}: reference runner vs PyTorch backbone on {figures['frames']} frame(s): "
             f"cosine {figures['min_cosine']:.8f}, max abs error {figures['max_abs_error']:.3g}")
@@ -279,7 +302,7 @@ def _export_int8(qmodel, cfg: ModelConfig, plan, validation_frames, bevs, log) -
                      quant=specs)
     scn_data = scn.to_bytes()
     _require_clean(SCN_INT8, scn.model)
-    runner = ScnRunner(scn_data, precision="fp32")
+    runner = _validation_runner(scn_data)
     got = [runner.run(f, c) for f, c in validation_frames]
     scn_figures = validate_scn(runner, fp16_deployed_reference(fused), validation_frames, outputs=got)
     fp32_weights = validate_scn(runner, qmodel.backbone, validation_frames, min_cosine=0.0, outputs=got,
@@ -297,7 +320,7 @@ def _export_int8(qmodel, cfg: ModelConfig, plan, validation_frames, bevs, log) -
     qdq = scn_to_qdq(scn.model)
     _require_clean(SCN_INT8_QDQ, qdq)
     qdq_data = qdq.SerializeToString()
-    qdq_runner = ScnRunner(qdq_data, precision="fp32")
+    qdq_runner = _validation_runner(qdq_data)
     for (features, coords), expected in zip(validation_frames, got):
         if not torch.equal(qdq_runner.run(features, coords), expected):
             raise ValidationError(f"{SCN_INT8_QDQ}: does not execute identically to {SCN_INT8}")
@@ -317,7 +340,8 @@ def _export_int8(qmodel, cfg: ModelConfig, plan, validation_frames, bevs, log) -
 @torch.no_grad()
 def export_checkpoint(cfg: ModelConfig, checkpoint: str | Path, calib_data: str | Path | None = None,
                       max_frames: int = DEFAULT_MAX_FRAMES, margin: float = DEFAULT_MARGIN, fp16: bool = False,
-                      fp16_io: bool = False, log: Callable[[str], None] = print) -> ExportResult:
+                      fp16_io: bool = False, log: Callable[[str], None] = print,
+                      output_bound: int | None = None) -> ExportResult:
     """Export and validate the deployment files in memory (steps 1-5); raises before anything is written.
 
     fp16 (quantized checkpoints): also `rpn_head.int8.fp16.onnx`, the INT8 head with its float parts in
@@ -344,22 +368,29 @@ def export_checkpoint(cfg: ModelConfig, checkpoint: str | Path, calib_data: str 
     log(fusion_line)
     ops = walk_backbone(fused)
     observed = observe_active_voxels(fused, ops, frames) if calib_record else None
-    plan = plan_output_bounds(ops, cfg.voxel.max_voxels, observed, margin)
-    log(f"output_bound: {f'observed max x {margin:.2f}' if observed else 'safe fallback (no --calib-data)'}; "
-        + ", ".join(f"{p}={b.bound}" for p, b in plan.items()))
-    files = [_export_scn_fp16(model, cfg, fused, fusion_line, plan, validation_frames, log)]
-    bevs = [model.backbone(f, c, 1) for f, c in validation_frames] or [torch.zeros(1, cfg.bev_channels, *cfg.bev_shape)]
-    files.append(_export_rpn_head_fp32(model, cfg, bevs, log))
+    plan = plan_output_bounds(ops, cfg.voxel.max_voxels, observed, margin, cfg.export.output_bound_floor, output_bound)
+    how = (f"--output-bound {output_bound} on every layer" if output_bound is not None
+           else f"{margin:g} x calibration ratio x max_voxels {cfg.voxel.max_voxels}" if observed
+           else "safe bound (no --calib-data)")
+    log(f"output_bound: {how}; " + ", ".join(f"{p}={b.bound}" for p, b in plan.items()))
+    _check_bounds(plan, log)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OutputBoundWarning)  # said once by _check_bounds
+        bevs = [model.backbone(f, c, 1) for f, c in validation_frames]  # once: the scn and the head checks
+        files = [_export_scn_fp16(model, cfg, fused, fusion_line, plan, validation_frames, bevs, log)]
+        files.append(_export_rpn_head_fp32(model, cfg, bevs or [torch.zeros(1, cfg.bev_channels, *cfg.bev_shape)],
+                                           log))
 
-    if qmodel is not None:
-        if not validation_frames:
-            raise UserError(f"{checkpoint}: no frame with voxels to validate the INT8 export on")
-        qbevs = [qmodel.backbone(f, c, 1) for f, c in validation_frames]
-        files += _export_int8(qmodel, cfg, plan, validation_frames, qbevs, log)
-        if fp16:
-            files.append(_export_int8_fp16(qmodel, cfg, qbevs, fp16_io, log))
+        if qmodel is not None:
+            if not validation_frames:
+                raise UserError(f"{checkpoint}: no frame with voxels to validate the INT8 export on")
+            qbevs = [qmodel.backbone(f, c, 1) for f, c in validation_frames]
+            files += _export_int8(qmodel, cfg, plan, validation_frames, qbevs, log)
+            if fp16:
+                files.append(_export_int8_fp16(qmodel, cfg, qbevs, fp16_io, log))
     return ExportResult(checkpoint=checkpoint, quantized=qmodel is not None, files=files, bound_plan=plan,
-                        bound_margin=margin, bounds_observed=bool(observed), calib_data=calib_record)
+                        bound_margin=margin, bounds_observed=bool(observed), calib_data=calib_record,
+                        bound_override=output_bound)
 
 
 def record_export(out: str | Path, result: ExportResult, inputs: dict, params: dict, seconds: float) -> dict:
@@ -375,12 +406,14 @@ def record_export(out: str | Path, result: ExportResult, inputs: dict, params: d
 def run_export(config: str | Path | ModelConfig, checkpoint: str | Path, out: str | Path,
                calib_data: str | Path | None = None, max_frames: int = DEFAULT_MAX_FRAMES,
                margin: float = DEFAULT_MARGIN, fp16: bool = False, fp16_io: bool = False,
-               log: Callable[[str], None] = print) -> dict:
+               log: Callable[[str], None] = print, output_bound: int | None = None) -> dict:
     """`trt-centerpoint export`: export, validate and write the deployment files and the stage's manifest
     record; returns that record as a dict (`outputs`: file name -> sha256, `extra`, `versions`...)."""
     start = time.perf_counter()
     check_output_dir(out)  # before the work: a bad --out fails now, not after the export
     cfg = config if isinstance(config, ModelConfig) else load_config(config)
-    result = export_checkpoint(cfg, checkpoint, calib_data, max_frames, margin, fp16, fp16_io, log)
-    inputs, params = export_key(cfg, Path(checkpoint), calib_data, max_frames, margin, fp16, fp16_io)
+    if output_bound is not None and output_bound < 1:
+        raise UserError(f"--output-bound must be >= 1, got {output_bound}")
+    result = export_checkpoint(cfg, checkpoint, calib_data, max_frames, margin, fp16, fp16_io, log, output_bound)
+    inputs, params = export_key(cfg, Path(checkpoint), calib_data, max_frames, margin, fp16, fp16_io, output_bound)
     return record_export(out, result, inputs, params, time.perf_counter() - start)

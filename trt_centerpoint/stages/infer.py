@@ -8,7 +8,7 @@ from tqdm import tqdm
 
 from trt_centerpoint.config import load_config
 from trt_centerpoint.data.detections import write_detections
-from trt_centerpoint.data.points import list_point_files, read_points
+from trt_centerpoint.data.source import DataSource, list_frames, read_frame
 from trt_centerpoint.fileio import ensure_parent
 from trt_centerpoint.model.voxelizer import VoxelStats
 from trt_centerpoint.report.table import format_table
@@ -17,22 +17,26 @@ from trt_centerpoint.runtime.pipeline import make_pipeline
 __all__ = ["detections_table", "run_inference"]
 
 
-def run_inference(config: str, checkpoint: str | Path | None, points: str | Path, out: str | Path | None = None,
+def run_inference(config: str, checkpoint: str | Path | None, points: DataSource, out: str | Path | None = None,
                   backend: str = "torch", precision: str = "fp32", artifacts: str | Path | None = None,
-                  progress: bool = True) -> dict[str, list[dict]]:
-    """Detect on every point file of `points` (a file or a folder), frame by frame; returns the detection JSON
-    mapping {file stem: [detection]} and writes it to `out` when given. torch needs `checkpoint`, onnx / trt
+                  progress: bool = True, allow_overflow: bool = False) -> dict[str, list[dict]]:
+    """Detect on every point file of `points` (a file or a folder, or the samples of a nuScenes selection), frame
+    by frame; returns the detection JSON mapping {file stem or sample token: [detection]} and writes it to `out`
+    when given. torch needs `checkpoint`, onnx / trt
     the build folder `artifacts` (`make_pipeline`)."""
     if out is not None:
         ensure_parent(out, "detections file")  # before any frame runs
     cfg = load_config(config)
-    pipe = make_pipeline(cfg, backend, precision, checkpoint=checkpoint, artifacts=artifacts)
-    files = list_point_files(points)
+    pipe = make_pipeline(cfg, backend, precision, checkpoint=checkpoint, artifacts=artifacts,
+                         allow_overflow=allow_overflow)
+    files = list_frames(points)
     results: dict[str, list[dict]] = {}
     with pipe:
         for path in tqdm(files, desc="infer", unit="frame", disable=not progress or len(files) < 2):
-            cloud = read_points(path, cfg.voxel.num_point_features)
-            results[cloud.stem] = pipe.detect(cloud.points).to_json_list()
+            cloud = read_frame(path, cfg.voxel.num_point_features)
+            results[cloud.stem if isinstance(path, Path) else path.stem] = pipe.detect(cloud.points).to_json_list()
+            if cloud.stats.note and len(results) == 1:  # once: every file of a folder is read the same way
+                tqdm.write(cloud.stats.note)
             for line in dropped_points(path, cloud.stats.num_nonfinite, pipe.last_stats):
                 tqdm.write(line)
     if out:

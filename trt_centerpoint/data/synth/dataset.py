@@ -37,6 +37,8 @@ Labels (must match the project's decode / NMS)
     sweeps, lie inside the (current) label box. Points outside the range are kept in the frame.
   * Every object's solid parts lie inside its label box shrunk by 4 cm (top and sides), so up to range
     noise every return of an object in the latest sweep lies inside its label box.
+  * Written label files also hold `"num_lidar_pts"`: per label, the returns of its object in the latest
+    sweep inside its box (nuScenes' count: the key-frame sweep; evaluation drops boxes without points).
 
 Determinism: everything in a frame is drawn from `numpy.random.default_rng([seed, index])`; the same
 (seed, index, sensor, scene) always gives the same bytes.
@@ -70,6 +72,7 @@ __all__ = [
     "read_labels",
     "scene_for_config",
     "simulate_frame",
+    "unknown_classes",
     "write_dataset",
 ]
 
@@ -159,23 +162,35 @@ def simulate_frame(seed: int, index: int, sensor: SensorConfig | None = None,
 
 
 def generate_frame(seed: int, index: int, sensor: SensorConfig | None = None,
-                   scene: SceneConfig | None = None) -> tuple[np.ndarray, dict]:
+                   scene: SceneConfig | None = None, counts: bool = False) -> tuple[np.ndarray, dict]:
     """Points float32 [N, 5] (x, y, z, intensity 0..255, time lag s) and labels
-    {"boxes": [[x, y, z, w, l, h, yaw, vx, vy], ...], "names": [...]} of frame (seed, index)."""
+    {"boxes": [[x, y, z, w, l, h, yaw, vx, vy], ...], "names": [...]} of frame (seed, index); with `counts`
+    also "num_lidar_pts": per label, its object's returns of the latest sweep inside its box."""
     frame = simulate_frame(seed, index, sensor, scene)
-    return frame.points, frame.labels
+    if not counts:
+        return frame.points, frame.labels
+    mine = np.flatnonzero((frame.owner >= 0) & (frame.sweep == 0))
+    owner = frame.owner[mine]
+    inside = points_in_boxes(frame.points[mine, :3], frame.all_boxes)[np.arange(mine.size), owner]
+    per_object = np.bincount(owner[inside], minlength=len(frame.all_boxes))
+    return frame.points, {**frame.labels, "num_lidar_pts": [int(per_object[o]) for o in frame.label_objects]}
 
 
-def scene_for_config(config, scene: SceneConfig | None = None) -> SceneConfig:
+def unknown_classes(config) -> list[str]:
+    """The classes of a model config that the generator cannot make."""
+    return [] if config is None else [n for n in config.class_names if n not in CLASSES]
+
+
+def scene_for_config(config, scene: SceneConfig | None = None, partial: bool = False) -> SceneConfig:
     """The scene config for a model config: its point-cloud range and its classes (which the generator
-    must know). Objects are placed up to 6 m beyond the range (at most the default placement radius), so
-    a smaller range gets the same object counts, more densely."""
+    must know; with `partial`, those it knows, at least one). Objects are placed up to 6 m beyond the range (at
+    most the default placement radius), so a smaller range gets the same object counts, more densely."""
     scene = scene or SceneConfig()
     if config is None:
         return scene
     names = list(config.class_names)
-    unknown = [n for n in names if n not in CLASSES]
-    if unknown:
+    unknown = unknown_classes(config)
+    if unknown and (not partial or len(unknown) == len(names)):
         raise UserError(f"config {config.name}: the synthetic generator cannot make class(es) {unknown} "
                         f"(it knows {list(CLASSES)})")
     r = [float(v) for v in config.voxel.point_cloud_range]
@@ -185,7 +200,8 @@ def scene_for_config(config, scene: SceneConfig | None = None) -> SceneConfig:
 
 
 def _labels_json(labels: dict) -> bytes:
-    return (json.dumps({"boxes": labels["boxes"], "names": labels["names"]}) + "\n").encode()
+    return (json.dumps({"boxes": labels["boxes"], "names": labels["names"],
+                        "num_lidar_pts": labels["num_lidar_pts"]}) + "\n").encode()
 
 
 def write_dataset(out_dir, frames: int, seed: int, config=None, progress: bool = True, *,
@@ -196,7 +212,8 @@ def write_dataset(out_dir, frames: int, seed: int, config=None, progress: bool =
     points/<stem>.bin (raw float32 N x F), labels/<stem>.json, meta.json and README.md, with
     stem = f"{seed:04d}_{index:06d}". F = 5 (x, y, z, intensity, time lag), or 4 when `config` asks for
     4 point features (then a single sweep is simulated unless `sensor` says otherwise). With a config,
-    labels are limited to its point-cloud range and classes. Returns the metadata written to meta.json.
+    labels are limited to its point-cloud range and classes (those the generator knows: meta.json lists the
+    others under "classes_not_generated"). Returns the metadata written to meta.json.
 
     The data set appears whole or not at all: it is written into a temporary sibling folder and renamed into
     place, so a killed run leaves no half data set and no stale frames mix with new ones. A non-empty
@@ -222,7 +239,7 @@ def _write_frames(out: Path, frames: int, seed: int, config, progress: bool, sen
         if features == 4 and sensor is None:
             sensor = SensorConfig(num_sweeps=1)
     sensor = sensor or SensorConfig()
-    scene = scene_for_config(config, scene)
+    scene = scene_for_config(config, scene, partial=True)
     sensor.validate()
     scene.validate()
     (out / "points").mkdir()
@@ -232,7 +249,7 @@ def _write_frames(out: Path, frames: int, seed: int, config, progress: bool, sen
     t0 = time.perf_counter()
     for index in tqdm(range(start_index, start_index + frames), disable=not progress, desc="synth frames",
                       unit="frame"):
-        points, labels = generate_frame(seed, index, sensor, scene)
+        points, labels = generate_frame(seed, index, sensor, scene, counts=True)
         stem = f"{seed:04d}_{index:06d}"
         atomic_write_bytes(out / "points" / f"{stem}.bin", np.ascontiguousarray(points[:, :features]).tobytes())
         atomic_write_bytes(out / "labels" / f"{stem}.json", _labels_json(labels))
@@ -258,6 +275,7 @@ def _write_frames(out: Path, frames: int, seed: int, config, progress: bool, sen
         "sensor": asdict(sensor),
         "scene": asdict(scene),
         "model_config": getattr(config, "name", None),
+        **({"classes_not_generated": unknown_classes(config)} if unknown_classes(config) else {}),
         "stats": {
             "labels_per_class": per_class,
             "mean_points_per_frame": float(np.mean(n_points)) if n_points else 0.0,
@@ -270,8 +288,9 @@ def _write_frames(out: Path, frames: int, seed: int, config, progress: bool, sen
         f"{frames} frames from seed {seed}, made by `trt_centerpoint.data.synth.dataset`.\n\n"
         f"- `points/<stem>.bin`: raw float32, {features} values per point ({', '.join(POINT_FEATURES[:features])});"
         " intensity 0..255, time lag in seconds.\n"
-        "- `labels/<stem>.json`: `{\"boxes\": [[x, y, z, w, l, h, yaw, vx, vy], ...], \"names\": [...]}` in the "
-        "current LiDAR frame; yaw = heading - pi/2 (w spans x at yaw 0); velocity over ground in m/s.\n"
+        "- `labels/<stem>.json`: `{\"boxes\": [[x, y, z, w, l, h, yaw, vx, vy], ...], \"names\": [...], "
+        "\"num_lidar_pts\": [...]}` in the current LiDAR frame; yaw = heading - pi/2 (w spans x at yaw 0); velocity "
+        "over ground in m/s; num_lidar_pts = the object's returns of the latest sweep inside its box.\n"
         "- `meta.json`: generator version, seed, sensor and scene settings, classes, label counts.\n"
     )
     atomic_write_bytes(out / "README.md", readme.encode())
@@ -279,7 +298,8 @@ def _write_frames(out: Path, frames: int, seed: int, config, progress: bool, sen
 
 
 def read_labels(path) -> dict:
-    """Read a label JSON written by `write_dataset`: {"boxes": list of 9-float lists, "names": list[str]}.
+    """Read a label JSON written by `write_dataset`: {"boxes": list of 9-float lists, "names": list[str]}, and
+    "num_lidar_pts" (list of ints >= 0) when the file has it.
 
     Raises UserError naming the file for anything malformed.
     """
@@ -310,5 +330,12 @@ def read_labels(path) -> dict:
     for i, name in enumerate(names):
         if not isinstance(name, str) or not name:
             raise UserError(f"{path}: name {i} must be a non-empty string, got {name!r}")
-    return {"boxes": out_boxes, "names": list(names)}
+    out = {"boxes": out_boxes, "names": list(names)}
+    if "num_lidar_pts" in data:
+        counts = data["num_lidar_pts"]
+        if (not isinstance(counts, list) or len(counts) != len(boxes)
+                or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts)):
+            raise UserError(f"{path}: 'num_lidar_pts' must be {len(boxes)} integers >= 0, one per box")
+        out["num_lidar_pts"] = list(counts)
+    return out
 

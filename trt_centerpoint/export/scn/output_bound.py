@@ -1,16 +1,25 @@
-"""Per-layer `output_bound` (max output voxels libspconv allocates for a SparseConvolution).
+"""Per-layer `output_bound`: the most output voxels libspconv allocates for one SparseConvolution.
 
-Why per layer: one constant (exptool's 200000, the parser's 150000) is either far too large for the deep,
-coarse layers or too small for dense scenes (a known failure). We observe the active voxels of every
-conv over sample frames and allocate `ceil(observed_max * margin)`, never more than the safe bound below.
+A conv that produces more active voxels than its bound loses the excess in libspconv, silently: its users'
+most reported failure. Two fixed numbers are common: 150000 (libspconv's ONNX parser when the attribute is
+missing) and 200000 (CUDA-CenterPoint, every layer). Both are too large for the deep, coarse layers and can
+be too small for a dense 10-sweep frame. Here each layer gets a bound for the densest frame the files can see:
 
-- `DEFAULT_MARGIN = 1.5`: sample frames are rarely the densest a deployment sees. CUDA-CenterPoint
-  reports 10k-135k valid voxels per nuScenes frame, mean 82k: the peak is about 1.65x the mean, and a
-  calibration set's maximum sits well above its mean, so 1.5x over the observed maximum covers the spread.
-- Safe bound (the fallback when no frames were observed, and the cap otherwise): the graph input holds at
-  most `max_voxels` (the voxelizer's cap); a subm conv keeps its input's sites; a strided conv turns each
-  input site into at most prod(ceil(k / s)) output sites, and never more than its output grid's cells.
-  No frame can exceed it, but it is large for deep layers: calibrate for tight bounds.
+- The graph's input holds at most `max_voxels` voxels (the voxelizer's cap), whatever the frame.
+- Calibration frames give, per layer, the largest ratio `active output voxels / input voxels`. A layer's
+  ratio falls as frames get denser (neighbouring sites merge), so sparse frames (single sweeps) overestimate it:
+  `ratio x max_voxels` covers a frame that fills the voxelizer. A submanifold conv has ratio 1 exactly.
+- `bound = min(safe, max(ceil(margin x ratio x max_voxels), floor))`, `margin` (default 1.5) for the spread of
+  the ratio between scenes, `floor` from the config (`export.output_bound_floor`: a minimum the config states
+  for every layer, 0 by default) and the safe bound below as the cap. Calibrating on single sweeps and running
+  10-sweep frames is therefore safe: the bounds do not come from the calibration frames' counts.
+- Safe bound (the fallback without calibration frames, and the cap): a subm conv keeps its input's sites; a
+  strided conv turns each input site into at most prod(ceil(k / s)) output sites, never more than its output
+  grid's cells. No frame can exceed it.
+- `export --output-bound N` sets every layer to N (the fixed-number scheme, for comparison with other tools).
+
+Runners that execute the files (`runtime.scn_runner`) stop with an error naming the layer when a frame exceeds
+a bound, and `compare` records each layer's headroom (bound / most active voxels seen).
 """
 
 from __future__ import annotations
@@ -25,19 +34,27 @@ from trt_centerpoint.export.scn.walk import SparseOp
 
 DEFAULT_MARGIN = 1.5
 
-__all__ = ["DEFAULT_MARGIN", "LayerBound", "observe_active_voxels", "plan_output_bounds", "safe_bounds"]
+__all__ = ["DEFAULT_MARGIN", "LayerBound", "Observed", "observe_active_voxels", "plan_output_bounds", "safe_bounds"]
+
+
+@dataclass(frozen=True)
+class Observed:
+    active: int  # most active output voxels on one frame
+    ratio: float  # largest active output voxels / input voxels on one frame
 
 
 @dataclass(frozen=True)
 class LayerBound:
     path: str
     bound: int
-    observed: int | None  # max active output voxels over the sample frames; None: not observed
+    observed: int | None  # max active output voxels over the calibration frames; None: not observed
     safe: int
-    source: str  # "observed" (observed * margin, capped at safe) or "fallback" (the safe bound)
+    source: str  # "scaled" (margin x ratio x max_voxels), "floor", "safe" (capped / no frames) or "override"
+    ratio: float | None = None
 
     def as_dict(self) -> dict:
-        return {"bound": self.bound, "observed": self.observed, "safe": self.safe, "source": self.source}
+        return {"bound": self.bound, "observed": self.observed, "ratio": self.ratio, "safe": self.safe,
+                "source": self.source}
 
 
 def safe_bounds(ops: list[SparseOp], max_voxels: int) -> dict[str, int]:
@@ -57,35 +74,54 @@ def safe_bounds(ops: list[SparseOp], max_voxels: int) -> dict[str, int]:
 
 
 @torch.no_grad()
-def observe_active_voxels(fused: nn.Module, ops: list[SparseOp], batches) -> dict[str, int]:
-    """Max active output voxels per conv op over `batches` (iterable of (features, coords) of one frame)."""
+def observe_active_voxels(fused: nn.Module, ops: list[SparseOp], batches) -> dict[str, Observed]:
+    """Per conv op: the most active output voxels, and the largest ratio to the frame's input voxels, over
+    `batches` (an iterable of (features, coords) of one frame each; frames without voxels are skipped)."""
     modules = {op.path: op.module for op in ops if op.kind == "conv"}
-    seen = {path: 0 for path in modules}
+    active = {path: 0 for path in modules}
+    ratio = {path: 0.0 for path in modules}
+    frame_inputs = [0]
     handles = []
     for path, module in modules.items():
         def hook(_m, _inp, out, path=path):
-            seen[path] = max(seen[path], int(out.features.shape[0]))
+            n = int(out.features.shape[0])
+            active[path] = max(active[path], n)
+            ratio[path] = max(ratio[path], n / frame_inputs[0])
         handles.append(module.register_forward_hook(hook))
     try:
         for features, coords in batches:
+            if len(features) == 0:
+                continue
+            frame_inputs[0] = len(features)
             fused(features, coords, 1)
     finally:
         for handle in handles:
             handle.remove()
-    return seen
+    return {path: Observed(active[path], ratio[path]) for path in modules if active[path]}
 
 
-def plan_output_bounds(ops: list[SparseOp], max_voxels: int, observed: dict[str, int] | None = None,
-                       margin: float = DEFAULT_MARGIN) -> dict[str, LayerBound]:
-    """`LayerBound` per conv path: ceil(observed * margin) capped at the safe bound, or the safe bound."""
+def plan_output_bounds(ops: list[SparseOp], max_voxels: int, observed: dict[str, Observed] | None = None,
+                       margin: float = DEFAULT_MARGIN, floor: int = 0,
+                       override: int | None = None) -> dict[str, LayerBound]:
+    """`LayerBound` per conv path by the rule of the module doc."""
     if margin < 1.0:
         raise ValueError(f"output_bound margin must be >= 1, got {margin}")
+    if override is not None and override < 1:
+        raise ValueError(f"output_bound override must be >= 1, got {override}")
     safe = safe_bounds(ops, max_voxels)
     plan = {}
     for path, cap in safe.items():
         seen = (observed or {}).get(path)
-        if seen:
-            plan[path] = LayerBound(path, min(cap, math.ceil(seen * margin)), seen, cap, "observed")
-        else:
-            plan[path] = LayerBound(path, cap, seen, cap, "fallback")
+        active, ratio = (seen.active, seen.ratio) if seen else (None, None)
+        if override is not None:
+            plan[path] = LayerBound(path, int(override), active, cap, "override", ratio)
+            continue
+        if seen is None:
+            plan[path] = LayerBound(path, cap, None, cap, "safe")
+            continue
+        scaled = math.ceil(margin * ratio * max_voxels)
+        want, source = (scaled, "scaled") if scaled >= floor else (int(floor), "floor")
+        if want >= cap:
+            want, source = cap, "safe"
+        plan[path] = LayerBound(path, want, active, cap, source, ratio)
     return plan
