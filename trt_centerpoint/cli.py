@@ -46,7 +46,7 @@ from trt_centerpoint.fileio import ensure_parent
 from trt_centerpoint.model.random_init import save_random_checkpoint
 from trt_centerpoint.quant.ptq import DEFAULT_NUM_FRAMES as PTQ_FRAMES
 from trt_centerpoint.quant.ptq import run_ptq
-from trt_centerpoint.quant.qat import OBJECTIVES, QATOptions, run_qat
+from trt_centerpoint.quant.qat import OBJECTIVES, RANGE_KINDS, QATOptions, run_qat
 from trt_centerpoint.quant.quantize import DEFAULT_SKIP
 from trt_centerpoint.quant.sensitivity import DEFAULT_NUM_FRAMES as SENSITIVITY_FRAMES
 from trt_centerpoint.quant.sensitivity import run_sensitivity
@@ -185,7 +185,8 @@ def cmd_qat(args: argparse.Namespace) -> int:
     t = TrainingArgs.read(args)
     opts = QATOptions(objective=args.objective, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
                                 seed=t.seed, augment=t.augment, num_frames=FrameArgs.read(args).frames,
-                                teacher=args.teacher, device=args.device)
+                                teacher=args.teacher, device=args.device, ranges=args.ranges,
+                                range_lr=args.range_lr, range_warmup=args.range_warmup)
     _, meta = run_qat(ModelArgs.read(args).checkpoint, DataArgs.read(args).data, args.out, opts,
                                 progress=ProgressArgs.read(args))
     qat = meta["qat"]
@@ -454,6 +455,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="supervised: CenterPoint loss on labels; distill: match the FP32 teacher (no labels) "
                         f"(default {q.objective})")
     p.add_argument("--teacher", help="distill: FP32 checkpoint (default: the ptq file's source checkpoint)")
+    p.add_argument("--ranges", default=q.ranges, choices=RANGE_KINDS,
+                   help="which quantizer ranges (amax) train with the weights: none (calibrated, fixed), inputs "
+                        f"(activations), all (+ per-channel weights) (default {q.ranges})")
+    p.add_argument("--range-lr", type=float, default=q.range_lr,
+                   help=f"Adam step of a learned amax, as a fraction of its calibrated value (default {q.range_lr})")
+    p.add_argument("--range-warmup", type=float, default=q.range_warmup, metavar="EPOCHS",
+                   help="epochs at the start where only the ranges train, then the weights join "
+                        f"(default {q.range_warmup})")
     p.add_argument("--device", default=q.device,
                    help=f"cpu or cuda (under torchrun: one GPU per local rank) (default {q.device})")
 

@@ -306,3 +306,11 @@ def test_format_table():
     assert "n/a" in table  # traffic_cone has no AOE/AVE
     assert lines[-1] == f"mAP: {res['mAP']:.4f}"
     assert f"{res['per_class']['car']:.4f}" in table
+
+
+def test_nds_without_aae_is_the_nds_formula_over_four_tp_errors():
+    from trt_centerpoint.eval.ap import nds_without_aae
+
+    errors = {"mATE": 0.25, "mASE": 0.5, "mAOE": 2.0, "mAVE": float("nan")}
+    # 5 x 0.6 + (0.75 + 0.5 + 0 (capped at 1) + 0 (NaN: no credit)) over 9
+    assert nds_without_aae(0.6, errors) == pytest.approx((3.0 + 1.25) / 9)

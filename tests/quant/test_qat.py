@@ -1,4 +1,5 @@
-"""QAT: supervised and distillation fine-tuning of a ptq.pth, fixed amax, bit-exact reload, torchrun (DDP, gloo)."""
+"""QAT: supervised and distillation fine-tuning of a ptq.pth, fixed or learned amax, bit-exact reload, torchrun
+(DDP, gloo) with the same weights and amax on every rank. Learned ranges in detail: test_qat_learned_ranges.py."""
 
 import os
 import subprocess
@@ -39,8 +40,8 @@ def ckpts(tmp_path_factory, tiny_cfg, tiny_data):
 @pytest.fixture(scope="module")
 def supervised_run(tmp_path_factory, ckpts, tiny_data):
     out = tmp_path_factory.mktemp("qat_sup") / "qat.pth"
-    model, meta = run_qat(ckpts[1], tiny_data, out, QATOptions(epochs=4, batch_size=1, lr=1e-3, augment=False),
-                          progress=False)
+    model, meta = run_qat(ckpts[1], tiny_data, out,
+                          QATOptions(epochs=4, batch_size=1, lr=1e-3, augment=False, ranges="none"), progress=False)
     return model, meta, out
 
 
@@ -62,7 +63,7 @@ def test_supervised_qat_lowers_the_loss_and_keeps_amax(supervised_run, ckpts, ti
     assert _supervised_loss(model, tiny_cfg, tiny_data) < _supervised_loss(ptq, tiny_cfg, tiny_data)
     before, after = amax_snapshot(ptq), amax_snapshot(load_quantized_model(out))
     assert before.keys() == after.keys() and len(before) > 10
-    assert all(torch.equal(before[k], after[k]) for k in before)  # amax is not learned
+    assert all(torch.equal(before[k], after[k]) for k in before)  # ranges="none": amax is not learned
     assert not model.training and not any(".bn" in k for k in model.state_dict())  # BN stays folded
     saved = read_ptq_meta(out)
     assert saved["stage"] == "qat" and saved["skip"] == read_ptq_meta(ckpts[1])["skip"]
@@ -70,6 +71,7 @@ def test_supervised_qat_lowers_the_loss_and_keeps_amax(supervised_run, ckpts, ti
     got = (qat["objective"], qat["epochs"], qat["lr"], qat["frames"], qat["world_size"])
     assert got == ("supervised", 4, 1e-3, 3, 1)
     assert qat["data"] == str(tiny_data) and len(qat["history"]) == 4
+    assert qat["ranges"] == "none" and qat["amax_ratio"] == {} and qat["range_warmup_steps"] == 0
 
 
 def test_distillation_lowers_the_student_teacher_gap(tmp_path, ckpts, tiny_cfg, tiny_data):
@@ -154,4 +156,7 @@ def test_torchrun_two_cpu_processes_gloo(tmp_path, ckpts, tiny_data):
     assert qat["world_size"] == 2 and qat["steps_per_epoch"] == 2  # 3 frames, 2 ranks x 1 -> 2 steps
     ptq = torch.load(ckpts[1], map_location="cpu", weights_only=True)["state_dict"]
     assert any(not torch.equal(ptq[k], r0[k]) for k in r0 if not k.endswith("_amax"))  # it trained
-    assert all(torch.equal(ptq[k], r0[k]) for k in r0 if k.endswith("_amax"))
+    amax = [k for k in r0 if k.endswith("_amax")]
+    assert amax and all(torch.isfinite(r0[k]).all() and (r0[k] > 0).all() for k in amax)  # learned amax, same on
+    assert any(not torch.equal(ptq[k], r0[k]) for k in amax)  # both ranks (above), positive, finite, and moved
+    assert all(torch.equal(ptq[k], r0[k]) for k in amax if k.endswith("_weight_quantizer._amax"))  # weights: fixed

@@ -38,8 +38,12 @@ def full_data() -> dict:
         "title": "Tiny CenterPoint INT8",
         "model": {"config": "configs/tiny.yaml", "checkpoint": "ckpt/model.pt", "checkpoint_sha256": "ab" * 32,
                   "quantization": {"method": "ptq", "calib": "mse", "frames": 32}},
-        "accuracy": {"fp32": {"mAP": 0.5123, "per_class": {"car": 0.7311, "pedestrian": 0.2935}},
-                     "int8": {"mAP": 0.5049, "per_class": {"car": 0.7288, "pedestrian": 0.2810}}, "frames": 81},
+        "accuracy": {"fp32": {"mAP": 0.5123, "per_class": {"car": 0.7311, "pedestrian": 0.2935},
+                              "mean_tp_errors": {"mATE": 0.4, "mASE": 0.2, "mAOE": 0.6, "mAVE": 2.9},
+                              "nds_without_aae": 0.3957},
+                     "int8": {"mAP": 0.5049, "per_class": {"car": 0.7288, "pedestrian": 0.2810},
+                              "mean_tp_errors": {"mATE": 0.41, "mASE": 0.3, "mAOE": 0.6, "mAVE": 2.9},
+                              "nds_without_aae": 0.3800}, "frames": 81},
         "tensors": {"hm": _tensor(0, 0.01), "reg": _tensor(1, 0.002), "same": {**_tensor(2, 0.0), "snr_db": math.inf}},
         "detections": {"matched_fraction": 0.9731, "frames": 81, "within_m": 0.5},
         "validation": {"scn.int8.onnx": "reference runner vs PyTorch fake quant: cosine 0.999985"},
@@ -82,7 +86,8 @@ def test_full_report(tmp_path, full_data):
                  "tensorrt is not installed", "(errors.png)", "(bench.png)", "(sensitivity.png)",
                  "How to read", "pytorch/fp32", "tensorrt/int8", "Test CPU", "2.13.0", "inf",
                  "output_bound headroom", "1.29 | scaled |", "7.39 |   safe |",
-                 "Tightest: 1.29."):
+                 "Tightest: 1.29.", "mASE (lower is better)", "+0.1000 (+50.0%)",
+                 "NDS without AAE", "0.3957"):
         assert text in md, text
     assert "max |x|" not in md and "`ptq`" in md
     assert f"{full_data['tensors']['hm']['cosine']:.6f}" in md
@@ -117,13 +122,13 @@ def test_minimal_report_says_not_run(tmp_path):
 
 def test_half_missing_accuracy():
     md = render_markdown({"model": {}, "accuracy": {"fp32": {"mAP": 0.4, "per_class": {"car": 0.6}}}})
-    assert "INT8 evaluation: not run" in md and "0.4000" in md and "| car" in md
+    assert "INT8 evaluation: not run" in md and "0.4000" in md and "| AP car" in md
 
 
 def test_summary_table(full_data):
     text = summary_table(full_data)
     for item in ("0.5123", "0.5049", "-0.0074", "pytorch/int8", "tensorrt/int8", "6.12", "rpn_head.onnx",
-                 "0123456789ab"):
+                 "0123456789ab", "mASE FP32 / INT8", "0.2000 / 0.3000 (+50.0%)", "NDS without AAE FP32 / INT8"):
         assert item in text, item
     worst = min(full_data["tensors"], key=lambda n: full_data["tensors"][n]["cosine"])
     assert worst in text and "|" not in text

@@ -56,7 +56,9 @@ recall points via the confidences and averaged from recall 0.11 to the highest r
 (1.0 if that is below 0.11). As in the devkit, ``traffic_cone`` has no AOE/AVE and ``barrier`` no
 AVE (NaN), and the means over classes ignore NaNs. The attribute error (AAE) and hence the NDS
 are not computed here: the project's format carries no attributes (``eval.nuscenes_metric`` has the devkit
-compute them, with attributes derived from the predicted speed).
+compute them, with attributes derived from the predicted speed). ``nds_without_aae`` is the NDS formula over
+the four TP errors there are, ``(5 mAP + sum(1 - min(1, mTP))) / 9``: it weighs box quality next to mAP the
+way NDS does, but it is not the nuScenes NDS (that one divides by 10 and includes the AAE).
 """
 
 from __future__ import annotations
@@ -416,7 +418,15 @@ def evaluate(
                 float(np.nanmean(vals)) if not np.isnan(vals).all() else math.nan
             )
         out["mean_tp_errors"] = mean_errs
+        out["nds_without_aae"] = nds_without_aae(out["mAP"], mean_errs)
     return out
+
+
+def nds_without_aae(mean_ap: float, mean_tp_errors: Mapping[str, float]) -> float:
+    """(5 mAP + sum over mATE, mASE, mAOE, mAVE of (1 - min(1, error))) / 9; a NaN error counts as 1 (no credit),
+    as the devkit's NDS does."""
+    credit = [1.0 - min(1.0, e) if e == e else 0.0 for e in mean_tp_errors.values()]
+    return float((5.0 * mean_ap + sum(credit)) / (5.0 + len(credit)))
 
 
 def _tp_error(metric_name, class_name, matched, sp_box, sp_score, c_gbox, conf_interp, min_recall):

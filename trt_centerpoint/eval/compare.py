@@ -60,6 +60,7 @@ def save_run_results(path: str | Path, results: Mapping[str, Frames]) -> Path:
 
 
 DEFAULT_RUN_RESULTS_MB = 10.0
+PER_LAYER_MEMORY_MB = 512.0  # activations fetched at once per model in per_layer_onnx (nuScenes head: 2.3 GB peak)
 
 
 def _json_bytes(frame: Mapping[str, np.ndarray]) -> int:
@@ -241,35 +242,35 @@ def polygraphy_compare(onnx_bytes: bytes, torch_module: torch.nn.Module, bevs: l
 
 # ---------------------------------------------------------------------------------------- per-layer (ONNX)
 
-def _float_tensor_types(model: onnx.ModelProto) -> dict[str, int]:
-    """Element type of every float tensor that shape inference can type (intermediates and outputs)."""
+def _float_tensors(model: onnx.ModelProto) -> dict[str, tuple[int, int | None]]:
+    """Every float tensor that shape inference can type: name -> (element type, bytes; None when its shape is not
+    static)."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
     except onnx.shape_inference.InferenceError:  # fall back to the types the file declares
         inferred = model
     graph = inferred.graph
-    types = {}
+    found = {}
     for value in [*graph.value_info, *graph.output]:
-        elem = value.type.tensor_type.elem_type
-        if elem in _FLOAT_TYPES:
-            types[value.name] = elem
-    return types
+        tensor = value.type.tensor_type
+        if tensor.elem_type in _FLOAT_TYPES:
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+            size = None if None in dims else int(np.prod(dims, dtype=np.int64)) * 4
+            found[value.name] = (tensor.elem_type, size)
+    return found
 
 
-def _mark_all_outputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
-    """A copy of `model` with every float node output made a graph output; returns it and those names."""
-    types = _float_tensor_types(model)
+def _node_outputs(model: onnx.ModelProto, tensors: dict) -> list[str]:
+    """The float tensors `model`'s nodes produce, in graph order."""
+    return [name for node in model.graph.node for name in node.output if name and name in tensors]
+
+
+def _with_outputs(model: onnx.ModelProto, names: list[str], tensors: dict) -> onnx.ModelProto:
+    """A copy of `model` whose graph outputs are exactly `names` (intermediates included)."""
     marked = copy.deepcopy(model)
-    existing = {o.name for o in marked.graph.output}
-    names = []
-    for node in marked.graph.node:
-        for name in node.output:
-            if name and name in types:
-                names.append(name)
-                if name not in existing:
-                    marked.graph.output.append(onnx.helper.make_tensor_value_info(name, types[name], None))
-                    existing.add(name)
-    return marked, names
+    del marked.graph.output[:]
+    marked.graph.output.extend(onnx.helper.make_tensor_value_info(n, tensors[n][0], None) for n in names)
+    return marked
 
 
 def _run_all(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
@@ -278,6 +279,7 @@ def _run_all(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], names: lis
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.enable_cpu_mem_arena = False  # freed activations go back to the system, not to an arena kept at peak
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     inputs = {i.name for i in session.get_inputs()}
     missing = sorted(inputs - set(feeds))
@@ -285,6 +287,20 @@ def _run_all(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], names: lis
         raise ValueError(f"feeds lack graph inputs {missing}")
     values = session.run(names, {k: np.asarray(v) for k, v in feeds.items() if k in inputs})
     return dict(zip(names, values))
+
+
+def _groups(names: list[str], sizes: dict, budget: int) -> list[list[str]]:
+    """`names` in order, cut into runs whose tensors take at most `budget` bytes together (an unknown size
+    counts as the whole budget, so it runs alone)."""
+    groups, current, used = [], [], 0
+    for name in names:
+        size = sizes.get(name) or budget
+        if current and used + size > budget:
+            groups.append(current)
+            current, used = [], 0
+        current.append(name)
+        used += size
+    return groups + ([current] if current else [])
 
 
 def find_first_jump(layers: list[dict], jump: float = 1e-4, ratio: float = 10.0) -> str | None:
@@ -305,30 +321,32 @@ def find_first_jump(layers: list[dict], jump: float = 1e-4, ratio: float = 10.0)
 
 
 def per_layer_onnx(ref_model: onnx.ModelProto, got_model: onnx.ModelProto, feeds: Mapping[str, np.ndarray],
-                   jump: float = 1e-4, ratio: float = 10.0) -> dict:
+                   jump: float = 1e-4, ratio: float = 10.0, memory_mb: float = PER_LAYER_MEMORY_MB) -> dict:
     """Every float tensor named alike in both graphs, compared in the reference's topological order.
 
-    Both models are copied with every intermediate float tensor marked as an output, run with ONNX Runtime
-    (CPU, one thread) on `feeds`, and compared with `tensor_metrics`. Returns {"layers": [{tensor, op,
-    cosine, max_abs, median_abs, snr_db}], "first_jump": name or None, "criterion": text} (see
-    `find_first_jump`). Memory: all activations of one frame are held for both models.
+    Both models are copied with intermediate float tensors marked as outputs, run with ONNX Runtime (CPU, one
+    thread) on `feeds`, and compared with `tensor_metrics`. Returns {"layers": [{tensor, op, cosine, max_abs,
+    median_abs, snr_db}], "first_jump": name or None, "criterion": text} (see `find_first_jump`).
+    Memory: the tensors are fetched in groups of at most `memory_mb` per model (a nuScenes-size head holds
+    about 4 GB of activations per frame); each group runs both models again, so a smaller budget costs time.
     """
-    ref_marked, ref_names = _mark_all_outputs(ref_model)
-    got_marked, got_names = _mark_all_outputs(got_model)
-    got_set = set(got_names)
-    common = [n for n in ref_names if n in got_set]
+    ref_tensors, got_tensors = _float_tensors(ref_model), _float_tensors(got_model)
+    got_set = set(_node_outputs(got_model, got_tensors))
+    common = [n for n in _node_outputs(ref_model, ref_tensors) if n in got_set]
     if not common:
         raise ValueError("the two models share no float tensor names: nothing to compare")
-    ref_values = _run_all(ref_marked, feeds, common)
-    got_values = _run_all(got_marked, feeds, common)
     producer = {out: node.op_type for node in ref_model.graph.node for out in node.output}
+    sizes = {n: ref_tensors[n][1] for n in common}
     layers = []
-    for name in common:
-        ref, got = ref_values[name], got_values[name]
-        if ref.shape != got.shape:
-            continue  # the same name for a different tensor: nothing meaningful to compare
-        m = tm.tensor_metrics(ref, got)
-        layers.append({"tensor": name, "op": producer.get(name, "?"), "cosine": m["cosine"],
-                       "max_abs": m["max_abs"], "median_abs": m["median_abs"], "snr_db": m["snr_db"]})
+    for group in _groups(common, sizes, int(memory_mb * 2**20)):
+        ref_values = _run_all(_with_outputs(ref_model, group, ref_tensors), feeds, group)
+        got_values = _run_all(_with_outputs(got_model, group, got_tensors), feeds, group)
+        for name in group:
+            ref, got = ref_values.pop(name), got_values.pop(name)
+            if ref.shape != got.shape:
+                continue  # the same name for a different tensor: nothing meaningful to compare
+            m = tm.tensor_metrics(ref, got)
+            layers.append({"tensor": name, "op": producer.get(name, "?"), "cosine": m["cosine"],
+                           "max_abs": m["max_abs"], "median_abs": m["median_abs"], "snr_db": m["snr_db"]})
     return {"layers": layers, "first_jump": find_first_jump(layers, jump, ratio),
             "criterion": f"first tensor with 1-cosine > {jump:g} and > {ratio:g}x the worst 1-cosine before it"}

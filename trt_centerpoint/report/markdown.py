@@ -137,9 +137,12 @@ def _section_model(data: dict) -> list[str]:
     return lines
 
 
+TP_ERRORS = ("mATE", "mASE", "mAOE", "mAVE")
+
+
 def _section_accuracy(data: dict) -> list[str]:
     acc = data.get("accuracy")
-    lines = ["## Accuracy (mAP)", ""]
+    lines = ["## Accuracy (mAP and box errors)", ""]
     if not acc:
         return lines + [f"Accuracy: {NOT_RUN}."]
     fp32, int8 = acc.get("fp32") or {}, acc.get("int8") or {}
@@ -148,11 +151,26 @@ def _section_accuracy(data: dict) -> list[str]:
         delta = b - a if isinstance(a, (int, float)) and isinstance(b, (int, float)) else None
         return [name, _num(a, ".4f"), _num(b, ".4f"), _num(delta, "+.4f")]
 
+    def tp_row(name, a, b):
+        cells = row(name, a, b)
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a:
+            cells[3] += f" ({(b - a) / a:+.1%})"
+        return cells
+
     rows = [row("**mAP**", fp32.get("mAP"), int8.get("mAP"))]
+    rows += [tp_row(f"{name} (lower is better)", _get(fp32, "mean_tp_errors", name), _get(int8, "mean_tp_errors", name))
+             for name in TP_ERRORS if _get(fp32, "mean_tp_errors", name) is not None]
+    if fp32.get("nds_without_aae") is not None:
+        rows.append(row("NDS without AAE", fp32.get("nds_without_aae"), int8.get("nds_without_aae")))
     classes = list(fp32.get("per_class") or {})
     classes += [c for c in (int8.get("per_class") or {}) if c not in classes]
-    rows += [row(c, _get(fp32, "per_class", c), _get(int8, "per_class", c)) for c in classes]
-    lines.append(_md_table(["class", "FP32 AP", "INT8 AP", "delta (INT8 - FP32)"], rows))
+    rows += [row(f"AP {c}", _get(fp32, "per_class", c), _get(int8, "per_class", c)) for c in classes]
+    lines.append(_md_table(["measure", "FP32", "INT8", "delta (INT8 - FP32)"], rows))
+    if fp32.get("mean_tp_errors"):
+        lines += ["", "TP errors are the nuScenes true-positive errors of the matched boxes (at 2 m): ATE centre "
+                      "distance (m), ASE 1 - IoU of the aligned sizes, AOE yaw error (rad), AVE velocity error (m/s); "
+                      "the delta column gives their change in percent too. NDS without AAE = (5 mAP + sum of "
+                      "(1 - min(1, error))) / 9: the NDS formula without the attribute error, not the nuScenes NDS."]
     if not fp32:
         lines += ["", f"FP32 evaluation: {NOT_RUN}."]
     if not int8:
@@ -429,6 +447,15 @@ def summary_table(data: dict) -> str:
             ["mAP INT8", _num(int8, ".4f") if int8 is not None else NOT_RUN]]
     if isinstance(fp32, (int, float)) and isinstance(int8, (int, float)):
         rows.append(["mAP delta", _num(int8 - fp32, "+.4f")])
+    for name in TP_ERRORS:
+        a, b = _get(data, "accuracy", "fp32", "mean_tp_errors", name), _get(data, "accuracy", "int8", "mean_tp_errors",
+                                                                              name)
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            rows.append([f"{name} FP32 / INT8", f"{_num(a, '.4f')} / {_num(b, '.4f')}"
+                         + (f" ({(b - a) / a:+.1%})" if a else "")])
+    a, b = _get(data, "accuracy", "fp32", "nds_without_aae"), _get(data, "accuracy", "int8", "nds_without_aae")
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        rows.append(["NDS without AAE FP32 / INT8", f"{_num(a, '.4f')} / {_num(b, '.4f')}"])
     cosines = {n: m.get("cosine") for n, m in (data.get("tensors") or {}).items()
                if isinstance(m, dict) and isinstance(m.get("cosine"), (int, float))}
     if cosines:

@@ -284,12 +284,21 @@ def _forced(model: onnx.ModelProto, calls: dict):
     return forced, feeds, checks
 
 
-def _summarise(diffs: dict[str, list[np.ndarray]]) -> dict[str, dict]:
+def _frame_stats(r: np.ndarray, g: np.ndarray) -> tuple[float, float, float, int, int]:
+    """One frame's |reference - got| (in float64) as (median, max, sum, count, count > 1e-5): kept per frame, not
+    the arrays, so a nuScenes-size head (dozens of 8M-element tensors per BEV) does not hold gigabytes."""
+    d = np.abs(np.asarray(r, np.float64) - np.asarray(g, np.float64)).reshape(-1)
+    return float(np.median(d)), float(d.max()), float(d.sum()), int(d.size), int(np.count_nonzero(d > 1e-5))
+
+
+def _summarise(stats: dict[str, list[tuple]]) -> dict[str, dict]:
+    """Per name over the frames: the worst frame's median, the largest error, the mean, the differing fraction."""
     out = {}
-    for name, parts in diffs.items():
-        d = np.concatenate(parts)
-        out[name] = {"median_abs": float(np.median(d)), "max_abs": float(d.max()), "mean_abs": float(d.mean()),
-                     "differing_fraction": float(np.mean(d > 1e-5))}
+    for name, frames in stats.items():
+        count = sum(f[3] for f in frames)
+        out[name] = {"median_abs": max(f[0] for f in frames), "max_abs": max(f[1] for f in frames),
+                     "mean_abs": sum(f[2] for f in frames) / count,
+                     "differing_fraction": sum(f[4] for f in frames) / count}
     return out
 
 
@@ -310,7 +319,7 @@ def validate_rpn_head_int8(exported: RpnHeadExport, qmodel: nn.Module, bevs: lis
     - layer by layer (the gate): every activation QuantizeLinear of the file is fed the tensor PyTorch
       quantized at that point, so each segment between quantizers runs on PyTorch's input; the tensor each
       segment hands to the next quantizer and every head output must match PyTorch with a median abs
-      error <= `tolerance`. This isolates the file's arithmetic: two float32 convolution
+      error <= `tolerance` (on its worst frame). This isolates the file's arithmetic: two float32 convolution
       implementations (ONNX Runtime's MLAS, PyTorch's oneDNN) round differently in the last bit, a value
       near a rounding boundary then lands one INT8 step apart, and in a free run those flips cascade
       through every later layer (sample model: 7 of 102400 elements at the second conv's input, ~3 % at the
@@ -331,9 +340,9 @@ def validate_rpn_head_int8(exported: RpnHeadExport, qmodel: nn.Module, bevs: lis
     if got_names != exported.output_names:
         raise ValidationError(f"rpn_head int8: outputs {got_names}, expected {exported.output_names}")
     wrapper = RpnHeadModule(qmodel).eval()
-    forced_diffs: dict[str, list[np.ndarray]] = {name: [] for name in exported.output_names}
-    free_diffs: dict[str, list[np.ndarray]] = {name: [] for name in exported.output_names}
-    segment_diffs: dict[str, list[np.ndarray]] = {}
+    forced_diffs: dict[str, list[tuple]] = {name: [] for name in exported.output_names}
+    free_diffs: dict[str, list[tuple]] = {name: [] for name in exported.output_names}
+    segment_diffs: dict[str, list[tuple]] = {}
     forced_count = 0
     forced_session = None
     for x in bevs:
@@ -349,11 +358,11 @@ def validate_rpn_head_int8(exported: RpnHeadExport, qmodel: nn.Module, bevs: lis
         free_out = session.run(None, {RPN_HEAD_INPUT: inputs[RPN_HEAD_INPUT]})
         for diffs, got in ((forced_diffs, forced_out), (free_diffs, free_out)):
             for name, r, g in zip(exported.output_names, ref, got):
-                diffs[name].append(np.abs(r.numpy().astype(np.float64) - g.astype(np.float64)).reshape(-1))
+                diffs[name].append(_frame_stats(r.numpy(), g))
         for (tensor, key), g in zip(checks.items(), forced_out[len(exported.output_names):]):
             label = f"{key[0]}" + (f"[{key[1]}]" if key[1] else "") + " input"
-            segment_diffs.setdefault(label, []).append(
-                np.abs(calls[key].numpy().astype(np.float64) - g.astype(np.float64)).reshape(-1))
+            segment_diffs.setdefault(label, []).append(_frame_stats(calls[key].numpy(), g))
+        del calls, forced_out, free_out, ref  # one BEV's tensors at a time
     per_output, free = _summarise(forced_diffs), _summarise(free_diffs)
     segments = _summarise(segment_diffs)
     gated = {**per_output, **segments}  # every segment is gated like an output
