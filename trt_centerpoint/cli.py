@@ -46,7 +46,7 @@ from trt_centerpoint.fileio import ensure_parent
 from trt_centerpoint.model.random_init import save_random_checkpoint
 from trt_centerpoint.quant.ptq import DEFAULT_NUM_FRAMES as PTQ_FRAMES
 from trt_centerpoint.quant.ptq import run_ptq
-from trt_centerpoint.quant.qat import OBJECTIVES, RANGE_KINDS, QATOptions, run_qat
+from trt_centerpoint.quant.qat import MIN_RANGE_LR, OBJECTIVES, RANGE_KINDS, RANGE_TRAVEL, QATOptions, run_qat
 from trt_centerpoint.quant.quantize import DEFAULT_SKIP
 from trt_centerpoint.quant.sensitivity import DEFAULT_NUM_FRAMES as SENSITIVITY_FRAMES
 from trt_centerpoint.quant.sensitivity import run_sensitivity
@@ -459,7 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which quantizer ranges (amax) train with the weights: none (calibrated, fixed), inputs "
                         f"(activations), all (+ per-channel weights) (default {q.ranges})")
     p.add_argument("--range-lr", type=float, default=q.range_lr,
-                   help=f"Adam step of a learned amax, as a fraction of its calibrated value (default {q.range_lr})")
+                   help="Adam step of a learned amax, as a fraction of its calibrated value (default: "
+                        f"max({MIN_RANGE_LR}, {RANGE_TRAVEL} / steps))")
     p.add_argument("--range-warmup", type=float, default=q.range_warmup, metavar="EPOCHS",
                    help="epochs at the start where only the ranges train, then the weights join "
                         f"(default {q.range_warmup})")

@@ -41,7 +41,8 @@ def ckpts(tmp_path_factory, tiny_cfg, tiny_data):
 def supervised_run(tmp_path_factory, ckpts, tiny_data):
     out = tmp_path_factory.mktemp("qat_sup") / "qat.pth"
     model, meta = run_qat(ckpts[1], tiny_data, out,
-                          QATOptions(epochs=4, batch_size=1, lr=1e-3, augment=False, ranges="none"), progress=False)
+                          QATOptions(objective="supervised", epochs=4, batch_size=1, lr=1e-3, augment=False,
+                                     ranges="none"), progress=False)
     return model, meta, out
 
 

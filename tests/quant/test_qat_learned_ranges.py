@@ -44,8 +44,8 @@ def ckpts(tmp_path_factory, tiny_cfg, tiny_data):
 
 
 def _distill(ptq, data, out, ranges):
-    # 18 steps: a larger range step than the default (sized for hundreds of steps) lets the ranges get there
-    opts = QATOptions(objective="distill", epochs=6, batch_size=1, augment=False, ranges=ranges, range_lr=0.1)
+    # 12 steps: a larger range step than the default (sized for hundreds of steps) lets the ranges get there
+    opts = QATOptions(objective="distill", epochs=4, batch_size=1, augment=False, ranges=ranges, range_lr=0.15)
     return run_qat(ptq, data / "points", out, opts, progress=False)
 
 
@@ -66,7 +66,7 @@ def test_learned_ranges_beat_fixed_ones(tmp_path, learned_run, ckpts, tiny_cfg, 
     gap_fixed = distill_gap(fixed, teacher, clouds)
     gap_learned = distill_gap(learned_run[0], teacher, clouds)
     print(f"distill gap: ptq {gap_ptq:.4f} fixed ranges {gap_fixed:.4f} learned ranges {gap_learned:.4f}")
-    assert gap_fixed < gap_ptq and gap_learned < 0.4 * gap_fixed  # measured: 0.126 -> 0.117 fixed, 0.017 learned
+    assert gap_fixed < gap_ptq and gap_learned < 0.4 * gap_fixed  # measured: 0.126 -> 0.115 fixed, 0.032 learned
 
 
 def test_learned_amax_moves_stays_positive_and_reloads_bit_exactly(learned_run, ckpts, tmp_path, tiny_data):
@@ -142,6 +142,15 @@ def _quant_conv(amax_in: float) -> nn.Module:
     return conv
 
 
+def _lsq_reference(x: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
+    """Fake quant written out so that autograd gives LSQ's gradients: inside the library's straight-through
+    mask (|x| <= amax) rounding is an identity, outside the output is the clamped level times the step."""
+    scale = 127 / amax
+    v = x * scale
+    level = torch.clamp(torch.round(v), -128, 127).detach()
+    return torch.where(x.abs() <= amax, (v + (level - v).detach()) / scale, level / scale)
+
+
 def test_learned_forward_is_the_library_fake_quant_and_the_gradient_is_lsq():
     conv = _quant_conv(1.5)
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
@@ -149,12 +158,24 @@ def test_learned_forward_is_the_library_fake_quant_and_the_gradient_is_lsq():
     learned = copy.deepcopy(conv)
     ranges = learn_ranges(learned, "all")
     assert sorted(ranges.params) == ["_input_quantizer", "_weight_quantizer"]
-    out = learned(x)
+    x_grad = x.clone().requires_grad_(True)
+    out = learned(x_grad)
     assert torch.equal(out, ref)  # forward bit-identical to pytorch-quantization's
     out.square().sum().backward()
-    grad = float(ranges.params["_input_quantizer"].grad)
+    grads = {k: p.grad.clone() for k, p in ranges.params.items()}
 
-    def loss_at(amax: float) -> float:  # the loss as a function of amax is a staircase: fit its slope
+    amax_in = torch.tensor(1.5, requires_grad=True)
+    amax_w = conv._weight_quantizer.amax.detach().clone().requires_grad_(True)
+    x_ref = x.clone().requires_grad_(True)
+    ref_out = torch.nn.functional.conv2d(_lsq_reference(x_ref, amax_in), _lsq_reference(conv.weight, amax_w),
+                                         conv.bias, padding=1)
+    ref_out.square().sum().backward()
+    assert torch.allclose(ref_out, out, rtol=1e-5, atol=1e-6)
+    assert grads["_input_quantizer"] == pytest.approx(float(amax_in.grad), rel=1e-4)
+    assert torch.allclose(grads["_weight_quantizer"], amax_w.grad, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(x_grad.grad, x_ref.grad, rtol=1e-4, atol=1e-6)  # the library's straight-through
+
+    def loss_at(amax: float) -> float:  # the true loss is a staircase in amax: its fitted slope, for scale
         probe = copy.deepcopy(conv)
         probe._input_quantizer._amax.fill_(amax)
         with torch.no_grad():
@@ -162,6 +183,20 @@ def test_learned_forward_is_the_library_fake_quant_and_the_gradient_is_lsq():
 
     steps = np.linspace(-0.05, 0.05, 101)
     slope = np.polyfit(steps, [loss_at(1.5 + s) for s in steps], 1)[0]
-    assert grad == pytest.approx(slope, rel=0.05)
+    assert float(grads["_input_quantizer"]) == pytest.approx(slope, rel=0.15)
     assert freeze_ranges(learned) == 2 and "_amax" in learned._input_quantizer._buffers
     assert torch.equal(learned(x), ref)
+
+
+def test_activation_ranges_calibrated_alike_are_tied():
+    """Quantizers calibrated to the same amax saw the same tensor (the head branches): one learned range."""
+    model = nn.Sequential(_quant_conv(1.5), _quant_conv(1.5), _quant_conv(2.0))
+    ranges = learn_ranges(model, "inputs")
+    assert len(ranges.params) == 3 and len(ranges.parameters()) == 2
+    assert model[0]._input_quantizer._amax is model[1]._input_quantizer._amax
+    with torch.no_grad():
+        ranges.params["0._input_quantizer"].fill_(-1.0)
+    ranges.clamp()
+    assert float(model[1]._input_quantizer._amax.detach()) == pytest.approx(0.015)  # floor: 1 % of the calibrated value
+    freeze_ranges(model)
+    assert model[0]._input_quantizer._amax is not model[1]._input_quantizer._amax  # own buffers again

@@ -75,21 +75,21 @@ class _Fp16Features:
         return self.inner.run(features.half().float(), coords)
 
 
-def _deployment_check(cfg, checkpoint, files_int8: Pipeline, frames) -> dict:
+def _deployment_check(cfg, checkpoint, files_int8: list[Detections], frames) -> dict:
     """INT8 files vs the PyTorch fake-quant model: boxes matched within 1 cm / 10 cm / 50 cm, next to a
     baseline: the PyTorch fake-quant model against itself with FP16-rounded voxel features.
 
     Why the baseline: an INT8 network is discontinuous; a value that moves by a last bit can cross a
     quantization boundary, and the one-step flips cascade. Two INT8 implementations (or one, perturbed by
     the FP16 rounding of its input) therefore never agree to 1 cm on every box, while FP32 does (100 %).
-    Files that agree with PyTorch about as well as PyTorch agrees with itself are faithful.
+    Files that agree with PyTorch about as well as PyTorch agrees with itself are faithful. `files_int8`: the
+    INT8 files' detections on `frames`, as the comparison already made them.
     """
     torch_int8 = make_pipeline(cfg, "torch", "int8", checkpoint=checkpoint)
     perturbed = Pipeline(cfg, _Fp16Features(torch_int8.backbone), torch_int8.head)
     ref = [torch_int8.detect(p) for p in frames]
     out = {}
-    for name, pipe in (("files", files_int8), ("baseline_fp16_features", perturbed)):
-        got = [pipe.detect(p) for p in frames]
+    for name, got in (("files", files_int8), ("baseline_fp16_features", [perturbed.detect(p) for p in frames])):
         out[name] = {f"{r:g}m": merge_matches([match_detections(a, b, r) for a, b in zip(ref, got)], r)
                      for r in AGREEMENT_RADII}
     return out
@@ -201,19 +201,21 @@ def run_compare(cfg: ModelConfig, artifacts: str | Path, data: str | Path, *, ou
     # engine's intermediate tensors cannot be marked as outputs, so the head is compared on its ONNX files)
     per_layer_backbone = compare_scn_layers(pipes, frames.points[ran[0]])
     bev = pipes["fp32"].bev(frames.points[ran[0]]).numpy()
-    per_layer = per_layer_onnx(onnx.load(str(artifacts / HEAD_FILES["fp32"])),
-                               onnx.load(str(artifacts / HEAD_FILES["int8"])), {RPN_HEAD_INPUT: bev})
-    if per_layer["first_jump"]:
-        log(f"per layer: the error first jumps at {per_layer['first_jump']}")
+    for pipe in pipes.values():
+        pipe.close()  # their ONNX Runtime sessions: a nuScenes-size head holds a GB each
 
     agreement = {f"{r:g}m": merge_matches([match_detections(a, b, r) for a, b in zip(dets["fp32"], dets["int8"])], r)
                  for r in AGREEMENT_RADII}
     detections = {"int8_vs_fp32": agreement, "frames": len(frames.points)}
     if checkpoint is not None and verify_frames > 0:
+        checked = ran[:verify_frames]
         detections["int8_files_vs_pytorch_fake_quant"] = _deployment_check(
-            cfg, checkpoint, pipes["int8"], [frames.points[i] for i in ran[:verify_frames]])
-    for pipe in pipes.values():
-        pipe.close()
+            cfg, checkpoint, [dets["int8"][i] for i in checked], [frames.points[i] for i in checked])
+
+    per_layer = per_layer_onnx(onnx.load(str(artifacts / HEAD_FILES["fp32"])),
+                               onnx.load(str(artifacts / HEAD_FILES["int8"])), {RPN_HEAD_INPUT: bev})
+    if per_layer["first_jump"]:
+        log(f"per layer: the error first jumps at {per_layer['first_jump']}")
 
     predictions = {p: {s: d.to_json_list() for s, d in zip(frames.stems, dets[p])} for p in ("fp32", "int8")}
     accuracy = None

@@ -122,6 +122,7 @@ def validate_rpn_head(exported: RpnHeadExport, model: nn.Module, inputs: list[to
     check_onnx(proto, "rpn_head")
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
+    options.enable_cpu_mem_arena = False  # a nuScenes-size head: the arena would stay at its GB-size peak
     session = ort.InferenceSession(exported.to_bytes(), options, providers=["CPUExecutionProvider"])
     got_names = [o.name for o in session.get_outputs()]
     if got_names != exported.output_names:

@@ -222,6 +222,7 @@ def _ort_session(model_bytes: bytes):
     # dense BEV input of the tiny model that alone moved the median error from 3.6e-7 to 2.3e-3, i.e. it
     # would compare ORT's rewrite, not the file, with PyTorch.
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.enable_cpu_mem_arena = False  # a nuScenes-size head: the arena would stay at its GB-size peak
     return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
 
