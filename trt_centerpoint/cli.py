@@ -583,7 +583,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "evaluation frames (this many generated without --eval-data)")),
                  OutputArgs(f"build folder (default {b.out}/)", required=False, default=str(b.out)),
                  BuilderArgs(), OverflowArgs(), progress)
-    p.add_argument("--qat", action="store_true", help="fine-tune after PTQ (1 epoch on the calibration data)")
+    p.add_argument("--qat", action="store_true",
+                   help="fine-tune after PTQ with `qat`'s defaults on the calibration data (learned ranges, "
+                        "distillation, 2 epochs); the whole RPN and head then run INT8")
     p.add_argument("--iterations", type=int, default=b.bench_iterations,
                    help=f"bench iterations per backend x precision (default {b.bench_iterations})")
 

@@ -215,9 +215,13 @@ def test_a_killed_build_resumes(checkpoint, tmp_path):
 
 
 def test_qat_build_exports_the_fine_tuned_checkpoint(checkpoint, tmp_path):
+    from trt_centerpoint.quant.ptq import read_ptq_meta
+    from trt_centerpoint.quant.qat import QAT_SKIP
+
     data = run_build(_opts(checkpoint, tmp_path, qat=True), log=lambda _: None)
     assert _ran(data)[:5] == ["data_calib", "data_eval", "ptq", "qat", "export"]
-    assert "supervised QAT" in data["stages"]["qat"]["detail"]  # generated calibration data has labels
+    assert "distill QAT" in data["stages"]["qat"]["detail"]  # QAT's default objective, labels or not
+    assert read_ptq_meta(tmp_path / "qat.pth")["skip"] == list(QAT_SKIP)  # the whole RPN and head INT8
     export = json.loads((tmp_path / "manifest.json").read_text())["stages"]["export"]
     assert export["inputs"]["checkpoint"] == file_sha256(tmp_path / "qat.pth")
     report = json.loads((tmp_path / "report.json").read_text())

@@ -55,7 +55,7 @@ from trt_centerpoint.fileio import check_output_dir, ensure_dir
 from trt_centerpoint.lockfile import hold_lock
 from trt_centerpoint.manifest import Manifest, file_sha256, json_sha256, tree_sha256
 from trt_centerpoint.quant.ptq import read_ptq_meta, run_ptq
-from trt_centerpoint.quant.qat import QAT_SKIP, QATOptions, run_qat
+from trt_centerpoint.quant.qat import DEFAULT_EPOCHS, QAT_SKIP, QATOptions, run_qat
 from trt_centerpoint.quant.quantize import DEFAULT_SKIP
 from trt_centerpoint.report.markdown import write_report
 from trt_centerpoint.runtime.trt.build import RTX_DEFAULT_TARGETS, artifact_paths, build_engine
@@ -86,7 +86,7 @@ class BuildOptions:
     method: str = "mse"
     calib_frames: int = 32
     eval_frames: int = 50
-    qat_epochs: int = 1
+    qat_epochs: int = DEFAULT_EPOCHS  # sample, 32 frames x 2 epochs: full-INT8 mAP 0.7415 vs FP32 0.7405
     bench_iterations: int = 20
     bench_seconds: float = 20.0  # per backend x precision: a nuScenes-size model takes seconds per frame on CPU
     bench_warmup: int = 2
