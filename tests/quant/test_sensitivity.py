@@ -143,3 +143,22 @@ def test_map_metric_with_labels(tmp_path, tiny_cfg, float_ckpt, tiny_data):
     assert doc["budget"]["met"]  # budget 0 is always reachable (at worst every layer in float)
     assert doc["budget"]["loss"] <= 0.0
     assert (tmp_path / "sensitivity.md").read_text().count("mAP (only this)") == 1
+
+
+def test_a_quantized_checkpoint_is_ranked_with_its_own_ranges(tmp_path, tiny_cfg, float_ckpt, tiny_data, base_run):
+    """After `ptq` / `qat`: `sensitivity` on that file ranks its own ranges (no recalibration), over the layers it
+    quantizes; `--budget` then proposes which of them to leave float on top of its skip list."""
+    from trt_centerpoint.quant.ptq import run_ptq
+
+    skip = ["backbone.conv_input*"]
+    ptq = tmp_path / "ptq.pth"
+    run_ptq(tiny_cfg, float_ckpt, tiny_data, ptq, method="max", skip=skip, progress=False)
+    doc = run_sensitivity(tiny_cfg, ptq, tiny_data, tmp_path / "sens", budget=0.5, progress=False)
+    assert doc["method"]["ranges_from"] == str(ptq) and doc["method"]["skip"] == read_ptq_meta(ptq)["skip"]
+    names = {r["name"] for r in doc["layers"]}
+    assert names and not any(n.startswith("backbone.conv_input") for n in names)
+    assert names < {r["name"] for r in base_run[1]["layers"]}  # the float checkpoint's run covers more
+    model = load_quantized_model(ptq, expect_config=tiny_cfg)
+    amax = {n: q.amax.clone() for n, q in iter_quantizers(model) if q.amax is not None}
+    assert amax  # ranked with these ranges, as loaded: nothing was recalibrated
+    assert isinstance(doc["skip"], list)

@@ -59,7 +59,13 @@ from trt_centerpoint.quant.calibrate import (
     iter_points,
     select_calibration_files,
 )
-from trt_centerpoint.quant.ptq import library_versions, prepare_model
+from trt_centerpoint.quant.ptq import (
+    is_quantized_checkpoint,
+    library_versions,
+    load_quantized_model,
+    prepare_model,
+    read_ptq_meta,
+)
 from trt_centerpoint.report.plots import bar_chart
 from trt_centerpoint.report.table import format_table
 
@@ -412,7 +418,11 @@ def run_sensitivity(config: str | Path | ModelConfig, checkpoint: str | Path, ca
     torch.manual_seed(seed)
     np.random.seed(seed)
     files = select_calibration_files(calib_data, num_frames)
-    model, calib = calibrated_model(cfg, checkpoint, files, method=method, progress=progress)
+    quantized = is_quantized_checkpoint(Path(checkpoint))
+    if quantized:  # a `ptq` / `qat` file: rank its own (calibrated or trained) ranges, e.g. what stays float after QAT
+        model, calib = load_quantized_model(checkpoint, expect_config=cfg), None
+    else:
+        model, calib = calibrated_model(cfg, checkpoint, files, method=method, progress=progress)
     if data is not None:
         frames, truth = labeled_frames(model, data, cfg, eval_frames)
 
@@ -431,12 +441,14 @@ def run_sensitivity(config: str | Path | ModelConfig, checkpoint: str | Path, ca
         "format_version": FORMAT_VERSION,
         "config": config_to_dict(cfg),
         "checkpoint": str(checkpoint),
-        "method": {"amax_method": method, "activation_calibrator": "max" if method == "max" else "histogram",
-                   "bn_fused": True, "calibrated_with": "every quantizable layer quantized (no skip list)"},
+        "method": ({"ranges_from": str(checkpoint), "stage": read_ptq_meta(checkpoint).get("stage", "ptq"),
+                    "skip": read_ptq_meta(checkpoint).get("skip")} if quantized else
+                   {"amax_method": method, "activation_calibrator": "max" if method == "max" else "histogram",
+                    "bn_fused": True, "calibrated_with": "every quantizable layer quantized (no skip list)"}),
         "seed": seed,
         "calib_data": str(calib_data),
-        "calib_frames": calib.frames_used,
-        "calib_frames_empty": calib.frames_empty,
+        "calib_frames": calib.frames_used if calib else 0,
+        "calib_frames_empty": calib.frames_empty if calib else 0,
         "eval_data": str(data) if data is not None else str(calib_data),
         "frames": len(frames),
         "frame_ids": used,
@@ -469,8 +481,12 @@ def markdown_report(doc: dict) -> str:
     lines = [
         f"# Quantization sensitivity: {doc['config']['name']}",
         "",
-        (f"Metric: {doc['metric_description']}; {doc['frames']} frames; amax {doc['method']['amax_method']} "
-         f"from {doc['calib_frames']} calibration frames; seed {doc['seed']}."),
+        (f"Metric: {doc['metric_description']}; {doc['frames']} frames; "
+         + (f"amax {doc['method']['amax_method']} from {doc['calib_frames']} calibration frames"
+            if "amax_method" in doc["method"] else
+            f"the ranges of {doc['method']['ranges_from']} ({doc['method']['stage']}; already float there: "
+            f"{', '.join(doc['method']['skip'] or []) or 'nothing'})")
+         + f"; seed {doc['seed']}."),
         "",
         f"- FP32 reference: {name} {ref:.6f}",
         f"- all layers quantized: {name} {allq:.6f}"
