@@ -93,6 +93,16 @@ def atomic_path(path: str | Path, size: int | None = None) -> Iterator[Path]:
         raise
 
 
+def check_replaceable_dir(path: str | Path, force: bool, what: str) -> Path:
+    """A folder `atomic_dir` may write `what` into: absent, empty, or non-empty with `force` (then replaced)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path}: exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise UserError(f"{path}: exists and is not empty; give --force to replace it ({what} is written whole)")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path, replace: bool = False) -> Iterator[Path]:
     """Yield an empty temporary folder next to `path`; on success it becomes `path` (an existing one is replaced

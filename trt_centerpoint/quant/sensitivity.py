@@ -420,7 +420,7 @@ def run_sensitivity(config: str | Path | ModelConfig, checkpoint: str | Path, ca
     files = select_calibration_files(calib_data, num_frames)
     quantized = is_quantized_checkpoint(Path(checkpoint))
     if quantized:  # a `ptq` / `qat` file: rank its own (calibrated or trained) ranges, e.g. what stays float after QAT
-        model, calib = load_quantized_model(checkpoint, expect_config=cfg), None
+        model, calib, ptq_meta = load_quantized_model(checkpoint, expect_config=cfg), None, read_ptq_meta(checkpoint)
     else:
         model, calib = calibrated_model(cfg, checkpoint, files, method=method, progress=progress)
     if data is not None:
@@ -441,8 +441,8 @@ def run_sensitivity(config: str | Path | ModelConfig, checkpoint: str | Path, ca
         "format_version": FORMAT_VERSION,
         "config": config_to_dict(cfg),
         "checkpoint": str(checkpoint),
-        "method": ({"ranges_from": str(checkpoint), "stage": read_ptq_meta(checkpoint).get("stage", "ptq"),
-                    "skip": read_ptq_meta(checkpoint).get("skip")} if quantized else
+        "method": ({"ranges_from": str(checkpoint), "stage": ptq_meta.get("stage", "ptq"), "skip": ptq_meta.get("skip")}
+                   if quantized else
                    {"amax_method": method, "activation_calibrator": "max" if method == "max" else "histogram",
                     "bn_fused": True, "calibrated_with": "every quantizable layer quantized (no skip list)"}),
         "seed": seed,

@@ -46,7 +46,7 @@ from trt_centerpoint.data.synth.dataset import GENERATOR_VERSION, points_in_boxe
 from trt_centerpoint.data.synth.scene import CLASSES, Layout, SceneConfig, sample_layout
 from trt_centerpoint.data.synth.sensor import SensorConfig, cast_sweep
 from trt_centerpoint.errors import UserError
-from trt_centerpoint.fileio import atomic_dir
+from trt_centerpoint.fileio import atomic_dir, check_replaceable_dir
 
 __all__ = ["CATEGORIES", "DEFAULT_SAMPLES_PER_SCENE", "DEFAULT_SCENES", "LIDAR_TO_EGO", "ScenePlan",
            "scene_names", "scene_plan", "write_nuscenes"]
@@ -311,11 +311,7 @@ def write_nuscenes(out: str | Path, version: str = "v1.0-mini", scenes: int = DE
                         f"scenes), got {scenes}")
     if samples_per_scene < 1 or seed < 0:
         raise UserError(f"--samples-per-scene must be >= 1 and --seed >= 0, got {samples_per_scene}, {seed}")
-    root = Path(out)
-    if root.exists() and not root.is_dir():
-        raise UserError(f"{root}: exists and is not a folder")
-    if root.is_dir() and any(root.iterdir()) and not force:
-        raise UserError(f"{root}: exists and is not empty; give --force to replace it (a dataroot is written whole)")
+    root = check_replaceable_dir(out, force, "a dataroot")
     plans = [scene_plan(seed, i, samples_per_scene, sensor, scene) for i in range(scenes)]
     tables = _Tables(seed, plans[0].sensor)
     with atomic_dir(root, replace=force) as tmp:

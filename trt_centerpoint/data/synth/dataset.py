@@ -58,7 +58,7 @@ from tqdm import tqdm
 from trt_centerpoint.data.synth.scene import CLASSES, Layout, SceneConfig, sample_layout
 from trt_centerpoint.data.synth.sensor import SensorConfig, Sweep, cast_sweep
 from trt_centerpoint.errors import UserError
-from trt_centerpoint.fileio import atomic_dir, atomic_write_bytes
+from trt_centerpoint.fileio import atomic_dir, atomic_write_bytes, check_replaceable_dir
 
 __all__ = [
     "CLASSES",
@@ -221,11 +221,7 @@ def write_dataset(out_dir, frames: int, seed: int, config=None, progress: bool =
     """
     if frames < 0 or seed < 0:
         raise UserError(f"write_dataset: frames and seed must be >= 0, got frames={frames}, seed={seed}")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise UserError(f"{out}: exists and is not empty; give --force to replace it (a data set is written whole)")
+    out = check_replaceable_dir(out_dir, force, "a data set")
     with atomic_dir(out, replace=force) as tmp:
         return _write_frames(tmp, frames, seed, config, progress, sensor, scene, start_index)
 
