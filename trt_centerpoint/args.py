@@ -302,8 +302,9 @@ class RuntimeArgs:
     `--precision`; `multiple=True` (bench) takes several of each."""
 
     def __init__(self, multiple: bool = False, backends: Sequence[str] = ("torch",),
-                 precisions: Sequence[str] = ("fp32",)):
+                 precisions: Sequence[str] = ("fp32",), precision_default: str | None = None):
         self.multiple, self.backends, self.precisions = multiple, tuple(backends), tuple(precisions)
+        self.precision_default = precision_default  # a default the command picks (read back as None), in words
 
     def add_to_parser(self, parser: argparse.ArgumentParser) -> None:
         nargs, pick = ("+", list) if self.multiple else (None, lambda values: values[0])
@@ -311,9 +312,11 @@ class RuntimeArgs:
                             help="torch: the PyTorch model (--checkpoint); onnx: the exported files (scn reference "
                                  "runner + ONNX Runtime, --artifacts); trt: scn runner + TensorRT engine "
                                  f"(--artifacts) (default {' '.join(self.backends)})")
-        parser.add_argument("--precision", nargs=nargs, default=pick(self.precisions), choices=PRECISIONS,
+        default = " ".join(self.precisions) if self.precision_default is None else self.precision_default
+        parser.add_argument("--precision", nargs=nargs, choices=PRECISIONS,
+                            default=pick(self.precisions) if self.precision_default is None else None,
                             help="fp32 or int8; int8 with torch: fake quant, --checkpoint is a `ptq` / `qat` output "
-                                 f"(default {' '.join(self.precisions)})")
+                                 f"(default {default})")
 
     @staticmethod
     def read(args: argparse.Namespace) -> RuntimeChoice:
