@@ -14,7 +14,7 @@ from trt_centerpoint.model.centerpoint import CenterPoint
 from trt_centerpoint.model.checkpoint import save_checkpoint
 from trt_centerpoint.quant.calibrate import select_calibration_files
 from trt_centerpoint.quant.ptq import ptq_model, save_quantized_model
-from trt_centerpoint.stages.evaluate import describe_subject, run_eval
+from trt_centerpoint.stages.evaluate import checkpoint_kind, default_precision, describe_subject, run_eval
 
 
 @pytest.fixture(scope="module")
@@ -88,16 +88,19 @@ def test_a_quantized_checkpoint_is_scored_at_int8_unless_told(tiny_eval, capsys)
     assert default == int8
     assert fp32 != int8  # the quantizers change the scores: the default did not run the float model
     assert metrics["model"]["precision"] == "fp32" and "FP32, its quantizers off" in out
-    out, qat, metrics = _eval(tiny_eval, capsys, checkpoint="qat.pth")
-    assert qat == int8 and metrics["model"]["checkpoint_kind"] == "qat" and "qat checkpoint" in out
+    # a `qat` output: the same rule, named by its meta's stage (no second model run needed to see it)
+    assert checkpoint_kind(tiny_eval / "qat.pth") == "qat" and default_precision("torch", "qat") == "int8"
+    assert "qat checkpoint) at INT8 (fake quant)" in describe_subject("torch", "int8", "qat", "qat.pth")
+    assert default_precision("onnx", "ptq") == "fp32"  # a build folder holds both precisions: --precision picks
 
 
 def test_a_float_checkpoint_stays_fp32(tiny_eval, capsys):
     out, _, metrics = _eval(tiny_eval, capsys)
     assert metrics["model"]["precision"] == "fp32" and metrics["model"]["checkpoint_kind"] == "float"
     assert "float checkpoint" in out and "at FP32 on the torch backend" in out
-    metrics = run_eval(load_config("tiny"), tiny_eval / "float.pth", tiny_eval / "data", progress=False)
-    assert metrics["model"]["precision"] == "fp32"
+    metrics = run_eval(load_config("tiny"), tiny_eval / "float.pth", tiny_eval / "data", progress=False,
+                       max_frames=1)
+    assert metrics["model"]["precision"] == "fp32" and metrics["num_frames"] == 1
 
 
 def test_the_line_names_the_files_of_a_build_folder():
