@@ -1,9 +1,10 @@
 """`trt-centerpoint eval`: run a model on every labeled frame (or read its detection JSON) and score it.
 
 Any backend x precision of `runtime.pipeline.make_pipeline`: torch (the PyTorch model, FP32 or fake-quant
-INT8 from a `trt-centerpoint ptq` checkpoint), onnx (the exported files: scn reference runner + ONNX
-Runtime) or trt (scn reference runner + a TensorRT engine of the head); onnx / trt read a build folder
-(`--artifacts`). With `detections`, no model runs: an existing detection JSON is scored.
+INT8 from a `trt-centerpoint ptq` checkpoint; a `ptq` / `qat` checkpoint is scored at INT8 unless the
+precision says fp32, and every eval names what it scores in one line), onnx (the exported files: scn
+reference runner + ONNX Runtime) or trt (scn reference runner + a TensorRT engine of the head); onnx / trt
+read a build folder (`--artifacts`). With `detections`, no model runs: an existing detection JSON is scored.
 
 Two metrics: "builtin" (`eval.ap`, the devkit's AP re-implemented, with the config's `eval.class_range`) and
 "nuscenes" (the nuScenes devkit itself, `eval.nuscenes_metric`; needs nuScenes data: a dataroot split, or a
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from trt_centerpoint.artifacts import BACKBONE_FILES, ENGINE_FILES, HEAD_FILES
+from trt_centerpoint.artifacts import BACKBONE_FILES, ENGINE_FILES, HEAD_FILES, PRECISIONS
 from trt_centerpoint.config import ModelConfig, config_to_dict
 from trt_centerpoint.data.dataset import LabeledFrames
 from trt_centerpoint.data.detections import read_detections, write_detections
@@ -117,6 +118,8 @@ def run_eval(cfg: ModelConfig, checkpoint: str | Path | None, data: str | Path, 
     if detections is None and backend == "torch" and checkpoint is not None:
         kind = checkpoint_kind(checkpoint)
     precision = precision or default_precision(backend, kind)
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision}: choose from {', '.join(PRECISIONS)}")
     subject = describe_subject(backend, precision, kind, checkpoint, artifacts, detections)
     if announce is not None:
         announce(f"{subject}, {len(frames)} frame(s)")
