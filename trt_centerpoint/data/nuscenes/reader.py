@@ -38,7 +38,7 @@ CHANNEL = "LIDAR_TOP"
 SWEEP_COLUMNS = 5  # a LIDAR_TOP file: float32 x, y, z, intensity, ring index
 POINT_SOURCES = ("det3d", "devkit")
 DEFAULT_POINT_SOURCE = "det3d"
-CLOSE_RANGE = 1.0  # m: an earlier sweep's returns with |x| and |y| below it are the ego vehicle's (both sources)
+CLOSE_RANGE = 1.0  # m: returns with |x| and |y| below it are the ego vehicle's (cut: det3d earlier sweeps, devkit all)
 
 __all__ = ["CHANNEL", "DEFAULT_POINT_SOURCE", "POINT_SOURCES", "sample_labels", "sample_points", "sample_pose",
            "sweep_files"]
