@@ -38,6 +38,7 @@ from trt_centerpoint.data.nuscenes.convert import convert_nuscenes
 from trt_centerpoint.data.nuscenes.synth import DEFAULT_SAMPLES_PER_SCENE, DEFAULT_SCENES, write_nuscenes
 from trt_centerpoint.data.points import set_point_layout
 from trt_centerpoint.data.synth.dataset import unknown_classes, write_dataset
+from trt_centerpoint.distributed import is_main_process
 from trt_centerpoint.errors import UserError
 from trt_centerpoint.eval.ap import format_table
 from trt_centerpoint.eval.compare import DEFAULT_RUN_RESULTS_MB
@@ -158,6 +159,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                        dump_detections=args.dump_detections, backend=runtime.backend, precision=runtime.precision,
                        progress=ProgressArgs.read(args), artifacts=data.artifacts, metric=args.metric,
                        detections=args.detections, allow_overflow=OverflowArgs.read(args))
+    if not is_main_process():  # under torchrun only rank 0 reports
+        return 0
     print(format_table(metrics))
     for line in eval_notes(metrics):
         print(line)
