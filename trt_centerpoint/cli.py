@@ -177,6 +177,8 @@ def cmd_ptq(args: argparse.Namespace) -> int:
                              num_frames=FrameArgs.read(args).frames, method=MethodArgs.read(args), skip=skip,
                              percentile=args.percentile, bn_fused=not args.no_fuse_bn, device=args.device,
                              progress=ProgressArgs.read(args))
+    if not is_main_process():  # under torchrun only rank 0 reports
+        return 0
     print(f"quantized {len(meta['quantized_layers'])} layers ({meta['num_quantizers']} quantizers), "
           f"skipped {', '.join(meta['skip']) or 'nothing'}; amax {meta['amax_method']} over "
           f"{meta['num_frames']} frames ({meta['num_frames_empty']} empty)")
