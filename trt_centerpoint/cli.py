@@ -256,6 +256,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
                                         save_frames=args.save_frames, progress=ProgressArgs.read(args),
                                         backend=args.backend, allow_overflow=OverflowArgs.read(args),
                                         run_results_mb=args.run_results_mb)
+    if not is_main_process():  # under torchrun only rank 0 reports
+        return 0
     for line in summary_lines(figures, args.out or data.artifacts):
         print(line)
     return 0
