@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["DistContext", "all_gather", "all_reduce", "barrier", "broadcast", "context", "gather", "init_distributed",
-           "is_main_process", "lockstep", "shutdown"]
+           "is_main_process", "lockstep", "rank_device", "shutdown"]
 
 
 @dataclass
@@ -61,6 +61,13 @@ def context() -> DistContext:
     """The context of an object-passing stage (eval, compare, calibration): gloo even on a GPU machine, because
     what travels between ranks are detections and histograms, small Python objects, not CUDA tensors."""
     return init_distributed("cpu")
+
+
+def rank_device(device: str) -> str:
+    """`device` for this process: plain "cuda" is the GPU of the local rank under torchrun (one GPU per process)."""
+    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return device
 
 
 def shutdown(ctx: DistContext) -> None:

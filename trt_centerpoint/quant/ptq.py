@@ -25,7 +25,7 @@ from trt_centerpoint._compat.pytorch_quantization import (
 )
 from trt_centerpoint._compat.spconv import import_spconv, spconv_version
 from trt_centerpoint.config import MODEL_NEUTRAL, ModelConfig, config_from_dict, config_to_dict, load_config
-from trt_centerpoint.distributed import DistContext, barrier, context, shutdown
+from trt_centerpoint.distributed import DistContext, barrier, context, rank_device, shutdown
 from trt_centerpoint.model.centerpoint import CenterPoint, load_model
 from trt_centerpoint.model.checkpoint import CheckpointError, atomic_torch_save, match_state_dict, read_checkpoint
 from trt_centerpoint.quant.calibrate import METHODS, CalibrationError, calibrate_files, select_calibration_files
@@ -128,7 +128,8 @@ def run_ptq(config: str | Path | ModelConfig, checkpoint: str | Path, calib_data
     files = select_calibration_files(calib_data, num_frames)
     ctx = context()
     try:
-        model, meta = ptq_model(cfg, checkpoint, files, method, skip, percentile, bn_fused, device, progress, ctx)
+        model, meta = ptq_model(cfg, checkpoint, files, method, skip, percentile, bn_fused, rank_device(device),
+                                progress, ctx)
         meta["calib_data"] = str(calib_data)
         if ctx.is_main:
             save_quantized_model(model, out, meta)
