@@ -10,6 +10,7 @@ import torch
 from trt_centerpoint.config import load_config
 from trt_centerpoint.data.synth.dataset import write_dataset
 from trt_centerpoint.data.synth.sensor import SensorConfig
+from trt_centerpoint.errors import UserError
 from trt_centerpoint.eval.detection_stream import part_path
 from trt_centerpoint.model.centerpoint import CenterPoint
 from trt_centerpoint.model.checkpoint import save_checkpoint
@@ -117,3 +118,11 @@ def test_without_output_files_nothing_is_left_behind(setup, tmp_path, monkeypatc
     monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
     assert run_eval(cfg, ckpt, data, progress=False) == reference
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_part_file_that_cannot_be_written_is_one_user_error(setup, tmp_path):
+    cfg, ckpt, data, _, _ = setup
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(UserError, match="m.json.part.jsonl: cannot (read|write) the detections part file"):
+        run_eval(cfg, ckpt, data, out=blocker / "m.json", progress=False)

@@ -48,14 +48,17 @@ class DetectionPart:
     def open(self) -> set[str]:
         """Open for appending; returns the stems already done by an earlier run with the same key."""
         done, keep = self._read_done()
-        if keep is None:  # no usable file: a fresh one with this run's header
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "wb")  # noqa: SIM115 (closed in close())
-            self._write(_line({"format": FORMAT, "key": self.key, "frames": len(self.stems)}))
-            return set()
-        self._file = open(self.path, "r+b")  # noqa: SIM115
-        self._file.truncate(keep)  # a half-written last line of a killed run
-        self._file.seek(keep)
+        try:
+            if keep is None:  # no usable file: a fresh one with this run's header
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(self.path, "wb")  # noqa: SIM115 (closed in close())
+                self._write(_line({"format": FORMAT, "key": self.key, "frames": len(self.stems)}))
+                return set()
+            self._file = open(self.path, "r+b")  # noqa: SIM115
+            self._file.truncate(keep)  # a half-written last line of a killed run
+            self._file.seek(keep)
+        except OSError as exc:
+            raise UserError(f"{self.path}: cannot write the detections part file: {exc.strerror or exc}") from None
         if done:
             self.log(f"resuming from {self.path}: {len(done)} of {len(self.stems)} frame(s) already done")
         return done
@@ -90,7 +93,10 @@ class DetectionPart:
 
     def append(self, stem: str, detections: list[dict]) -> None:
         """One finished frame, on disk before the next one starts."""
-        self._write(_line({"stem": stem, "detections": detections}))
+        try:
+            self._write(_line({"stem": stem, "detections": detections}))
+        except OSError as exc:  # e.g. a full disk: the frames written so far stay, a rerun resumes after them
+            raise UserError(f"{self.path}: cannot append detections: {exc.strerror or exc}") from None
 
     def close(self) -> None:
         if self._file is not None:
