@@ -5,6 +5,9 @@ Steps (CUDA-CenterPoint's calibration recipe): (1) calibration mode: fake quant 
 or ``entropy`` (or the running max with ``max``), weights from their per-channel max; (4) quant on, calibrators
 off.
 
+Under torchrun (``calibrate_files`` with a distributed context) the ranks share the frames and the amax are
+those of one process on the same frames (``calibrate_distributed`` says how).
+
 Histograms longer than ``mse.MAX_SEARCH_BINS`` are merged before the quadratic mse / entropy searches,
 and quantizers with identical histograms (the head branches all read the shared conv's output) share one
 search.

@@ -11,7 +11,7 @@ amax searched on them could move).
 What this module does instead, per step (one frame per rank, `distributed.lockstep`):
 
 1. each rank runs its frame with a recorder in place of each histogram calibrator (the tensors it would have
-   collected are kept for this one frame);
+   collected are kept alive for this one frame);
 2. the ranks exchange the largest value of each collected tensor (a few floats): the range of every calibrator
    evolves with those alone, so every rank replays the range through the step's frames in frame order, and bins
    its own tensors with the library's own ``collect`` at exactly the range one process would have had then;
@@ -39,13 +39,21 @@ __all__ = ["collect_distributed", "share_amax"]
 
 
 class _Recorder:
-    """Stands in for a histogram calibrator during one frame: keeps what it is given, bins nothing."""
+    """Stands in for a histogram calibrator during one frame: keeps what it is given (a reference, with its
+    version: `tensors` checks that nothing changed it in place since), bins nothing."""
 
     def __init__(self) -> None:
-        self.calls: list[torch.Tensor] = []
+        self.calls: list[tuple[torch.Tensor, int]] = []
 
     def collect(self, x: torch.Tensor) -> None:
-        self.calls.append(x.detach().clone())
+        self.calls.append((x.detach(), x._version))
+
+    def tensors(self) -> list[torch.Tensor]:
+        for x, version in self.calls:
+            if x._version != version:
+                raise RuntimeError("distributed calibration: a calibrated tensor was changed in place after it was "
+                                   "collected; its histogram would not be the one a single process collects")
+        return [x for x, _ in self.calls]
 
 
 def _largest(x: torch.Tensor) -> float:
@@ -109,7 +117,7 @@ def collect_distributed(model: nn.Module, count: int, run_frame: Callable[[int],
             finally:
                 for (_, q), r in zip(hist, ranges):
                     q._calibrator = r.calibrator
-            largest = [[_largest(x) for x in rec.calls] for rec in recorders] if ran else None
+            largest = [[_largest(x) for x in rec.tensors()] for rec in recorders] if ran else None
             step = all_gather((ran, largest), ctx)[: len(indices)]
             counts = None
             for rank, (frame_ran, frame_largest) in enumerate(step):
@@ -117,7 +125,7 @@ def collect_distributed(model: nn.Module, count: int, run_frame: Callable[[int],
                 if not frame_ran:
                     continue
                 if rank == ctx.rank:
-                    counts = [[r.bin(x) for x in rec.calls] for r, rec in zip(ranges, recorders)]
+                    counts = [[r.bin(x) for x in rec.tensors()] for r, rec in zip(ranges, recorders)]
                 else:
                     for r, values in zip(ranges, frame_largest):
                         for value in values:
