@@ -38,6 +38,7 @@ from trt_centerpoint.data.nuscenes.convert import convert_nuscenes
 from trt_centerpoint.data.nuscenes.synth import DEFAULT_SAMPLES_PER_SCENE, DEFAULT_SCENES, write_nuscenes
 from trt_centerpoint.data.points import set_point_layout
 from trt_centerpoint.data.synth.dataset import unknown_classes, write_dataset
+from trt_centerpoint.distributed import is_main_process
 from trt_centerpoint.errors import UserError
 from trt_centerpoint.eval.ap import format_table
 from trt_centerpoint.eval.compare import DEFAULT_RUN_RESULTS_MB
@@ -161,6 +162,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                        progress=ProgressArgs.read(args), artifacts=data.artifacts, metric=args.metric,
                        detections=args.detections, allow_overflow=OverflowArgs.read(args),
                        max_frames=FrameArgs.read(args).frames, announce=print)
+    if not is_main_process():  # under torchrun only rank 0 reports
+        return 0
     print(format_table(metrics))
     for line in eval_notes(metrics):
         print(line)
@@ -177,6 +180,8 @@ def cmd_ptq(args: argparse.Namespace) -> int:
                              num_frames=FrameArgs.read(args).frames, method=MethodArgs.read(args), skip=skip,
                              percentile=args.percentile, bn_fused=not args.no_fuse_bn, device=args.device,
                              progress=ProgressArgs.read(args))
+    if not is_main_process():  # under torchrun only rank 0 reports
+        return 0
     print(f"quantized {len(meta['quantized_layers'])} layers ({meta['num_quantizers']} quantizers), "
           f"skipped {', '.join(meta['skip']) or 'nothing'}; amax {meta['amax_method']} over "
           f"{meta['num_frames']} frames ({meta['num_frames_empty']} empty)")
@@ -254,6 +259,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
                                         save_frames=args.save_frames, progress=ProgressArgs.read(args),
                                         backend=args.backend, allow_overflow=OverflowArgs.read(args),
                                         run_results_mb=args.run_results_mb)
+    if not is_main_process():  # under torchrun only rank 0 reports
+        return 0
     for line in summary_lines(figures, args.out or data.artifacts):
         print(line)
     return 0

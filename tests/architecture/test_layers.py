@@ -20,7 +20,7 @@ ROOT = "trt_centerpoint"
 LAYERS = {
     "__init__": 0, "errors": 0, "artifacts": 0,
     "fileio": 1, "lockfile": 1,
-    "config": 2, "manifest": 2, "_compat": 2, "threads": 2,
+    "config": 2, "manifest": 2, "_compat": 2, "threads": 2, "distributed": 2,
     "data": 3, "report": 3,
     "model": 4,
     "eval": 5, "train": 5,

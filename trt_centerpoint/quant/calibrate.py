@@ -5,6 +5,9 @@ Steps (CUDA-CenterPoint's calibration recipe): (1) calibration mode: fake quant 
 or ``entropy`` (or the running max with ``max``), weights from their per-channel max; (4) quant on, calibrators
 off.
 
+Under torchrun (``calibrate_files`` with a distributed context) the ranks share the frames and the amax are
+those of one process on the same frames (``calibrate_distributed`` says how).
+
 Histograms longer than ``mse.MAX_SEARCH_BINS`` are merged before the quadratic mse / entropy searches,
 and quantizers with identical histograms (the head branches all read the shared conv's output) share one
 search.
@@ -30,7 +33,9 @@ from tqdm import tqdm
 from trt_centerpoint._compat.pytorch_quantization import iter_quantizers, quiet_library_logs
 from trt_centerpoint.data.sampling import evenly_spaced
 from trt_centerpoint.data.source import DataSource, FrameRef, list_frames, read_frame
+from trt_centerpoint.distributed import DistContext
 from trt_centerpoint.errors import UserError
+from trt_centerpoint.quant.calibrate_distributed import collect_distributed, share_amax
 from trt_centerpoint.quant.mse import merge_bins, mse_amax
 
 METHODS = ("mse", "percentile", "entropy", "max")
@@ -93,19 +98,26 @@ def calibration_mode(model: nn.Module) -> Iterator[None]:
                     q.enable()
 
 
+@torch.no_grad()
+def run_frame(model: nn.Module, points) -> bool:
+    """One point cloud through `model` (a batch of one); False when no voxel is in range (nothing ran)."""
+    device = next(model.parameters()).device
+    voxels = model.voxelize([torch.as_tensor(points, dtype=torch.float32)])
+    if voxels.num_voxels == 0:
+        return False
+    model(voxels.features.to(device), voxels.coords.to(device), 1)
+    return True
+
+
 def collect(model: nn.Module, frames: Iterable[torch.Tensor], total: int | None = None,
             progress: bool = True) -> tuple[int, int]:
     """Run each point cloud through `model` (one frame per batch); returns (frames used, frames empty)."""
-    device = next(model.parameters()).device
     used = empty = 0
-    with torch.no_grad():
-        for points in tqdm(frames, total=total, desc="calibrate", unit="frame", disable=not progress):
-            voxels = model.voxelize([torch.as_tensor(points, dtype=torch.float32)])
-            if voxels.num_voxels == 0:
-                empty += 1
-                continue
-            model(voxels.features.to(device), voxels.coords.to(device), 1)
+    for points in tqdm(frames, total=total, desc="calibrate", unit="frame", disable=not progress):
+        if run_frame(model, points):
             used += 1
+        else:
+            empty += 1
     return used, empty
 
 
@@ -207,17 +219,45 @@ def compute_amax(model: nn.Module, method: str = "mse", percentile: float = 99.9
     return result
 
 
-def calibrate(model: nn.Module, frames: Iterable[torch.Tensor], method: str = "mse", percentile: float = 99.99,
-              total: int | None = None, progress: bool = True) -> CalibrationResult:
-    """Collect statistics over `frames` (point clouds [N, F]) and set every amax. Model in eval mode."""
+def _check_calibration_inputs(model: nn.Module, method: str) -> None:
     if method not in METHODS:
         raise CalibrationError(f"unknown amax method {method!r} (one of {', '.join(METHODS)})")
     if not any(True for _ in iter_quantizers(model)):
         raise CalibrationError("the model has no quantizers: call quantize_model first")
+
+
+def _no_frame_ran(empty: int) -> CalibrationError:
+    return CalibrationError(f"no calibration frame had a point inside the model's range ({empty} empty frames)")
+
+
+def calibrate(model: nn.Module, frames: Iterable[torch.Tensor], method: str = "mse", percentile: float = 99.99,
+              total: int | None = None, progress: bool = True) -> CalibrationResult:
+    """Collect statistics over `frames` (point clouds [N, F]) and set every amax. Model in eval mode."""
+    _check_calibration_inputs(model, method)
     model.eval()
     with calibration_mode(model):
         used, empty = collect(model, frames, total=total, progress=progress)
     if used == 0:
-        raise CalibrationError(f"no calibration frame had a point inside the model's range ({empty} empty frames)")
+        raise _no_frame_ran(empty)
     amax = compute_amax(model, method, percentile)
+    return CalibrationResult(method=method, frames_used=used, frames_empty=empty, amax=amax)
+
+
+def calibrate_files(model: nn.Module, files: list[FrameRef], num_features: int, method: str = "mse",
+                    percentile: float = 99.99, progress: bool = True,
+                    ctx: DistContext | None = None) -> CalibrationResult:
+    """`calibrate` on the frames `files`. Under torchrun (`ctx` distributed) the ranks share the frames and every
+    rank ends with the amax one process would compute on them (`calibrate_distributed`)."""
+    if ctx is None or not ctx.distributed:
+        return calibrate(model, iter_points(files, num_features), method=method, percentile=percentile,
+                         total=len(files), progress=progress)
+    _check_calibration_inputs(model, method)
+    model.eval()
+    with calibration_mode(model):
+        used, empty = collect_distributed(
+            model, len(files), lambda i: run_frame(model, read_frame(files[i], num_features).points), ctx, progress)
+    if used == 0:
+        raise _no_frame_ran(empty)
+    names = list(compute_amax(model, method, percentile)) if ctx.is_main else []
+    amax = share_amax(model, names, ctx, set_amax)
     return CalibrationResult(method=method, frames_used=used, frames_empty=empty, amax=amax)

@@ -25,9 +25,10 @@ from trt_centerpoint._compat.pytorch_quantization import (
 )
 from trt_centerpoint._compat.spconv import import_spconv, spconv_version
 from trt_centerpoint.config import MODEL_NEUTRAL, ModelConfig, config_from_dict, config_to_dict, load_config
+from trt_centerpoint.distributed import DistContext, barrier, context, rank_device, shutdown
 from trt_centerpoint.model.centerpoint import CenterPoint, load_model
 from trt_centerpoint.model.checkpoint import CheckpointError, atomic_torch_save, match_state_dict, read_checkpoint
-from trt_centerpoint.quant.calibrate import METHODS, CalibrationError, calibrate, iter_points, select_calibration_files
+from trt_centerpoint.quant.calibrate import METHODS, CalibrationError, calibrate_files, select_calibration_files
 from trt_centerpoint.quant.fuse_bn import fuse_bn
 from trt_centerpoint.quant.quantize import DEFAULT_SKIP, check_weight_amax, quantize_model
 
@@ -81,11 +82,12 @@ def round_sparse_weights_fp16(model: nn.Module) -> int:
 
 def ptq_model(cfg: ModelConfig, checkpoint: str | Path, files: list[Path], method: str = "mse", skip=DEFAULT_SKIP,
               percentile: float = 99.99, bn_fused: bool = True, device: str = "cpu",
-              progress: bool = True) -> tuple[nn.Module, dict]:
+              progress: bool = True, ctx: DistContext | None = None) -> tuple[nn.Module, dict]:
     """Load `checkpoint`, (fold BN,) quantize and calibrate on the point files `files`.
 
     Returns the calibrated model (on `device`) and the ``meta`` to save with it. ``method="max"`` gives
-    activations a max calibrator; the other methods use one histogram calibrator per activation.
+    activations a max calibrator; the other methods use one histogram calibrator per activation. Under torchrun
+    (`ctx`) the ranks share the frames and every rank returns the same model.
     """
     if method not in METHODS:
         raise CalibrationError(f"--method {method}: unknown amax method (one of {', '.join(METHODS)})")
@@ -95,8 +97,8 @@ def ptq_model(cfg: ModelConfig, checkpoint: str | Path, files: list[Path], metho
     model, swapped = prepare_model(cfg, skip, input_calib, bn_fused, model=model)
     rounded = round_sparse_weights_fp16(model) if bn_fused else 0  # the weights scn files deploy
     model.to(device)
-    result = calibrate(model, iter_points(files, cfg.voxel.num_point_features), method=method,
-                       percentile=percentile, total=len(files), progress=progress)
+    result = calibrate_files(model, files, cfg.voxel.num_point_features, method=method, percentile=percentile,
+                             progress=progress, ctx=ctx)
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -120,13 +122,21 @@ def ptq_model(cfg: ModelConfig, checkpoint: str | Path, files: list[Path], metho
 def run_ptq(config: str | Path | ModelConfig, checkpoint: str | Path, calib_data: str | Path, out: str | Path,
             num_frames: int | None = DEFAULT_NUM_FRAMES, method: str = "mse", skip=DEFAULT_SKIP,
             percentile: float = 99.99, bn_fused: bool = True, device: str = "cpu", progress: bool = True) -> dict:
-    """`trt-centerpoint ptq`: calibrate on `num_frames` frames of `calib_data`, write `out`; returns meta."""
+    """`trt-centerpoint ptq`: calibrate on `num_frames` frames of `calib_data`, write `out`; returns meta.
+    Under torchrun the ranks share the calibration frames and rank 0 writes `out`."""
     cfg = config if isinstance(config, ModelConfig) else load_config(config)
     files = select_calibration_files(calib_data, num_frames)
-    model, meta = ptq_model(cfg, checkpoint, files, method, skip, percentile, bn_fused, device, progress)
-    meta["calib_data"] = str(calib_data)
-    save_quantized_model(model, out, meta)
-    return meta
+    ctx = context()
+    try:
+        model, meta = ptq_model(cfg, checkpoint, files, method, skip, percentile, bn_fused, rank_device(device),
+                                progress, ctx)
+        meta["calib_data"] = str(calib_data)
+        if ctx.is_main:
+            save_quantized_model(model, out, meta)
+        barrier(ctx)
+        return meta
+    finally:
+        shutdown(ctx)
 
 
 def save_quantized_model(model: nn.Module, path: str | Path, meta: dict) -> None:

@@ -61,9 +61,7 @@ teacher, world size, loss history).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +78,8 @@ from trt_centerpoint._compat.torch_distributed import no_buffer_sync_option
 from trt_centerpoint.config import config_from_dict
 from trt_centerpoint.data.dataset import LabeledFrames
 from trt_centerpoint.data.sampling import evenly_spaced_indices
+from trt_centerpoint.distributed import DistContext, init_distributed
+from trt_centerpoint.distributed import all_reduce as _all_reduce
 from trt_centerpoint.errors import UserError
 from trt_centerpoint.model.centerpoint import load_model
 from trt_centerpoint.model.loss import centerpoint_loss
@@ -125,46 +125,6 @@ class QATOptions:
     ranges: str = DEFAULT_RANGES  # which amax are learned: "none", "inputs" (activations) or "all" (+ weights)
     range_lr: float | None = None  # Adam step of an amax, a fraction of its calibrated value (None: range_step)
     range_warmup: float = DEFAULT_RANGE_WARMUP  # epochs at the start where only the ranges train
-
-
-@dataclass
-class DistContext:
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
-    owns_group: bool = False  # we created the process group (and destroy it at the end)
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: str = "cpu") -> DistContext:
-    """Single process, or the torchrun process group (gloo on CPU, nccl on CUDA: one GPU per local rank)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    dev = torch.device(device)
-    if world <= 1:
-        return DistContext(device=dev)
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if dev.type == "cuda":
-        dev = torch.device("cuda", local_rank)
-        torch.cuda.set_device(dev)
-    owns = not dist.is_initialized()
-    if owns:
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return DistContext(rank=rank, world_size=world, device=dev, owns_group=owns)
-
-
-def _all_reduce(values: list[float], ctx: DistContext, op: str = "sum") -> list[float]:
-    if not ctx.distributed:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=ctx.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
-    return t.tolist()
 
 
 def amax_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -28,6 +28,7 @@ from trt_centerpoint.artifacts import COMPARE_JSON, DETECTIONS, HEAD_FILES, RUN_
 from trt_centerpoint.config import ModelConfig
 from trt_centerpoint.data.detections import write_detections
 from trt_centerpoint.data.frames import load_frames
+from trt_centerpoint.distributed import DistContext, broadcast, context, gather, lockstep, shutdown
 from trt_centerpoint.errors import UserError
 from trt_centerpoint.eval.ap import evaluate
 from trt_centerpoint.eval.compare import (
@@ -121,48 +122,82 @@ def compare_scn_layers(pipes: dict, points) -> dict:
     return {"layers": layers, "first_jump": find_first_jump(layers)}
 
 
-def compare_outputs(cfg: ModelConfig, pipes: dict, frames, progress: bool = True, headroom: dict | None = None):
+def _compare_frame(cfg: ModelConfig, pipes: dict, points) -> dict:
+    """One frame through the pipelines of both files: {precision: (outputs, detections, overflows, conv counts)}
+    (counts and overflows only when the backbone ran: a frame without voxels in range leaves them empty)."""
+    ran = {}
+    for precision, pipe in pipes.items():
+        outputs = pipe.head_outputs(points)
+        backbone = pipe.backbone
+        overflows = dict(backbone.overflows) if outputs is not None else {}
+        counts = {node: (count, backbone.convs[node].output_bound)
+                  for node, count in getattr(backbone, "counts", {}).items()} if outputs is not None else {}
+        ran[precision] = (outputs, _decode(outputs, cfg), overflows, counts)
+    return ran
+
+
+def compare_outputs(cfg: ModelConfig, pipes: dict, frames, progress: bool = True, headroom: dict | None = None,
+                    ctx: DistContext | None = None):
     """({precision: outputs per frame}, {precision: detections per frame}, output_bound overflows) of the
     pipelines of the files `pipes` ({"fp32": ..., "int8": ...}); an overflow is a conv whose active voxels exceeded
     its output_bound (libspconv would truncate; only reached with allow_overflow, else the runner raises).
-    `headroom`, when given, collects per conv of the FP32 file its bound and the most active voxels seen."""
+    `headroom`, when given, collects per conv of the FP32 file its bound and the most active voxels seen.
+
+    Under torchrun (`ctx`) each step runs one frame per rank and rank 0 merges them in frame order (the other
+    ranks return empty figures)."""
+    ctx = ctx or DistContext()
     outs = {"fp32": [], "int8": []}
     dets = {"fp32": [], "int8": []}
     overflows: dict[str, dict] = {}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), tqdm(total=len(frames), desc="compare", unit="frame",
+                                         disable=not (progress and ctx.is_main)) as bar:
         warnings.simplefilter("ignore", OutputBoundWarning)  # collected below, reported once
-        for points in tqdm(frames, desc="compare", unit="frame", disable=not progress):
-            for precision, pipe in pipes.items():
-                outputs = pipe.head_outputs(points)
-                outs[precision].append(outputs)
-                dets[precision].append(_decode(outputs, cfg))
-                for node, (count, bound) in pipe.backbone.overflows.items():
-                    seen = overflows.setdefault(node, {"max_active": 0, "output_bound": bound, "frames": 0})
-                    seen["max_active"] = max(seen["max_active"], count)
-                    seen["frames"] += precision == "fp32"
-                if headroom is not None and precision == "fp32":
-                    _track_headroom(headroom, pipe.backbone)
+        for indices, mine in lockstep(frames, ctx):
+            result = _compare_frame(cfg, pipes, frames[mine]) if mine is not None else None
+            for frame in gather(result, ctx) or []:
+                if frame is None:
+                    continue
+                for precision, (outputs, detections, frame_overflows, counts) in frame.items():
+                    outs[precision].append(outputs)
+                    dets[precision].append(detections)
+                    for node, (count, bound) in frame_overflows.items():
+                        seen = overflows.setdefault(node, {"max_active": 0, "output_bound": bound, "frames": 0})
+                        seen["max_active"] = max(seen["max_active"], count)
+                        seen["frames"] += precision == "fp32"
+                    if headroom is not None and precision == "fp32":
+                        _track_headroom(headroom, counts)
+            bar.update(len(indices))
     return outs, dets, overflows
 
 
-def _track_headroom(headroom: dict, runner) -> None:
-    """Per sparse conv: its output_bound, the most active voxels seen, and their ratio (the report's headroom)."""
-    for node, count in getattr(runner, "counts", {}).items():
-        bound = runner.convs[node].output_bound
+def _track_headroom(headroom: dict, counts: dict[str, tuple[int, int | None]]) -> None:
+    """Per sparse conv: its output_bound, the most active voxels seen, and their ratio (the report's headroom);
+    `counts`: one frame's {conv: (active voxels, output_bound)}."""
+    for node, (count, bound) in counts.items():
         row = headroom.setdefault(node, {"output_bound": bound, "max_active": 0})
         row["max_active"] = max(row["max_active"], count)
         row["headroom"] = None if not (bound and row["max_active"]) else bound / row["max_active"]
 
 
-def run_compare(cfg: ModelConfig, artifacts: str | Path, data: str | Path, *, out: str | Path | None = None,
-                checkpoint: str | Path | None = None, max_frames: int = DEFAULT_MAX_FRAMES, save_frames: int = 3,
-                verify_frames: int = 3, progress: bool = True, log: Callable[[str], None] = print,
-                backend: str = "onnx", allow_overflow: bool = False,
-                run_results_mb: float = DEFAULT_RUN_RESULTS_MB) -> dict:
+def run_compare(cfg: ModelConfig, artifacts: str | Path, data: str | Path, **options) -> dict:
+    """Compare the FP32 and INT8 files on `data` (options: `_compare_on_rank`). Under torchrun the ranks share
+    the frames, rank 0 computes the figures and writes the files, and every rank returns the figures."""
+    ctx = context()
+    try:
+        return broadcast(_compare_on_rank(cfg, artifacts, data, ctx=ctx, **options), ctx)
+    finally:
+        shutdown(ctx)
+
+
+def _compare_on_rank(cfg: ModelConfig, artifacts: str | Path, data: str | Path, *, out: str | Path | None = None,
+                     checkpoint: str | Path | None = None, max_frames: int = DEFAULT_MAX_FRAMES, save_frames: int = 3,
+                     verify_frames: int = 3, progress: bool = True, log: Callable[[str], None] = print,
+                     backend: str = "onnx", allow_overflow: bool = False,
+                     run_results_mb: float = DEFAULT_RUN_RESULTS_MB, ctx: DistContext | None = None) -> dict | None:
     """Compare the FP32 and INT8 files on `data`, the head run by `backend` ("onnx": ONNX Runtime, "trt": the
     TensorRT engines); write compare.json, the RunResults and the detections to `out` (default:
     `artifacts`). Returns the figures (the report's `tensors`, `detections`, `accuracy`, `per_layer`
-    sections)."""
+    sections); None on a rank other than 0."""
     start = time.perf_counter()
     if backend not in BACKENDS:
         raise UserError(f"--backend {backend}: compare runs the deployed files, choose from {', '.join(BACKENDS)}")
@@ -176,7 +211,11 @@ def run_compare(cfg: ModelConfig, artifacts: str | Path, data: str | Path, *, ou
     pipes = {p: make_pipeline(cfg, backend, p, artifacts=artifacts, allow_overflow=allow_overflow)
              for p in ("fp32", "int8")}
     headroom: dict[str, dict] = {}
-    outs, dets, overflows = compare_outputs(cfg, pipes, frames.points, progress, headroom)
+    outs, dets, overflows = compare_outputs(cfg, pipes, frames.points, progress, headroom, ctx)
+    if ctx is not None and not ctx.is_main:  # rank 0 has every frame's results and does the rest
+        for pipe in pipes.values():
+            pipe.close()
+        return None
     if overflows:
         worst = max(overflows, key=lambda n: overflows[n]["max_active"] / overflows[n]["output_bound"])
         log(f"warning: {len(overflows)} sparse conv(s) exceed their output_bound on these frames (worst {worst}: "

@@ -13,37 +13,94 @@ Two metrics: "builtin" (`eval.ap`, the devkit's AP re-implemented, with the conf
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from tqdm import tqdm
 
+from trt_centerpoint import __version__
 from trt_centerpoint.artifacts import BACKBONE_FILES, ENGINE_FILES, HEAD_FILES, PRECISIONS
 from trt_centerpoint.config import ModelConfig, config_to_dict
 from trt_centerpoint.data.dataset import LabeledFrames
 from trt_centerpoint.data.detections import read_detections, write_detections
 from trt_centerpoint.data.nuscenes import NuScenesSelection
 from trt_centerpoint.data.source import frame_stem
+from trt_centerpoint.distributed import DistContext, broadcast, context, gather, lockstep, shutdown
 from trt_centerpoint.errors import UserError
 from trt_centerpoint.eval.ap import evaluate
 from trt_centerpoint.eval.box_filter import ego_centred_transform
+from trt_centerpoint.eval.detection_stream import DetectionPart, part_path
 from trt_centerpoint.eval.nuscenes_metric import evaluate_nuscenes, read_converted_meta, selection_from_meta
 from trt_centerpoint.fileio import atomic_write_json
+from trt_centerpoint.manifest import file_sha256, json_sha256
 from trt_centerpoint.quant.ptq import is_quantized_checkpoint, read_ptq_meta
 from trt_centerpoint.runtime.pipeline import Pipeline, make_pipeline
 
 __all__ = ["METRICS", "checkpoint_kind", "default_precision", "describe_subject", "detect_dataset", "eval_notes",
-           "range_transforms", "run_eval", "score"]
+           "range_transforms", "run_eval", "run_key", "score"]
 
 METRICS = ("builtin", "nuscenes")
 
 
-def detect_dataset(pipe: Pipeline, frames: LabeledFrames, progress: bool = True) -> dict[str, list[dict]]:
-    results = {}
-    for i in tqdm(range(len(frames)), desc="eval", unit="frame", disable=not progress):
-        stem, points, _, _ = frames[i]
-        results[stem] = pipe.detect(points).to_json_list()
-    return results
+def detect_dataset(pipe: Pipeline, frames: LabeledFrames, part: DetectionPart | None, ctx: DistContext,
+                   progress: bool = True) -> None:
+    """Detect on every frame not yet in `part` (rank 0's part file; None on the other ranks), frame by frame.
+
+    Under torchrun each step runs one frame per rank and rank 0 appends the step's detections in frame order,
+    so the part file (and everything computed from it) is the same as one process's."""
+    stems = [frame_stem(f) for f in frames.files]
+    done = broadcast(part.open() if part is not None else None, ctx)
+    todo = [i for i, stem in enumerate(stems) if stem not in done]
+    bar = tqdm(total=len(stems), initial=len(stems) - len(todo), desc="eval", unit="frame",
+               disable=not (progress and ctx.is_main))
+    with bar:
+        for indices, mine in lockstep(todo, ctx):
+            result = None
+            if mine is not None:
+                i = todo[mine]
+                result = (i, pipe.detect(frames[i][1]).to_json_list())
+            for row in gather(result, ctx) or []:
+                if row is not None:
+                    part.append(stems[row[0]], row[1])
+            bar.update(len(indices))
+
+
+def run_key(cfg: ModelConfig, frames: LabeledFrames, backend: str, precision: str, checkpoint=None, artifacts=None,
+            allow_overflow: bool = False) -> str:
+    """A hash of what decides the detections: the model's files, the frames, the config and the options. A part
+    file of another key is not resumed. Point files count by name, size and modification time (hashing 6,019
+    frames' contents would take longer than reading them once)."""
+    files = {}
+    if backend == "torch":
+        files["checkpoint"] = file_sha256(checkpoint)
+    else:
+        heads = HEAD_FILES if backend == "onnx" else ENGINE_FILES
+        files = {name: file_sha256(Path(artifacts) / name) for name in (BACKBONE_FILES[precision], heads[precision])}
+    if isinstance(frames.root, NuScenesSelection):
+        data = {"nuscenes": frames.root.fingerprint}
+    else:
+        data = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in frames.files]
+    return json_sha256({"version": __version__, "config": config_to_dict(cfg), "backend": backend,
+                        "precision": precision, "allow_overflow": allow_overflow, "files": files, "frames": data})
+
+
+def _detect_streamed(cfg: ModelConfig, frames: LabeledFrames, part_file: Path, ctx: DistContext, backend: str,
+                     precision: str, checkpoint, artifacts, allow_overflow: bool, progress: bool,
+                     log: Callable[[str], None]) -> tuple[dict | None, DetectionPart | None]:
+    """(predictions, the part file to remove once the results are written) on rank 0; (None, None) elsewhere."""
+    with make_pipeline(cfg, backend, precision, checkpoint=checkpoint, artifacts=artifacts,
+                       allow_overflow=allow_overflow) as pipe:
+        part = None
+        if ctx.is_main:
+            key = run_key(cfg, frames, backend, precision, checkpoint, artifacts, allow_overflow)
+            part = DetectionPart(part_file, key, [frame_stem(f) for f in frames.files], log)
+        try:
+            detect_dataset(pipe, frames, part, ctx, progress)
+        finally:
+            if part is not None:
+                part.close()
+    return (part.read(), part) if part is not None else (None, None)
 
 
 def checkpoint_kind(checkpoint: str | Path) -> str:
@@ -102,10 +159,15 @@ def run_eval(cfg: ModelConfig, checkpoint: str | Path | None, data: str | Path, 
              dump_detections: str | Path | None = None, backend: str = "torch", precision: str | None = None,
              progress: bool = True, artifacts: str | Path | None = None, metric: str = "builtin",
              detections: str | Path | None = None, allow_overflow: bool = False,
-             max_frames: int | None = None, announce: Callable[[str], None] | None = None) -> dict:
+             max_frames: int | None = None, announce: Callable[[str], None] | None = None,
+             log: Callable[[str], None] = print) -> dict:
     """Score the model (or, with `detections`, that detection JSON) on the labeled frames of `data` (`max_frames`
     of them, evenly spread; None: all). `precision` None: `default_precision`. `announce` gets one line saying
-    what is scored (`describe_subject`, also in the metrics' "model" record) before the frames run."""
+    what is scored (`describe_subject`, also in the metrics' "model" record) before the frames run.
+
+    The detections are streamed to `<out or dump_detections>.part.jsonl` (`eval.detection_stream`), so a killed
+    run resumes there. Under torchrun the ranks share the frames and rank 0 scores and writes; every rank returns
+    the metrics."""
     if metric not in METRICS:
         raise UserError(f"unknown metric {metric!r} (known: {', '.join(METRICS)})")
     if max_frames is not None and max_frames < 1:
@@ -121,14 +183,39 @@ def run_eval(cfg: ModelConfig, checkpoint: str | Path | None, data: str | Path, 
     if precision not in PRECISIONS:
         raise UserError(f"--precision {precision}: choose from {', '.join(PRECISIONS)}")
     subject = describe_subject(backend, precision, kind, checkpoint, artifacts, detections)
-    if announce is not None:
+    ctx = context()
+    if announce is not None and ctx.is_main:
         announce(f"{subject}, {len(frames)} frame(s)")
-    if detections is not None:
-        predictions = read_detections(detections, stems=[frame_stem(f) for f in frames.files])
-    else:
-        with make_pipeline(cfg, backend, precision, checkpoint=checkpoint, artifacts=artifacts,
-                           allow_overflow=allow_overflow) as pipe:
-            predictions = detect_dataset(pipe, frames, progress)
+    scratch = None
+    try:
+        part = None
+        if detections is not None:
+            predictions = read_detections(detections, stems=[frame_stem(f) for f in frames.files]) \
+                if ctx.is_main else None
+        else:
+            target = out or dump_detections
+            if target is None:  # nothing to resume into: a part file of this run only
+                scratch = Path(tempfile.mkdtemp(prefix="trt_centerpoint_eval_"))
+            part_file = part_path(target) if target is not None else scratch / "detections.part.jsonl"
+            predictions, part = _detect_streamed(cfg, frames, part_file, ctx, backend, precision, checkpoint,
+                                                 artifacts, allow_overflow, progress, log)
+        metrics = None
+        if ctx.is_main:
+            metrics = _score_and_write(predictions, frames, cfg, metric, out, dump_detections, checkpoint, backend,
+                                       precision, artifacts, detections, kind, subject)
+            if part is not None:
+                part.remove()  # the results are written: nothing left to resume
+        return broadcast(metrics, ctx)
+    finally:
+        if scratch is not None:
+            for leftover in scratch.iterdir():
+                leftover.unlink()
+            scratch.rmdir()
+        shutdown(ctx)
+
+
+def _score_and_write(predictions, frames, cfg, metric, out, dump_detections, checkpoint, backend, precision,
+                     artifacts, detections, kind, subject) -> dict:
     metrics = score(predictions, frames, cfg, metric)
     metrics["metric"] = metric
     if detections is not None:
