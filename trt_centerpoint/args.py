@@ -22,6 +22,7 @@ from trt_centerpoint.data.nuscenes import DEFAULT_SWEEPS, SPLITS, NuScenesSelect
 from trt_centerpoint.data.points import POINT_LAYOUTS
 from trt_centerpoint.errors import UserError
 from trt_centerpoint.quant.calibrate import METHODS
+from trt_centerpoint.runtime.libspconv.locate import ENV_LIBSPCONV, configured_libspconv
 from trt_centerpoint.runtime.pipeline import BACKENDS
 from trt_centerpoint.runtime.trt.build import RTX_DEFAULT_TARGETS
 from trt_centerpoint.runtime.trt.env import BUILDERS
@@ -385,6 +386,37 @@ class BuilderArgs:
     @staticmethod
     def read(args: argparse.Namespace) -> BuilderChoice:
         return BuilderChoice(args.builder, tuple(args.compute_capability or ()))
+
+
+# --- NVIDIA libspconv: --libspconv DIR (or TRT_CENTERPOINT_LIBSPCONV), --compute-capability for its gate
+
+
+@dataclass(frozen=True)
+class LibspconvChoice:
+    folder: str | None  # None: libspconv not used
+    compute_capabilities: tuple[str, ...]
+
+
+class LibspconvArgs:
+    """Where the user's libspconv is (include/spconv/*.hpp, lib/libspconv.so) and, for `check`, the GPUs its
+    architecture gate compares with where there is none (`build` shares `--compute-capability` with BuilderArgs)."""
+
+    def __init__(self, capability: bool = True):
+        self.capability = capability
+
+    def add_to_parser(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--libspconv", metavar="DIR",
+                            help=f"NVIDIA libspconv folder (include/spconv/*.hpp, lib/libspconv.so; default: "
+                                 f"${ENV_LIBSPCONV} when set): build the scn files with it too")
+        if self.capability:
+            parser.add_argument("--compute-capability", action="append", metavar="X.Y",
+                                help="a GPU the libspconv gate checks the library's SASS against, e.g. 9.0 "
+                                     "(repeatable; default: the GPU present, else none)")
+
+    @staticmethod
+    def read(args: argparse.Namespace) -> LibspconvChoice:
+        return LibspconvChoice(configured_libspconv(getattr(args, "libspconv", None)),
+                               tuple(getattr(args, "compute_capability", None) or ()))
 
 
 # --- training: --epochs --batch-size --lr --seed --no-augment

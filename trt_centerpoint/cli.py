@@ -21,6 +21,7 @@ from trt_centerpoint.args import (
     DataArgs,
     FrameArgs,
     FrameCount,
+    LibspconvArgs,
     MethodArgs,
     ModelArgs,
     NuScenesArgs,
@@ -52,11 +53,12 @@ from trt_centerpoint.quant.sensitivity import DEFAULT_NUM_FRAMES as SENSITIVITY_
 from trt_centerpoint.quant.sensitivity import run_sensitivity
 from trt_centerpoint.quant.skip import resolve_skip_list
 from trt_centerpoint.report.markdown import summary_table
+from trt_centerpoint.runtime.libspconv.session import open_libspconv
 from trt_centerpoint.runtime.trt.build import build_engine
 from trt_centerpoint.runtime.trt.inspect import format_counts
 from trt_centerpoint.stages.bench import run_bench
 from trt_centerpoint.stages.build import BuildOptions, run_build
-from trt_centerpoint.stages.check import check_files, exit_status
+from trt_centerpoint.stages.check import EXIT_FINDINGS, check_files, exit_status
 from trt_centerpoint.stages.compare import BACKENDS as COMPARE_BACKENDS
 from trt_centerpoint.stages.compare import DEFAULT_MAX_FRAMES as COMPARE_FRAMES
 from trt_centerpoint.stages.compare import run_compare, summary_lines
@@ -285,7 +287,13 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    checks = check_files(args.files, use_parser=not args.no_parser)
+    chosen = LibspconvArgs.read(args)
+    spconv = open_libspconv(chosen.folder, chosen.compute_capabilities) if chosen.folder else None
+    if spconv is not None:
+        print(spconv.verdict.line, file=sys.stdout if spconv.verdict.ok else sys.stderr)
+        if not spconv.verdict.ok:
+            return EXIT_FINDINGS
+    checks = check_files(args.files, use_parser=not args.no_parser, spconv=spconv)
     for check in checks:
         for line in check.lines(verbose=ProgressArgs.read(args)):
             print(line, file=sys.stderr if check.error else sys.stdout)
@@ -595,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "(TensorRT, or TensorRT-RTX where TensorRT cannot run). Every file is checked; exit status 1 when "
                  "anything is found, 2 when a file cannot be read.",
                  cmd_check,
-                 ProgressArgs("print findings only (default: also an 'ok' line per clean file)"))
+                 ProgressArgs("print findings only (default: also an 'ok' line per clean file)"), LibspconvArgs())
     p.add_argument("files", nargs="+", metavar="FILE.onnx", help="exported ONNX files to lint")
     p.add_argument("--no-parser", action="store_true",
                    help="lint only; do not also parse the 2D files with NVIDIA's ONNX parser (default: parse with "

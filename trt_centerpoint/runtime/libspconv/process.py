@@ -97,7 +97,7 @@ def run_caller(library: Libspconv, native: NativeBuild, args: list[str], host_si
     errors = [line[len("error "):] for line in ours if line.startswith("error ")]
     if done.returncode != 0 or errors:
         how = "stopped" if done.returncode in (0, 3) else f"crashed ({_signal_name(done.returncode)})"
-        last = [m for m in messages if not m.startswith("Add ") and not m.startswith("Parse node")][-LAST_MESSAGES:]
-        said = "; ".join(errors + last) or "no message"
+        last = [m for m in messages if not m.startswith(("Add ", "Parse node", "[Warn]"))][-LAST_MESSAGES:]
+        said = "; ".join(errors + last) or "none printed"
         raise LibspconvCrash(f"{what}: libspconv {library.version} {how}; its last messages: {said}")
     return run
