@@ -1,0 +1,50 @@
+"""NVIDIA's libspconv releases for the tests, the compiled-caller cache, and real exported scn files.
+
+The releases come from $TRT_CENTERPOINT_TEST_LIBSPCONV (a folder holding `1.0.1/` and `1.1.10-cuda12.6/`, as
+`.ci/run` sets it); tests that need them are skipped with the reason where it is unset or absent. Compiling our
+caller takes seconds per release: one cache for the whole session. The scn files are written by our exporter
+from the `synthetic_small` model (16 input channels: the tiny config's 8 have no kernel in libspconv, see
+test_check_libspconv.py); the INT8 file's ranges are set by hand (per-channel weight amax, one input amax), as
+calibration would set them, with the default skip list's layers left fp16.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from spconv_helpers import RELEASES, int8_specs, release_dir
+
+from trt_centerpoint.config import load_config
+from trt_centerpoint.export.scn.fuse import fuse_backbone
+from trt_centerpoint.export.scn.writer import export_scn
+from trt_centerpoint.model.centerpoint import CenterPoint
+
+
+@pytest.fixture(scope="session")
+def native_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("libspconv_cache")
+
+
+@pytest.fixture(params=sorted(RELEASES))
+def release(request) -> Path:
+    return release_dir(request.param)
+
+
+@pytest.fixture(scope="session")
+def sample_model():
+    torch.manual_seed(0)
+    return CenterPoint(load_config("synthetic_small")).eval()
+
+
+@pytest.fixture(scope="session")
+def scn_files(tmp_path_factory, sample_model) -> dict[str, Path]:
+    """{"fp16": scn.fp16.onnx, "int8": scn.int8.onnx} of the synthetic_small model."""
+    out = tmp_path_factory.mktemp("scn_sample")
+    fused = fuse_backbone(sample_model.backbone)
+    files = {"fp16": out / "scn.fp16.onnx", "int8": out / "scn.int8.onnx"}
+    onnx.save(export_scn(fused).model, str(files["fp16"]))
+    onnx.save(export_scn(fused, quant=int8_specs(fused)).model, str(files["int8"]))
+    return files
