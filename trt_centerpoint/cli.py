@@ -277,7 +277,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                         calib_frames=frames.calib, eval_frames=frames.eval, bench_iterations=args.iterations,
                         progress=ProgressArgs.read(args), builder=builder.builder,
                         compute_capabilities=builder.compute_capabilities,
-                        allow_overflow=OverflowArgs.read(args))
+                        allow_overflow=OverflowArgs.read(args), libspconv=LibspconvArgs.read(args).folder)
     report = run_build(opts)
     print(summary_table(report))
     ran = [name for name, s in report["stages"].items() if s["status"] == "ran"]
@@ -590,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
                            FrameCount("--eval-frames", b.eval_frames,
                                       "evaluation frames (this many generated without --eval-data)")),
                  OutputArgs(f"build folder (default {b.out}/)", required=False, default=str(b.out)),
-                 BuilderArgs(), OverflowArgs(), progress)
+                 BuilderArgs(), OverflowArgs(), LibspconvArgs(capability=False), progress)
     p.add_argument("--qat", action="store_true",
                    help="fine-tune after PTQ with `qat`'s defaults on the calibration data (learned ranges, "
                         "distillation, 2 epochs); the whole RPN and head then run INT8")
