@@ -48,3 +48,10 @@ def scn_files(tmp_path_factory, sample_model) -> dict[str, Path]:
     onnx.save(export_scn(fused).model, str(files["fp16"]))
     onnx.save(export_scn(fused, quant=int8_specs(fused)).model, str(files["int8"]))
     return files
+
+
+@pytest.fixture(scope="session")
+def tiny_scn(tmp_path_factory) -> onnx.ModelProto:
+    """The tiny config's FP16 scn model: small dense prefixes, for tests that run only our reference runner."""
+    torch.manual_seed(0)
+    return export_scn(fuse_backbone(CenterPoint(load_config("tiny")).eval().backbone)).model
