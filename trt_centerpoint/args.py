@@ -13,6 +13,7 @@ but are left out of `--help`.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -311,13 +312,20 @@ class RuntimeArgs:
         parser.add_argument("--backend", nargs=nargs, default=pick(self.backends), choices=BACKENDS,
                             help="torch: the PyTorch model (--checkpoint); onnx: the exported files (scn reference "
                                  "runner + ONNX Runtime, --artifacts); trt: scn runner + TensorRT engine "
-                                 f"(--artifacts) (default {' '.join(self.backends)})")
+                                 "(--artifacts); libspconv: NVIDIA's libspconv on a GPU + the engine or ONNX "
+                                 f"Runtime (--artifacts, --libspconv) (default {' '.join(self.backends)})")
+        parser.add_argument("--libspconv", metavar="DIR",
+                            help=f"--backend libspconv: NVIDIA libspconv folder (include/spconv/*.hpp, "
+                                 f"lib/libspconv.so; default ${ENV_LIBSPCONV})")
         parser.add_argument("--precision", nargs=nargs, default=pick(self.precisions), choices=PRECISIONS,
                             help="fp32 or int8; int8 with torch: fake quant, --checkpoint is a `ptq` / `qat` output "
                                  f"(default {' '.join(self.precisions)})")
 
     @staticmethod
     def read(args: argparse.Namespace) -> RuntimeChoice:
+        if getattr(args, "libspconv", None):  # --backend libspconv: the option is the variable, for this command
+            os.environ[ENV_LIBSPCONV] = args.libspconv
+
         def as_tuple(value):
             return tuple(value) if isinstance(value, (list, tuple)) else (value,)
 

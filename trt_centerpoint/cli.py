@@ -248,6 +248,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     model, data = ModelArgs.read(args), DataArgs.read(args)
+    RuntimeArgs.read(argparse.Namespace(libspconv=args.libspconv, backend=args.backend, precision="fp32"))
     figures = run_compare(load_config(model.config), data.artifacts, data.data, out=args.out,
                                         checkpoint=model.checkpoint, max_frames=FrameArgs.read(args).frames,
                                         save_frames=args.save_frames, progress=ProgressArgs.read(args),
@@ -555,7 +556,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"of one frame's maps (default {DEFAULT_RUN_RESULTS_MB:g})")
     p.add_argument("--backend", default="onnx", choices=COMPARE_BACKENDS,
                    help="onnx: the ONNX head files on ONNX Runtime; trt: the head engines (TensorRT, a GPU); the "
-                        "sparse part runs in the scn reference runner either way (default onnx)")
+                        "sparse part runs in the scn reference runner either way; libspconv: the sparse part by "
+                        "NVIDIA's libspconv on a GPU, beside the reference runner (default onnx)")
+    p.add_argument("--libspconv", metavar="DIR", help="--backend libspconv: NVIDIA libspconv folder")
 
     p = _command(sub, "bench", "latency per stage (voxelize, backbone, rpn_head, decode) and end to end",
                  "Measure latency per stage (voxelize, backbone, rpn_head, decode) and end to end, for each backend "
