@@ -17,6 +17,7 @@ from trt_centerpoint.errors import UserError
 from trt_centerpoint.export.lint import lint_file
 from trt_centerpoint.export.onnx_io import load_onnx
 from trt_centerpoint.export.scn.lint import is_qdq
+from trt_centerpoint.runtime.libspconv.describe import NotDescribable
 from trt_centerpoint.runtime.libspconv.engine import build_engine
 from trt_centerpoint.runtime.libspconv.process import LibspconvCrash
 from trt_centerpoint.runtime.libspconv.session import SpconvSession
@@ -74,6 +75,9 @@ def _spconv_build(check: FileCheck, spconv: SpconvSession) -> None:
         built = build_engine(spconv.library, spconv.native, check.path, spconv.host_side)
     except LibspconvCrash as exc:
         check.findings.append(f"{exc} ({where})")
+        return
+    except NotDescribable as exc:
+        check.findings.append(f"{check.path}: {spconv.label} not run: {exc}")
         return
     check.findings += [f"{check.path}: {spconv.label}: {line} ({where})" for line in built.errors]
     nodes = f", {built.nodes} nodes" if built.nodes is not None else ""

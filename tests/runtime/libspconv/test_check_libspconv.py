@@ -131,3 +131,16 @@ def test_an_error_line_of_the_library_is_a_finding(scn_files, native_cache, tmp_
     theirs = [f for f in check.findings if "libspconv 1.1.10" in f]
     assert ours and ours[0].startswith(f"{path}: scatter0: output_shape")
     assert theirs, check.findings
+
+
+@pytest.mark.parametrize("version", sorted(NODES))
+def test_an_unknown_operator(version, scn_files, native_cache, tmp_path):
+    """1.0.1 parses the file itself and stops at the operator; for 1.1.x our description has no line for it."""
+    model = onnx.load(str(scn_files["fp16"]))
+    next(n for n in model.graph.node if n.name == "relu1").op_type = "Gelu"
+    path = tmp_path / "gelu.onnx"
+    onnx.save(model, str(path))
+    (check,) = check_files([path], use_parser=False, spconv=_session(release_dir(version), native_cache))
+    assert check.findings[0].startswith(f"{path}: relu1: unsupported operator 'Gelu'")
+    theirs = [f for f in check.findings if f"libspconv {version}" in f]
+    assert len(theirs) == 1 and "\n" not in theirs[0], check.findings

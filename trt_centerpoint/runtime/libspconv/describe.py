@@ -14,9 +14,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from trt_centerpoint.errors import UserError
 from trt_centerpoint.export.lint_common import attributes, text
 
-__all__ = ["NetDescription", "describe_scn"]
+__all__ = ["NetDescription", "NotDescribable", "describe_scn"]
+
+
+class NotDescribable(UserError):
+    """The file holds what the EngineBuilder has no call for (NVIDIA's reader stops there too: "Unsupport operator")."""
 
 
 @dataclass
@@ -37,7 +42,7 @@ def _floats(values) -> str:
 def _field(value) -> str:
     out = text(value)
     if "\t" in out or "\n" in out:
-        raise ValueError(f"name or attribute {out!r} holds a tab or newline")
+        raise NotDescribable(f"name or attribute {out!r} holds a tab or newline")
     return out
 
 
@@ -96,11 +101,11 @@ def _line(n: onnx.NodeProto, blob: _Blob) -> list:
                 _field(a.get("output_layout", b"")), repr(float(a.get("input_dynamic_range", 0)))]
     if op in ("Reshape", "Transpose"):
         return [op.lower(), n.name, n.input[0], n.output[0], _ints(a.get("dims", []))]
-    raise ValueError(f"{n.name}: unsupported operator {op!r}")
+    raise NotDescribable(f"{n.name}: unsupported operator {op!r} (the EngineBuilder has no call for it)")
 
 
 def describe_scn(model: onnx.ModelProto) -> NetDescription:
-    """The description of a libspconv-dialect model; ValueError for what the caller cannot express."""
+    """The description of a libspconv-dialect model; `NotDescribable` for what the builder cannot take."""
     blob = _Blob(model)
     lines = [["input", _field(v.name)] for v in model.graph.input]
     for n in model.graph.node:
