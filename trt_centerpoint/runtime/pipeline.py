@@ -105,9 +105,13 @@ class Pipeline:
             return decode(split_tasks(outputs), self.cfg)[0]
 
     def close(self) -> None:
-        """Deactivate the head (Polygraphy runners hold sessions / engine contexts while active)."""
+        """Deactivate the head (Polygraphy runners hold sessions / engine contexts while active) and end a backbone
+        that runs in a child process (libspconv)."""
         if self.head.is_active:
             self.head.deactivate()
+        close_backbone = getattr(self.backbone, "close", None)
+        if close_backbone is not None:
+            close_backbone()
 
     def __enter__(self) -> Pipeline:
         return self

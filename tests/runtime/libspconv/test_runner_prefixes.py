@@ -94,5 +94,10 @@ def test_the_runner_host_side(version, scn_files, native_cache):
     bev = runner.run(features, coords)
     expected = [int(d.dim_value) for d in model.graph.output[0].type.tensor_type.shape.dim]
     assert list(bev.shape) == expected and bev.dtype == torch.float32 and not bev.any()
+    child = runner._server.child  # one child serves every frame: the engine is built once
+    assert runner.run(features[:100], coords[:100]).shape == bev.shape and runner._server.child is child
+    assert any("Node size" in m for m in runner.build_messages)
+    runner.close()
+    assert child.poll() == 0
     with pytest.raises(LibspconvCrash, match=rf"libspconv {version} crashed \(SIGFPE\)"):
         LibspconvBackbone(scn_files["int8"], spconv).run(features, coords)

@@ -30,7 +30,11 @@ def libspconv_beside_reference(path: str | Path, spconv: SpconvSession, features
     """Metrics of libspconv's output against the reference runner's, and the first differing layer if any."""
     path = Path(path)
     reference = ScnRunner(path, precision="fp32").run(features, coords).float().numpy()
-    candidate = LibspconvBackbone(path, spconv).run(features, coords).numpy()
+    runner = LibspconvBackbone(path, spconv)
+    try:
+        candidate = runner.run(features, coords).numpy()
+    finally:
+        runner.close()
     metrics = tensor_metrics(reference, candidate)
     error = relative_error(reference, candidate)
     record = {"file": path.name, "library": spconv.label, "where": spconv.where, "relative_error": error,
@@ -44,7 +48,11 @@ def libspconv_beside_reference(path: str | Path, spconv: SpconvSession, features
         def run_library(prefix: onnx.ModelProto):
             prefix_path = Path(tmp) / f"prefix{next(counter)}.onnx"
             onnx.save(prefix, str(prefix_path))
-            return LibspconvBackbone(prefix_path, spconv).run(features, coords).numpy()
+            prefix_runner = LibspconvBackbone(prefix_path, spconv)
+            try:
+                return prefix_runner.run(features, coords).numpy()
+            finally:
+                prefix_runner.close()
 
         def run_reference(prefix: onnx.ModelProto):
             return ScnRunner(prefix, precision="fp32").run(features, coords).float().numpy()

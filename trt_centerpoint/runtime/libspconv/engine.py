@@ -21,7 +21,7 @@ from trt_centerpoint.runtime.libspconv.describe import describe_scn
 from trt_centerpoint.runtime.libspconv.locate import Libspconv
 from trt_centerpoint.runtime.libspconv.process import run_caller
 
-__all__ = ["EngineBuild", "HOST_SIDE", "build_engine", "forward", "inference_precision"]
+__all__ = ["EngineBuild", "HOST_SIDE", "build_engine", "caller_args", "forward", "inference_precision", "read_output"]
 
 HOST_SIDE = "host-side build only: no kernel ran"
 ERROR_WORDS = re.compile(r"error:|Assert failed|Can not|Invalid|Unsupport", re.IGNORECASE)
@@ -40,7 +40,7 @@ def inference_precision(model: onnx.ModelProto) -> str:
     return "int8" if any(p == "int8" for p in layers) else "fp16"
 
 
-def _caller_args(library: Libspconv, model: onnx.ModelProto, path: Path, work: Path) -> list[str]:
+def caller_args(library: Libspconv, model: onnx.ModelProto, path: Path, work: Path) -> list[str]:
     """The network part of the caller's command line: the file (1.0.x), or description + weights (1.1.x)."""
     if library.api == "1.0":
         return [str(path)]
@@ -61,7 +61,7 @@ def build_engine(library: Libspconv, native: NativeBuild, path: str | Path, host
     path = Path(path)
     model = onnx.load(str(path))
     with tempfile.TemporaryDirectory(prefix="trtcp-spconv-") as tmp:
-        args = ["build", *_caller_args(library, model, path, Path(tmp)), inference_precision(model)]
+        args = ["build", *caller_args(library, model, path, Path(tmp)), inference_precision(model)]
         run = run_caller(library, native, args, host_side, str(path))
     return _result(run)
 
@@ -77,14 +77,20 @@ def forward(library: Libspconv, native: NativeBuild, path: str | Path, features:
         work = Path(tmp)
         (work / "features.bin").write_bytes(features.tobytes())
         (work / "indices.bin").write_bytes(coords.tobytes())
-        args = ["forward", *_caller_args(library, model, path, work), inference_precision(model),
+        args = ["forward", *caller_args(library, model, path, work), inference_precision(model),
                 str(work / "features.bin"), str(work / "indices.bin"), str(len(features)), str(features.shape[1]),
                 ",".join(str(int(g)) for g in grid), str(work / "out.bin")]
         run = run_caller(library, native, args, host_side, str(path))
-        described = next((line.split() for line in run.ours if line.startswith("output ")), None)
-        data = (work / "out.bin").read_bytes()
-    if described is None:
-        raise ValueError("our caller reported no output")
-    dtype, shape = described[1], [int(d) for d in described[2:]]
-    array = np.frombuffer(data, dtype=np.int8 if dtype.lower() == "int8" else np.float16)
-    return array.reshape(shape).astype(np.float32), _result(run)
+        line = next((line for line in run.ours if line.startswith("output ")), None)
+        if line is None:
+            raise ValueError("our caller reported no output")
+        out = read_output(line, work / "out.bin")
+    return out, _result(run)
+
+
+def read_output(line: str, path: Path) -> np.ndarray:
+    """Our caller's "output DTYPE D0 D1 ..." line + the raw file it wrote -> a float32 array of that shape."""
+    fields = line.split()
+    dtype, shape = fields[1], [int(d) for d in fields[2:]]
+    array = np.fromfile(path, dtype=np.int8 if dtype.lower() == "int8" else np.float16)
+    return array.reshape(shape).astype(np.float32)

@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from trt_centerpoint.errors import UserError
 from trt_centerpoint.runtime.libspconv.compile import NativeBuild
 from trt_centerpoint.runtime.libspconv.locate import Libspconv
 
-__all__ = ["CallerRun", "LibspconvCrash", "find_cudart", "run_caller"]
+__all__ = ["CallerRun", "CallerServer", "LibspconvCrash", "find_cudart", "run_caller"]
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 MARK = "trtcp: "
@@ -101,3 +102,54 @@ def run_caller(library: Libspconv, native: NativeBuild, args: list[str], host_si
         said = "; ".join(errors + last) or "none printed"
         raise LibspconvCrash(f"{what}: libspconv {library.version} {how}; its last messages: {said}")
     return run
+
+
+class CallerServer:
+    """Our caller in "serve" mode: the engine is built once, then one request per frame over stdin (the
+    library's messages and ours come back on one pipe); a dead child is a `LibspconvCrash` with its last lines."""
+
+    def __init__(self, library: Libspconv, native: NativeBuild, args: list[str], host_side: bool, what: str):
+        self.library, self.what = library, what
+        env = dict(os.environ, LD_LIBRARY_PATH=_library_path(library, native, host_side), TRTCP_SPCONV_VERBOSE="1")
+        self.recent: deque[str] = deque(maxlen=20)
+        self.child = subprocess.Popen([str(native.caller), "serve", *args], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                                      env=env, bufsize=1)
+        self.messages = self._until("built")
+
+    def _until(self, word: str) -> list[str]:
+        """The lines up to our next "trtcp: <word>" line; a crash or an error of ours raises."""
+        seen = []
+        for raw in self.child.stdout:
+            line = raw.rstrip("\n")
+            if line.startswith(MARK + word):
+                seen.append(line[len(MARK):])
+                return seen
+            if line.startswith(MARK + "error"):
+                self.close()
+                raise LibspconvCrash(f"{self.what}: libspconv {self.library.version} stopped: {line[len(MARK):]}")
+            if clean(line):
+                seen.append(clean(line))
+                self.recent.append(clean(line))
+        returncode = self.child.wait()
+        last = [m for m in self.recent if not m.startswith(("Add ", "Parse node", "[Warn]"))][-LAST_MESSAGES:]
+        raise LibspconvCrash(f"{self.what}: libspconv {self.library.version} crashed ({_signal_name(returncode)}); "
+                             f"its last messages: {'; '.join(last) or 'none printed'}")
+
+    def request(self, fields: list[str]) -> str:
+        """One forward pass; returns our "output DTYPE D0 D1 ..." line."""
+        try:
+            self.child.stdin.write("\t".join(fields) + "\n")
+            self.child.stdin.flush()
+        except BrokenPipeError:
+            pass  # the child is gone: _until reports how
+        return self._until("output")[-1]
+
+    def close(self) -> None:
+        if self.child.poll() is None:
+            self.child.stdin.close()
+            try:
+                self.child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.child.kill()
+                self.child.wait()

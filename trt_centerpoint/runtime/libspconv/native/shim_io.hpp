@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <iostream>
 #include <iterator>
 #include <sstream>
 #include <string>
@@ -65,6 +66,25 @@ inline ForwardInput read_forward_input(char** argv) {
   if (in.features.size() != static_cast<size_t>(in.n * in.c * 2)) fail("features file size != n * c * 2");
   if (in.indices.size() != static_cast<size_t>(in.n * 4 * 4)) fail("indices file size != n * 4 * 4");
   return in;
+}
+
+// "serve": one request a line on stdin (FEATURES INDICES N C Z,Y,X OUT, tab-separated), one "trtcp: output"
+// line back per request, until end of input; the engine is built once for all of them.
+template <typename Forward>
+void serve(Forward&& forward) {
+  std::string line;
+  while (std::getline(std::cin, line)) {
+    if (line.empty()) continue;
+    std::vector<std::string> fields;
+    std::stringstream stream(line);
+    std::string field;
+    while (std::getline(stream, field, '\t')) fields.push_back(field);
+    if (fields.size() != 6) fail("a request has " + std::to_string(fields.size()) + " fields, expected 6");
+    std::vector<char*> args;
+    for (auto& f : fields) args.push_back(&f[0]);
+    forward(args.data());
+    std::fflush(stdout);
+  }
 }
 
 }  // namespace trtcp

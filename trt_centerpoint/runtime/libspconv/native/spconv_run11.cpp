@@ -5,6 +5,7 @@
 //
 //   spconv_run11 build   NET.txt WEIGHTS.bin fp16|int8
 //   spconv_run11 forward NET.txt WEIGHTS.bin fp16|int8 FEATURES INDICES N C Z,Y,X OUT
+//   spconv_run11 serve   NET.txt WEIGHTS.bin fp16|int8         (requests on stdin, see shim_io.hpp)
 #include <cstring>
 #include <deque>
 #include <memory>
@@ -119,11 +120,27 @@ std::shared_ptr<spconv::Engine> build(const std::string& net, const std::vector<
 
 }  // namespace
 
+// FEATURES INDICES N C GRID OUT -> output(0)'s features written to OUT, its type and shape printed
+static void forward_one(spconv::Engine& engine, char** request) {
+  auto in = trtcp::read_forward_input(request);
+  auto features = spconv::Tensor::from_data(in.features.data(), std::vector<int64_t>{in.n, in.c},
+                                            spconv::DataType::Float16, true);
+  auto indices = spconv::Tensor::from_data(in.indices.data(), std::vector<int64_t>{in.n, 4},
+                                           spconv::DataType::Int32, true);
+  engine.input(0)->features().reference(features.ptr(), features.shape, spconv::DataType::Float16, true);
+  engine.input(0)->indices().reference(indices.ptr(), indices.shape, spconv::DataType::Int32, true);
+  engine.input(0)->set_grid_size(in.grid);
+  engine.forward(nullptr);
+  auto& out = engine.output(0)->features();
+  auto host = out.to_host();
+  trtcp::write_file(request[5], host.ptr(), host.bytes());
+  std::printf("trtcp: output %s %s\n", spconv::dtype_string(out.dtype()), trtcp::join(out.shape).c_str());
+}
+
 int main(int argc, char** argv) {
-  if (argc < 5) trtcp::fail("usage: spconv_run11 build|forward NET.txt WEIGHTS.bin fp16|int8 [FEATURES ...]");
+  if (argc < 5) trtcp::fail("usage: spconv_run11 build|forward|serve NET.txt WEIGHTS.bin fp16|int8 [FEATURES ...]");
   const std::string mode = argv[1];
-  const bool forward = mode == "forward";
-  if (forward && argc != 11) trtcp::fail("forward takes FEATURES INDICES N C GRID OUT");
+  if (mode == "forward" && argc != 11) trtcp::fail("forward takes FEATURES INDICES N C GRID OUT");
   if (std::getenv("TRTCP_SPCONV_VERBOSE")) spconv::set_verbose(true);
   auto net = trtcp::read_file(argv[2]);
   auto blob = trtcp::read_file(argv[3]);
@@ -131,20 +148,8 @@ int main(int argc, char** argv) {
   auto engine = build(std::string(net.begin(), net.end()), blob, precision_of(argv[4]));
   if (engine == nullptr) trtcp::fail("libspconv returned no engine");
   std::printf("trtcp: built %zu input(s), %zu output(s)\n", engine->num_input(), engine->num_output());
-  if (!forward) return 0;
-
-  auto in = trtcp::read_forward_input(argv + 5);
-  auto features = spconv::Tensor::from_data(in.features.data(), std::vector<int64_t>{in.n, in.c},
-                                            spconv::DataType::Float16, true);
-  auto indices = spconv::Tensor::from_data(in.indices.data(), std::vector<int64_t>{in.n, 4},
-                                           spconv::DataType::Int32, true);
-  engine->input(0)->features().reference(features.ptr(), features.shape, spconv::DataType::Float16, true);
-  engine->input(0)->indices().reference(indices.ptr(), indices.shape, spconv::DataType::Int32, true);
-  engine->input(0)->set_grid_size(in.grid);
-  engine->forward(nullptr);
-  auto& out = engine->output(0)->features();
-  auto host = out.to_host();
-  trtcp::write_file(argv[10], host.ptr(), host.bytes());
-  std::printf("trtcp: output %s %s\n", spconv::dtype_string(out.dtype()), trtcp::join(out.shape).c_str());
+  std::fflush(stdout);
+  if (mode == "forward") forward_one(*engine, argv + 5);
+  if (mode == "serve") trtcp::serve([&](char** request) { forward_one(*engine, request); });
   return 0;
 }
