@@ -4,7 +4,7 @@
 # architecture gate on this GPU. Needs only an NVIDIA driver and python3 (standard library): no network, no
 # project environment. Usage:
 #   scripts/device_check.sh [FOLDER (default build/device_check)] [--host-side]
-# --host-side: a dry run here with the stand-in CUDA runtime (no kernel runs; INT8 then dies with SIGFPE).
+# --host-side: a dry run here with the stand-in CUDA runtime (no kernel runs: zeros, "differ").
 # Exit status: 0 all agree, 1 a file differs or the gate refuses, 2 the folder is missing or broken.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -1,7 +1,6 @@
 """scripts/device_check.sh, prepared here and dry-run with the stand-in CUDA runtime (no GPU is lent to CI):
 the folder is complete and small, the gate / run / compare plumbing works, and the host-side run is labelled.
-On the stand-in no kernel runs, so FP16 output is zeros (the comparison must say "differ") and INT8 dies with
-SIGFPE (a zero count divides): both must be reported in a line, not hang or pass."""
+On the stand-in no kernel runs, so the output is zeros: the comparison must say "differ" for both files."""
 
 from __future__ import annotations
 
@@ -39,4 +38,5 @@ def test_prepare_and_dry_run(scn_files, tmp_path, monkeypatch, native_cache):
     assert done.returncode == 1, done.stdout + done.stderr
     assert lines[0].startswith("scn.fp16.onnx (host-side build only: no kernel ran, build + forward ")
     assert lines[0].endswith("relative 1 (tolerance 0.05): differ")
-    assert lines[1].startswith("scn.int8.onnx: libspconv 1.1.10 exit status 136 after ")
+    assert lines[1].startswith("scn.int8.onnx (host-side build only: no kernel ran, build + forward ")
+    assert lines[1].endswith("relative 1 (tolerance 0.05): differ") and len(lines) == 2

@@ -15,7 +15,6 @@ from spconv_helpers import release_dir
 from trt_centerpoint.export.lint import lint_model
 from trt_centerpoint.runtime.libspconv.engine import build_engine
 from trt_centerpoint.runtime.libspconv.prefixes import cut_points, first_difference, prefix_model
-from trt_centerpoint.runtime.libspconv.process import LibspconvCrash
 from trt_centerpoint.runtime.libspconv.runner import LibspconvBackbone, input_grid
 from trt_centerpoint.runtime.libspconv.session import open_libspconv
 from trt_centerpoint.runtime.scn_runner import ScnRunner
@@ -85,8 +84,9 @@ def test_libspconv_builds_a_prefix_host_side(scn_files, native_cache):
 
 @pytest.mark.parametrize("version", ["1.0.1", "1.1.10"])
 def test_the_runner_host_side(version, scn_files, native_cache):
-    """Host-side the library builds and 'runs' with no kernel: FP16 gives zeros of the declared shape (the
-    plumbing of inputs, grid and output works); INT8 divides by a zero count and dies: one line."""
+    """Host-side the library builds and 'runs' with no kernel: the output is zeros of the declared shape (the
+    plumbing of inputs, grid and output works; other INT8 files can die there with SIGFPE, a count no kernel
+    wrote dividing)."""
     spconv = open_libspconv(release_dir(version), cache=native_cache, host_side=True)
     model = onnx.load(str(scn_files["fp16"]))
     features, coords = _voxels(model)
@@ -99,5 +99,6 @@ def test_the_runner_host_side(version, scn_files, native_cache):
     assert any("Node size" in m for m in runner.build_messages)
     runner.close()
     assert child.poll() == 0
-    with pytest.raises(LibspconvCrash, match=rf"libspconv {version} crashed \(SIGFPE\)"):
-        LibspconvBackbone(scn_files["int8"], spconv).run(features, coords)
+    int8 = LibspconvBackbone(scn_files["int8"], spconv)
+    assert not int8.run(features, coords).any()
+    int8.close()

@@ -4,7 +4,7 @@ The library runs in one child process per runner (our caller in "serve" mode): t
 `run` is one request (voxels in files, the output back in a file), and a crash inside the library is a line,
 not a dead pipeline; `close()` ends the child and frees its GPU memory. The output comes back as the graph output's
 declared shape ([1, C*D, H, W]; 1.1.x hands the ScatterDense volume back unreshaped). Under the stand-in CUDA
-runtime no kernel runs: the output is zeros (FP16) or the library divides by a zero count (INT8, SIGFPE), so
+runtime no kernel runs: the output is zeros (or, for some INT8 files, a count no kernel wrote divides: SIGFPE), so
 the pipeline asks for a GPU; tests drive the runner host-side on purpose.
 """
 
