@@ -323,8 +323,7 @@ class RuntimeArgs:
 
     @staticmethod
     def read(args: argparse.Namespace) -> RuntimeChoice:
-        if getattr(args, "libspconv", None):  # --backend libspconv: the option is the variable, for this command
-            os.environ[ENV_LIBSPCONV] = args.libspconv
+        apply_libspconv_option(args)
 
         def as_tuple(value):
             return tuple(value) if isinstance(value, (list, tuple)) else (value,)
@@ -397,6 +396,13 @@ class BuilderArgs:
 
 
 # --- NVIDIA libspconv: --libspconv DIR (or TRT_CENTERPOINT_LIBSPCONV), --compute-capability for its gate
+
+
+def apply_libspconv_option(args: argparse.Namespace) -> None:
+    """`--libspconv DIR` of a runtime command is TRT_CENTERPOINT_LIBSPCONV=DIR for this process: `make_pipeline`
+    reads the variable, so the stages need no libspconv argument of their own."""
+    if getattr(args, "libspconv", None):
+        os.environ[ENV_LIBSPCONV] = args.libspconv
 
 
 @dataclass(frozen=True)

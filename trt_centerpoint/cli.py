@@ -32,6 +32,7 @@ from trt_centerpoint.args import (
     ThreadArgs,
     TrainingArgs,
     add_point_layout,
+    apply_libspconv_option,
 )
 from trt_centerpoint.artifacts import BENCH_JSON, BENCH_PNG, MANIFEST, REPORT_MD
 from trt_centerpoint.config import load_config
@@ -248,7 +249,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     model, data = ModelArgs.read(args), DataArgs.read(args)
-    RuntimeArgs.read(argparse.Namespace(libspconv=args.libspconv, backend=args.backend, precision="fp32"))
+    apply_libspconv_option(args)
     figures = run_compare(load_config(model.config), data.artifacts, data.data, out=args.out,
                                         checkpoint=model.checkpoint, max_frames=FrameArgs.read(args).frames,
                                         save_frames=args.save_frames, progress=ProgressArgs.read(args),

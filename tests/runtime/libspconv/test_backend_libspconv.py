@@ -12,13 +12,16 @@ from spconv_helpers import release_dir
 
 from trt_centerpoint.config import load_config
 from trt_centerpoint.errors import UserError
+from trt_centerpoint.export.head.export import export_rpn_head
 from trt_centerpoint.export.scn.fuse import fuse_backbone
 from trt_centerpoint.export.scn.writer import export_scn
 from trt_centerpoint.runtime.libspconv.beside import libspconv_beside_reference
 from trt_centerpoint.runtime.libspconv.locate import ENV_LIBSPCONV
-from trt_centerpoint.runtime.libspconv.runner import input_grid
+from trt_centerpoint.runtime.libspconv.runner import LibspconvBackbone, input_grid
 from trt_centerpoint.runtime.libspconv.session import open_libspconv
-from trt_centerpoint.runtime.pipeline import make_pipeline
+from trt_centerpoint.runtime.onnxrt import OnnxHead
+from trt_centerpoint.runtime.pipeline import Pipeline, make_pipeline
+from trt_centerpoint.stages.compare import compare_outputs
 
 
 def test_the_backend_needs_a_folder_and_a_gpu(scn_files, monkeypatch, native_cache):
@@ -48,3 +51,22 @@ def test_beside_reference_finds_the_first_layer_against_the_stand_in(sample_mode
     record = libspconv_beside_reference(path, spconv, features, torch.from_numpy(coords))
     assert record["relative_error"] == pytest.approx(1.0) and record["where"].startswith("host-side")
     assert record["first_difference"]["node"] == "conv0"
+
+
+def test_compare_runs_libspconv_pipelines(scn_files, sample_model, native_cache, tmp_path):
+    """`compare`'s frame loop on libspconv pipelines (host-side: zeros); the beside-reference step is the test
+    above (a full-size grid makes its bisection slow on a CPU)."""
+    cfg = load_config("synthetic_small")
+    spconv = open_libspconv(release_dir("1.1.10"), cache=native_cache, host_side=True)
+    head = tmp_path / "rpn_head.fp32.onnx"
+    onnx.save(export_rpn_head(sample_model, cfg).model, str(head))
+    pipes = {p: Pipeline(cfg, LibspconvBackbone(scn_files[{"fp32": "fp16", "int8": "int8"}[p]], spconv),
+                         OnnxHead(head), f"libspconv/{p}") for p in ("fp32", "int8")}
+    points = np.zeros((200, 5), np.float32)
+    gen = np.random.default_rng(4)
+    points[:, :3] = gen.uniform([-30, -30, -2], [30, 30, 1], (200, 3))
+    outs, dets, overflows = compare_outputs(cfg, pipes, [points], progress=False, headroom={})
+    assert overflows == {} and set(outs) == {"fp32", "int8"} and outs["fp32"][0] is not None
+    for pipe in pipes.values():
+        pipe.close()
+        assert pipe.backbone._server is None

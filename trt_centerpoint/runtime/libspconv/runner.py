@@ -43,6 +43,9 @@ class LibspconvBackbone:
         dims = self.model.graph.output[0].type.tensor_type.shape.dim
         self.output_shape = [int(d.dim_value) for d in dims]
         self.name = f"{spconv.label}:{self.path.name}"
+        # the reference runner's per-conv active voxel counts and output_bound overflows: libspconv reports none
+        self.counts: dict[str, int] = {}
+        self.overflows: dict[str, tuple[int, int]] = {}
         self._work: tempfile.TemporaryDirectory | None = None
         self._server: CallerServer | None = None
 
