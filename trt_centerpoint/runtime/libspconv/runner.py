@@ -71,10 +71,20 @@ class LibspconvBackbone:
         line = server.request([str(work / "features.bin"), str(work / "indices.bin"), str(len(features)),
                                str(features.shape[1]), ",".join(str(g) for g in self.grid), str(work / "out.bin")])
         out = read_output(line, work / "out.bin")
+        if line.split()[1].lower() == "int8":  # an INT8 ScatterDense output: codes at its input range / 127
+            out = out * self._scatter_range() / 127.0
         if out.size != int(np.prod(self.output_shape)):
             raise UserError(f"{self.path}: {self.spconv.label} returned {list(out.shape)}, the file declares "
                             f"{self.output_shape}")
         return torch.from_numpy(out.reshape(self.output_shape).copy())
+
+    def _scatter_range(self) -> float:
+        scatter = next(n for n in self.model.graph.node if n.op_type == "ScatterDense")
+        value = attributes(scatter).get("input_dynamic_range")
+        if not value:
+            raise UserError(f"{self.path}: {self.spconv.label} wrote INT8 output, but ScatterDense has no "
+                            "input_dynamic_range to read it with")
+        return float(value)
 
     def close(self) -> None:
         if self._server is not None:
