@@ -3,7 +3,7 @@
 Standard library only: the GPU machine has no project environment. Prints one line: cosine, max abs error,
 relative error (max |difference| / max |reference|) and the verdict against the tolerance; exit 1 when over.
 
-    python3 scripts/device_compare.py REFERENCE.bin (float32) OUTPUT.bin DTYPE(float16|int8) TOLERANCE LABEL
+    python3 scripts/device_compare.py EXPECTED.bin (float32) OUTPUT.bin DTYPE(float16|int8) TOLERANCE LABEL
 """
 
 import math
