@@ -13,6 +13,7 @@ but are left out of `--help`.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ from trt_centerpoint.data.nuscenes import (
 from trt_centerpoint.data.points import POINT_LAYOUTS
 from trt_centerpoint.errors import UserError
 from trt_centerpoint.quant.calibrate import METHODS
+from trt_centerpoint.runtime.libspconv.locate import ENV_LIBSPCONV, configured_libspconv
 from trt_centerpoint.runtime.pipeline import BACKENDS
 from trt_centerpoint.runtime.trt.build import RTX_DEFAULT_TARGETS
 from trt_centerpoint.runtime.trt.env import BUILDERS
@@ -326,7 +328,11 @@ class RuntimeArgs:
         parser.add_argument("--backend", nargs=nargs, default=pick(self.backends), choices=BACKENDS,
                             help="torch: the PyTorch model (--checkpoint); onnx: the exported files (scn reference "
                                  "runner + ONNX Runtime, --artifacts); trt: scn runner + TensorRT engine "
-                                 f"(--artifacts) (default {' '.join(self.backends)})")
+                                 "(--artifacts); libspconv: NVIDIA's libspconv on a GPU + the engine or ONNX "
+                                 f"Runtime (--artifacts, --libspconv) (default {' '.join(self.backends)})")
+        parser.add_argument("--libspconv", metavar="DIR",
+                            help=f"--backend libspconv: NVIDIA libspconv folder (include/spconv/*.hpp, "
+                                 f"lib/libspconv.so; default ${ENV_LIBSPCONV})")
         default = " ".join(self.precisions) if self.precision_default is None else self.precision_default
         parser.add_argument("--precision", nargs=nargs, choices=PRECISIONS,
                             default=pick(self.precisions) if self.precision_default is None else None,
@@ -335,6 +341,8 @@ class RuntimeArgs:
 
     @staticmethod
     def read(args: argparse.Namespace) -> RuntimeChoice:
+        apply_libspconv_option(args)
+
         def as_tuple(value):
             return tuple(value) if isinstance(value, (list, tuple)) else (value,)
 
@@ -403,6 +411,44 @@ class BuilderArgs:
     @staticmethod
     def read(args: argparse.Namespace) -> BuilderChoice:
         return BuilderChoice(args.builder, tuple(args.compute_capability or ()))
+
+
+# --- NVIDIA libspconv: --libspconv DIR (or TRT_CENTERPOINT_LIBSPCONV), --compute-capability for its gate
+
+
+def apply_libspconv_option(args: argparse.Namespace) -> None:
+    """`--libspconv DIR` of a runtime command is TRT_CENTERPOINT_LIBSPCONV=DIR for this process: `make_pipeline`
+    reads the variable, so the stages need no libspconv argument of their own."""
+    if getattr(args, "libspconv", None):
+        os.environ[ENV_LIBSPCONV] = args.libspconv
+
+
+@dataclass(frozen=True)
+class LibspconvChoice:
+    folder: str | None  # None: libspconv not used
+    compute_capabilities: tuple[str, ...]
+
+
+class LibspconvArgs:
+    """Where the user's libspconv is (include/spconv/*.hpp, lib/libspconv.so) and, for `check`, the GPUs its
+    architecture gate compares with where there is none (`build` shares `--compute-capability` with BuilderArgs)."""
+
+    def __init__(self, capability: bool = True):
+        self.capability = capability
+
+    def add_to_parser(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--libspconv", metavar="DIR",
+                            help=f"NVIDIA libspconv folder (include/spconv/*.hpp, lib/libspconv.so; default: "
+                                 f"${ENV_LIBSPCONV} when set): build the scn files with it too")
+        if self.capability:
+            parser.add_argument("--compute-capability", action="append", metavar="X.Y",
+                                help="a GPU the libspconv gate checks the library's SASS against, e.g. 9.0 "
+                                     "(repeatable; default: the GPU present, else none)")
+
+    @staticmethod
+    def read(args: argparse.Namespace) -> LibspconvChoice:
+        return LibspconvChoice(configured_libspconv(getattr(args, "libspconv", None)),
+                               tuple(getattr(args, "compute_capability", None) or ()))
 
 
 # --- training: --epochs --batch-size --lr --seed --no-augment

@@ -21,6 +21,7 @@ from trt_centerpoint.args import (
     DataArgs,
     FrameArgs,
     FrameCount,
+    LibspconvArgs,
     MethodArgs,
     ModelArgs,
     NuScenesArgs,
@@ -31,6 +32,7 @@ from trt_centerpoint.args import (
     ThreadArgs,
     TrainingArgs,
     add_point_layout,
+    apply_libspconv_option,
 )
 from trt_centerpoint.artifacts import BENCH_JSON, BENCH_PNG, MANIFEST, REPORT_MD
 from trt_centerpoint.config import load_config
@@ -53,11 +55,12 @@ from trt_centerpoint.quant.sensitivity import DEFAULT_NUM_FRAMES as SENSITIVITY_
 from trt_centerpoint.quant.sensitivity import run_sensitivity
 from trt_centerpoint.quant.skip import resolve_skip_list
 from trt_centerpoint.report.markdown import summary_table
+from trt_centerpoint.runtime.libspconv.session import open_libspconv
 from trt_centerpoint.runtime.trt.build import build_engine
 from trt_centerpoint.runtime.trt.inspect import format_counts
 from trt_centerpoint.stages.bench import run_bench
 from trt_centerpoint.stages.build import BuildOptions, run_build
-from trt_centerpoint.stages.check import check_files, exit_status
+from trt_centerpoint.stages.check import EXIT_FINDINGS, check_files, exit_status
 from trt_centerpoint.stages.compare import BACKENDS as COMPARE_BACKENDS
 from trt_centerpoint.stages.compare import DEFAULT_MAX_FRAMES as COMPARE_FRAMES
 from trt_centerpoint.stages.compare import run_compare, summary_lines
@@ -254,6 +257,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     model, data = ModelArgs.read(args), DataArgs.read(args)
+    apply_libspconv_option(args)
     figures = run_compare(load_config(model.config), data.artifacts, data.data, out=args.out,
                                         checkpoint=model.checkpoint, max_frames=FrameArgs.read(args).frames,
                                         save_frames=args.save_frames, progress=ProgressArgs.read(args),
@@ -285,7 +289,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                         calib_frames=frames.calib, eval_frames=frames.eval, bench_iterations=args.iterations,
                         progress=ProgressArgs.read(args), builder=builder.builder,
                         compute_capabilities=builder.compute_capabilities,
-                        allow_overflow=OverflowArgs.read(args))
+                        allow_overflow=OverflowArgs.read(args), libspconv=LibspconvArgs.read(args).folder)
     report = run_build(opts)
     print(summary_table(report))
     ran = [name for name, s in report["stages"].items() if s["status"] == "ran"]
@@ -295,7 +299,13 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    checks = check_files(args.files, use_parser=not args.no_parser)
+    chosen = LibspconvArgs.read(args)
+    spconv = open_libspconv(chosen.folder, chosen.compute_capabilities) if chosen.folder else None
+    if spconv is not None:
+        print(spconv.verdict.line, file=sys.stdout if spconv.verdict.ok else sys.stderr)
+        if not spconv.verdict.ok:
+            return EXIT_FINDINGS
+    checks = check_files(args.files, use_parser=not args.no_parser, spconv=spconv)
     for check in checks:
         for line in check.lines(verbose=ProgressArgs.read(args)):
             print(line, file=sys.stderr if check.error else sys.stdout)
@@ -559,7 +569,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"of one frame's maps (default {DEFAULT_RUN_RESULTS_MB:g})")
     p.add_argument("--backend", default="onnx", choices=COMPARE_BACKENDS,
                    help="onnx: the ONNX head files on ONNX Runtime; trt: the head engines (TensorRT, a GPU); the "
-                        "sparse part runs in the scn reference runner either way (default onnx)")
+                        "sparse part runs in the scn reference runner either way; libspconv: the sparse part by "
+                        "NVIDIA's libspconv on a GPU, beside the reference runner (default onnx)")
+    p.add_argument("--libspconv", metavar="DIR", help="--backend libspconv: NVIDIA libspconv folder")
 
     p = _command(sub, "bench", "latency per stage (voxelize, backbone, rpn_head, decode) and end to end",
                  "Measure latency per stage (voxelize, backbone, rpn_head, decode) and end to end, for each backend "
@@ -594,7 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
                            FrameCount("--eval-frames", b.eval_frames,
                                       "evaluation frames (this many generated without --eval-data)")),
                  OutputArgs(f"build folder (default {b.out}/)", required=False, default=str(b.out)),
-                 BuilderArgs(), OverflowArgs(), progress)
+                 BuilderArgs(), OverflowArgs(), LibspconvArgs(capability=False), progress)
     p.add_argument("--qat", action="store_true",
                    help="fine-tune after PTQ with `qat`'s defaults on the calibration data (learned ranges, "
                         "distillation, 2 epochs); the whole RPN and head then run INT8")
@@ -607,7 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "(TensorRT, or TensorRT-RTX where TensorRT cannot run). Every file is checked; exit status 1 when "
                  "anything is found, 2 when a file cannot be read.",
                  cmd_check,
-                 ProgressArgs("print findings only (default: also an 'ok' line per clean file)"))
+                 ProgressArgs("print findings only (default: also an 'ok' line per clean file)"), LibspconvArgs())
     p.add_argument("files", nargs="+", metavar="FILE.onnx", help="exported ONNX files to lint")
     p.add_argument("--no-parser", action="store_true",
                    help="lint only; do not also parse the 2D files with NVIDIA's ONNX parser (default: parse with "

@@ -353,6 +353,24 @@ def _section_engine(data: dict) -> list[str]:
     return lines
 
 
+_HOST_SIDE_SCOPE = ("Host-side means NVIDIA's library parsed each file and ran its whole engine build against a "
+                    "stand-in CUDA runtime (host memory, no kernel launched): the file is accepted, no kernel ran, so "
+                    "nothing here says the GPU computes the right numbers.")
+
+
+def _section_deployment(data: dict) -> list[str]:
+    """libspconv, the runtime the scn files are for: its GPU-architecture gate and its engine build of each."""
+    spconv = data.get("deployment")
+    lines = ["## Deployment: libspconv", ""]
+    if not spconv:
+        return lines + ["libspconv: not checked (give `build --libspconv DIR` or set TRT_CENTERPOINT_LIBSPCONV)."]
+    lines += [f"Gate: {spconv.get('gate')}.", ""]
+    lines += [f"- `{name}`: {line}" for name, line in (spconv.get("files") or {}).items()]
+    if "host-side" in str(spconv.get("where")):
+        lines += ["", _HOST_SIDE_SCOPE]
+    return lines
+
+
 def _section_sensitivity(data: dict) -> list[str]:
     png = _get(data, "sensitivity", "png")
     lines = ["## Layer sensitivity", ""]
@@ -393,7 +411,8 @@ def render_markdown(data: dict, pngs: dict[str, Path] | None = None) -> str:
              _section_validation(data),
              _section_tensors(data, pngs), _section_detections(data), _section_per_layer(data),
              _section_output_bounds(data),
-             _section_latency(data, pngs), _section_engine(data), _section_sensitivity(data),
+             _section_latency(data, pngs), _section_engine(data), _section_deployment(data),
+             _section_sensitivity(data),
              _section_artifacts(data), _section_stages(data), _section_versions(data),
              ["## How to read this report", "", _HOW_TO_READ]]
     return "\n\n".join("\n".join(p) for p in parts if p) + "\n"

@@ -7,10 +7,12 @@
     onnx     ScnRunner on scn.*.onnx (CPU)            OnnxHead: ONNX Runtime on rpn_head.*.onnx (CPU)
     trt      ScnRunner on scn.*.onnx (GPU if spconv   TrtEngineRunner: the TensorRT engine rpn_head.*.plan
              has CUDA)
+    libspconv  LibspconvBackbone: NVIDIA's libspconv    the TensorRT engine where it exists and a GPU is
+             on scn.*.onnx (GPU; --libspconv DIR)     here, else ONNX Runtime on rpn_head.*.onnx
 
 FP32 or INT8 (fake quant for torch, the INT8 files for onnx / trt). The trt backend runs the sparse part in
-the reference runner because libspconv is a C++ library with no Python binding. Why a module above export/
-and eval/: it composes both; nothing below imports it.
+the reference runner; the libspconv backend runs NVIDIA's library (in a child process, `runtime/libspconv`).
+Why a module above export/ and eval/: it composes both; nothing below imports it.
 """
 
 from __future__ import annotations
@@ -30,12 +32,15 @@ from trt_centerpoint.model.decode import Detections, decode
 from trt_centerpoint.model.voxelizer import Voxelizer, VoxelStats, collate
 from trt_centerpoint.quant.ptq import load_model_pair
 from trt_centerpoint.runtime.base import BackboneRunner, HeadRunner, split_tasks
+from trt_centerpoint.runtime.libspconv.locate import ENV_LIBSPCONV, configured_libspconv
+from trt_centerpoint.runtime.libspconv.runner import LibspconvBackbone
+from trt_centerpoint.runtime.libspconv.session import open_libspconv
 from trt_centerpoint.runtime.onnxrt import OnnxHead
 from trt_centerpoint.runtime.scn_runner import ScnRunner
 from trt_centerpoint.runtime.torch_runners import TorchBackbone, TorchHead
 from trt_centerpoint.runtime.trt.runner import TrtEngineRunner
 
-BACKENDS = ("torch", "onnx", "trt")
+BACKENDS = ("torch", "onnx", "trt", "libspconv")
 STAGES = ("voxelize", "backbone", "rpn_head", "decode")
 
 __all__ = ["BACKENDS", "PRECISIONS", "STAGES", "Pipeline", "make_pipeline", "split_tasks"]
@@ -100,9 +105,13 @@ class Pipeline:
             return decode(split_tasks(outputs), self.cfg)[0]
 
     def close(self) -> None:
-        """Deactivate the head (Polygraphy runners hold sessions / engine contexts while active)."""
+        """Deactivate the head (Polygraphy runners hold sessions / engine contexts while active) and end a backbone
+        that runs in a child process (libspconv)."""
         if self.head.is_active:
             self.head.deactivate()
+        close_backbone = getattr(self.backbone, "close", None)
+        if close_backbone is not None:
+            close_backbone()
 
     def __enter__(self) -> Pipeline:
         return self
@@ -154,6 +163,8 @@ def make_pipeline(cfg: ModelConfig, backend: str, precision: str, checkpoint=Non
                                 "(`trt-centerpoint ptq`)")
             model = qmodel if precision == "int8" else float_model
         return Pipeline(cfg, TorchBackbone(model), TorchHead(model), label)
+    if backend == "libspconv":
+        return _libspconv_pipeline(cfg, precision, artifacts, label)
     # the sparse part runs where the head runs: CPU for onnx; the GPU for trt when spconv has CUDA there
     device = "cuda" if backend == "trt" and torch.cuda.is_available() else "cpu"
     backbone = ScnRunner(_artifact(artifacts, BACKBONE_FILES[precision]), precision="fp32", device=device,
@@ -162,3 +173,23 @@ def make_pipeline(cfg: ModelConfig, backend: str, precision: str, checkpoint=Non
         return Pipeline(cfg, backbone, OnnxHead(_artifact(artifacts, HEAD_FILES[precision])), label)
     plan = _artifact(artifacts, ENGINE_FILES[precision])
     return Pipeline(cfg, backbone, TrtEngineRunner(plan, name=f"tensorrt:{plan.name}"), label)
+
+
+def _libspconv_pipeline(cfg: ModelConfig, precision: str, artifacts, label: str) -> Pipeline:
+    """NVIDIA's libspconv on the scn file (gated; needs a GPU: without one no kernel would run), the head on the
+    TensorRT engine where one was built and a GPU is here, else on ONNX Runtime."""
+    folder = configured_libspconv(None)
+    if folder is None:
+        raise UserError(f"--backend libspconv needs --libspconv DIR (or {ENV_LIBSPCONV}): the folder with "
+                        "include/spconv/*.hpp and lib/libspconv.so")
+    spconv = open_libspconv(folder)
+    if not spconv.verdict.ok:
+        raise UserError(spconv.verdict.line)
+    if spconv.host_side:
+        raise UserError(f"--backend libspconv runs NVIDIA's kernels and needs a GPU; none here (`check --libspconv "
+                        f"{folder}` runs its host-side engine build without one)")
+    backbone = LibspconvBackbone(_artifact(artifacts, BACKBONE_FILES[precision]), spconv)
+    plan = Path(artifacts) / ENGINE_FILES[precision]
+    if plan.is_file():
+        return Pipeline(cfg, backbone, TrtEngineRunner(plan, name=f"tensorrt:{plan.name}"), label)
+    return Pipeline(cfg, backbone, OnnxHead(_artifact(artifacts, HEAD_FILES[precision])), label)

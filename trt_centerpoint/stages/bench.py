@@ -68,7 +68,7 @@ def run_bench(cfg: ModelConfig, artifacts: str | Path | None, data: str | Path, 
         label = f"{backend}/{precision}"
         with pipe:
             result = run_benchmark(lambda timer, i, pipe=pipe: pipe.detect(points[i % len(points)], timer),
-                                   iterations, warmup, device="cuda" if backend == "trt" else "cpu",
+                                   iterations, warmup, device="cuda" if backend in ("trt", "libspconv") else "cpu",
                                    progress=progress, max_seconds=max_seconds)
         result.meta.update(backend=backend, precision=precision, frames=len(points), versions=library_versions())
         results[label] = result

@@ -58,6 +58,7 @@ from trt_centerpoint.quant.ptq import read_ptq_meta, run_ptq
 from trt_centerpoint.quant.qat import DEFAULT_EPOCHS, QAT_SKIP, QATOptions, run_qat
 from trt_centerpoint.quant.quantize import DEFAULT_SKIP
 from trt_centerpoint.report.markdown import write_report
+from trt_centerpoint.runtime.libspconv.session import open_libspconv
 from trt_centerpoint.runtime.trt.build import RTX_DEFAULT_TARGETS, artifact_paths, build_engine
 from trt_centerpoint.runtime.trt.env import BUILDER_NAMES, require_builder, resolve_builder
 from trt_centerpoint.runtime.trt.inspect import format_counts
@@ -95,6 +96,7 @@ class BuildOptions:
     compute_capabilities: tuple[str, ...] = ()  # TensorRT-RTX targets, e.g. ("8.6", "12.0"); () = its default
     progress: bool = True
     allow_overflow: bool = False  # compare / bench: warn instead of failing on an output_bound overflow
+    libspconv: str | None = None  # NVIDIA libspconv folder: the check stage builds the scn files with it too
 
 
 @dataclass
@@ -163,6 +165,11 @@ class _Build:
             hint = "" if opts.checkpoint is not None else (" (the bundled sample ships in the source checkout's "
                                                           "samples/; give --checkpoint)")
             raise UserError(f"{self.checkpoint}: no such checkpoint{hint}")
+        self.spconv = None
+        if opts.libspconv:  # the architecture gate before anything runs (and our libspconv caller compiled)
+            self.spconv = open_libspconv(opts.libspconv, opts.compute_capabilities)
+            if not self.spconv.verdict.ok:
+                raise UserError(f"libspconv gate: {self.spconv.verdict.line}")
         ensure_dir(self.out, "build folder")
         self.manifest = Manifest(self.out)
         self.stages = StageLog()
@@ -261,8 +268,12 @@ class _Build:
     def check(self) -> list[str]:
         files = sorted(p.name for p in self.out.glob("*.onnx"))
 
+        spconv = self.spconv
+        if spconv is not None:
+            self._sublog(spconv.verdict.line)
+
         def check() -> StageOutcome:
-            checks = check_files([self.out / name for name in files])
+            checks = check_files([self.out / name for name in files], spconv=spconv)
             findings = [line for c in checks for line in c.lines(verbose=False)]
             if findings:
                 raise UserError(f"check: {findings[0]} ({len(findings)} finding(s); `trt-centerpoint check` lists "
@@ -270,10 +281,17 @@ class _Build:
             parsed = sorted({c.parsed_by or c.parser for c in checks if c.kind == "onnx"})
             for c in checks:
                 self._sublog(f"{c.path.name}: ok ({c.kind}; {c.parser})")
+            extra = {"files": {c.path.name: {"kind": c.kind, "parser": c.parser} for c in checks}}
+            if spconv is not None:
+                extra["libspconv"] = {"gate": spconv.verdict.line, "where": spconv.where,
+                                      "files": {c.path.name: c.libspconv for c in checks if c.libspconv}}
             return StageOutcome([], f"{len(files)} files, no lint findings; NVIDIA parser: {', '.join(parsed)}",
-                                {"files": {c.path.name: {"kind": c.kind, "parser": c.parser} for c in checks}})
+                                extra)
 
-        self._run_stage("check", self._artifact_inputs(files), {}, check)
+        params = {}
+        if spconv is not None:
+            params = {"libspconv": file_sha256(spconv.library.library), "gate": spconv.verdict.line}
+        self._run_stage("check", self._artifact_inputs(files), params, check)
         return files
 
     def engine(self) -> dict:
@@ -403,6 +421,7 @@ class _Build:
             "artifacts": artifacts,
             "stages": None,  # filled in when the report is written: this run's stage table
             "engine": engine,
+            "deployment": _libspconv_record(self.manifest),
             "versions": self.manifest.versions,
         }
         if (self.out / SENSITIVITY_PNG).is_file():  # `trt-centerpoint sensitivity --out BUILD` was run
@@ -418,6 +437,12 @@ class _Build:
         if not self._run_stage("report", inputs, {"config": self.cfg.name, "engine": engine}, write):
             return json.loads((self.out / REPORT_JSON).read_text())
         return data
+
+
+def _libspconv_record(manifest: Manifest) -> dict | None:
+    """The check stage's libspconv gate and engine builds (None when no libspconv was configured)."""
+    rec = manifest.stages.get("check")
+    return rec.extra.get("libspconv") if rec else None
 
 
 def _export_validation(manifest: Manifest) -> dict:

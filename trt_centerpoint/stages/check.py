@@ -1,5 +1,6 @@
 """`trt-centerpoint check`: every exported file against the project's lint rules and, for the 2D files, NVIDIA's
-own ONNX parser (TensorRT, or TensorRT-RTX where TensorRT cannot run).
+own ONNX parser (TensorRT, or TensorRT-RTX where TensorRT cannot run); with `--libspconv DIR`, the scn files
+also through NVIDIA's libspconv engine build (host-side with a stand-in CUDA runtime where there is no GPU).
 
 Two independent checks: the lint knows the libspconv dialect and TensorRT's Q/DQ placement rules and says why
 a file is wrong in our terms; the parser is NVIDIA's importer and says whether TensorRT reads the file at all.
@@ -14,6 +15,12 @@ from pathlib import Path
 
 from trt_centerpoint.errors import UserError
 from trt_centerpoint.export.lint import lint_file
+from trt_centerpoint.export.onnx_io import load_onnx
+from trt_centerpoint.export.scn.lint import is_qdq
+from trt_centerpoint.runtime.libspconv.describe import NotDescribable
+from trt_centerpoint.runtime.libspconv.engine import build_engine
+from trt_centerpoint.runtime.libspconv.process import LibspconvCrash
+from trt_centerpoint.runtime.libspconv.session import SpconvSession
 from trt_centerpoint.runtime.trt.parser import NvidiaParser, ParseResult, nvidia_parser, parse_onnx
 
 EXIT_OK, EXIT_FINDINGS, EXIT_UNREADABLE = 0, 1, 2
@@ -29,6 +36,7 @@ class FileCheck:
     parser: str = ""  # "TensorRT-RTX 1.7.1.116 parser: 84 layers", or why it did not run
     parsed_by: str = ""  # "TensorRT-RTX 1.7.1.116" when NVIDIA's parser ran
     error: str = ""  # the file could not be read
+    libspconv: str = ""  # "libspconv 1.1.10: engine built, 18 nodes (host-side build only: no kernel ran)"
 
     @property
     def status(self) -> int:
@@ -39,7 +47,9 @@ class FileCheck:
             return [self.error]
         if self.findings:
             return list(self.findings)
-        return [f"{self.path}: ok ({self.kind}; {self.parser})"] if verbose else []
+        if not verbose:
+            return []
+        return [f"{self.path}: ok ({self.kind}; {self.libspconv or self.parser})"]
 
 
 def _parse(check: FileCheck, parser: NvidiaParser | None, unavailable: str) -> None:
@@ -55,8 +65,28 @@ def _parse(check: FileCheck, parser: NvidiaParser | None, unavailable: str) -> N
     check.findings += [e.line(str(check.path), result.parser) for e in result.errors]
 
 
-def check_files(paths, use_parser: bool = True) -> list[FileCheck]:
-    """Lint every file and parse the 2D ones with NVIDIA's parser (chosen once for all files)."""
+def _spconv_build(check: FileCheck, spconv: SpconvSession) -> None:
+    """NVIDIA's parse + engine build of an scn file; its error lines and a crash are findings."""
+    where = spconv.where
+    if is_qdq(load_onnx(check.path)[0]):
+        check.libspconv = f"{spconv.label} not run: the Q/DQ form is for TensorRT plugins, not libspconv"
+        return
+    try:
+        built = build_engine(spconv.library, spconv.native, check.path, spconv.host_side)
+    except LibspconvCrash as exc:
+        check.findings.append(f"{exc} ({where})")
+        return
+    except NotDescribable as exc:
+        check.findings.append(f"{check.path}: {spconv.label} not run: {exc}")
+        return
+    check.findings += [f"{check.path}: {spconv.label}: {line} ({where})" for line in built.errors]
+    nodes = f", {built.nodes} nodes" if built.nodes is not None else ""
+    check.libspconv = f"{spconv.label}: engine built{nodes} ({where})"
+
+
+def check_files(paths, use_parser: bool = True, spconv: SpconvSession | None = None) -> list[FileCheck]:
+    """Lint every file and parse the 2D ones with NVIDIA's parser (chosen once for all files); with `spconv`,
+    build every scn file with NVIDIA's libspconv too."""
     parser, unavailable = nvidia_parser() if use_parser else (None, "not asked for")
     checks = []
     for path in paths:
@@ -67,6 +97,8 @@ def check_files(paths, use_parser: bool = True) -> list[FileCheck]:
             check.error = str(exc)
         else:
             _parse(check, parser, unavailable)
+            if spconv is not None and check.kind == "scn":
+                _spconv_build(check, spconv)
         checks.append(check)
     return checks
 

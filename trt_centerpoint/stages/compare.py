@@ -47,12 +47,14 @@ from trt_centerpoint.export.head.export import RPN_HEAD_INPUT
 from trt_centerpoint.fileio import atomic_write_json
 from trt_centerpoint.model.decode import Detections, decode
 from trt_centerpoint.report.table import format_table
+from trt_centerpoint.runtime.libspconv.beside import libspconv_beside_reference
 from trt_centerpoint.runtime.pipeline import Pipeline, make_pipeline, split_tasks
 from trt_centerpoint.runtime.scn_runner import OutputBoundWarning
 from trt_centerpoint.stages.evaluate import range_transforms
 
-BACKENDS = ("onnx", "trt")  # the deployed files: the head on ONNX Runtime, or its TensorRT engines
-RUNNER_NAMES = {"onnx": "onnxrt", "trt": "tensorrt"}  # runner names in the saved RunResults
+BACKENDS = ("onnx", "trt", "libspconv")  # the deployed files: the head on ONNX Runtime or its TensorRT engines;
+# libspconv: the sparse part by NVIDIA's libspconv (a GPU), compared beside the reference runner too
+RUNNER_NAMES = {"onnx": "onnxrt", "trt": "tensorrt", "libspconv": "libspconv"}  # runner names in the RunResults
 AGREEMENT_RADII = (0.01, 0.1, 0.5)
 DEFAULT_MAX_FRAMES = 50
 # Polygraphy's per-element check: INT8 logits are expected to move; the bound flags gross breakage only.
@@ -179,6 +181,16 @@ def _track_headroom(headroom: dict, counts: dict[str, tuple[int, int | None]]) -
         row["headroom"] = None if not (bound and row["max_active"]) else bound / row["max_active"]
 
 
+def _libspconv_beside_reference(pipes: dict, points) -> dict:
+    """Per file (fp16, int8): libspconv's BEV against the reference runner's on one frame, first differing layer."""
+    voxels = pipes["fp32"].voxelize(points)
+    out = {}
+    for precision, pipe in pipes.items():
+        runner = pipe.backbone
+        out[precision] = libspconv_beside_reference(runner.path, runner.spconv, voxels.features, voxels.coords)
+    return out
+
+
 def run_compare(cfg: ModelConfig, artifacts: str | Path, data: str | Path, **options) -> dict:
     """Compare the FP32 and INT8 files on `data` (options: `_compare_on_rank`). Under torchrun the ranks share
     the frames, rank 0 computes the figures and writes the files, and every rank returns the figures."""
@@ -238,7 +250,13 @@ def _compare_on_rank(cfg: ModelConfig, artifacts: str | Path, data: str | Path, 
 
     # per layer: the two scn files on the same voxels, and the two head ONNX files on the same FP32 BEV (an
     # engine's intermediate tensors cannot be marked as outputs, so the head is compared on its ONNX files)
-    per_layer_backbone = compare_scn_layers(pipes, frames.points[ran[0]])
+    libspconv = None
+    if backend == "libspconv":  # its layers are not visible: per layer on the reference runner, plus the bisection
+        libspconv = _libspconv_beside_reference(pipes, frames.points[ran[0]])
+        layer_pipes = {p: make_pipeline(cfg, "onnx", p, artifacts=artifacts, allow_overflow=True) for p in pipes}
+    else:
+        layer_pipes = pipes
+    per_layer_backbone = compare_scn_layers(layer_pipes, frames.points[ran[0]])
     bev = pipes["fp32"].bev(frames.points[ran[0]]).numpy()
     for pipe in pipes.values():
         pipe.close()  # their ONNX Runtime sessions: a nuScenes-size head holds a GB each
@@ -271,7 +289,7 @@ def _compare_on_rank(cfg: ModelConfig, artifacts: str | Path, data: str | Path, 
     for precision, name in DETECTIONS.items():
         write_detections(out / name, predictions[precision])
     figures = {"output_bound_overflows": overflows, "output_bound_headroom": headroom,
-               "per_layer_backbone": per_layer_backbone, "tensors": tensors,
+               "per_layer_backbone": per_layer_backbone, "tensors": tensors, "libspconv_vs_reference": libspconv,
                "polygraphy": accuracy_check, "per_layer": per_layer, "detections": detections,
                "accuracy": accuracy, "run_results": run_results_path.name, "run_results_saved": run_results_note,
                "frames": len(frames.points),
@@ -291,6 +309,11 @@ def summary_lines(figures: dict, out_dir: str | Path) -> list[str]:
     lines = format_table(["output", "cosine", "max abs", "median abs", "SNR dB"], rows).splitlines()
     if figures["per_layer"]["first_jump"]:
         lines.append(f"per layer: the error first jumps at {figures['per_layer']['first_jump']}")
+    for precision, rec in (figures.get("libspconv_vs_reference") or {}).items():
+        where = rec["first_difference"]
+        lines.append(f"{rec['library']} vs reference runner ({rec['file']}): cosine {rec['cosine']:.6f}, relative "
+                     f"error {rec['relative_error']:.3g}" + (f"; first differs at {where['node']} ({where['tensor']})"
+                                                             if where else ""))
     for radius, m in figures["detections"]["int8_vs_fp32"].items():
         lines.append(f"INT8 vs FP32 boxes within {radius}: {m['matched_fraction']:.3f}")
     check = figures["detections"].get("int8_files_vs_pytorch_fake_quant")

@@ -183,6 +183,9 @@ def rule_values(model: onnx.ModelProto) -> list[Finding]:
             for key in ("input_spatial_shape", "output_spatial_shape", "kernel_size", "stride", "padding", "dilation"):
                 if key in a and isinstance(a[key], list) and len(a[key]) != ndim:
                     out.append(Finding(where, f"{key} has {len(a[key])} values, ndim is {ndim}"))
+            for key, least in (("kernel_size", 1), ("stride", 1), ("dilation", 1), ("padding", 0)):
+                if isinstance(a.get(key), list) and any(v < least for v in a[key]):
+                    out.append(Finding(where, f"{key} {a[key]} (every value must be >= {least})"))
             if "activation" in a and text(a["activation"]) not in ACTIVATIONS:
                 allowed = ", ".join(ACTIVATIONS)
                 out.append(Finding(where, f"activation {text(a['activation'])!r} (must be one of {allowed})"))
@@ -313,6 +316,7 @@ def rule_dataflow(model: onnx.ModelProto) -> list[Finding]:
         undefined = [name for name in data if name not in known]
         if undefined:
             out.append(Finding(where, f"input {undefined[0]!r} is not produced by an earlier node or the graph input"))
+            known.update((name, ("unknown",)) for name in n.output)  # one finding, not one per later node
             continue
         ins = [known[name] for name in data]
         try:
@@ -356,6 +360,8 @@ def _flow(n, a, where, ins, out, rulebooks):
         declared, channels = checked
         if channels is not None and a["in_channels"] != channels:
             out.append(Finding(where, f"in_channels {a['in_channels']}, but its input has {channels} channels"))
+        if not a.get("subm") and any(v < 1 for key in ("stride", "dilation") for v in a[key]):
+            return None  # reported by rule_values; the output geometry is undefined
         expected = _conv_out_spatial(a, declared)
         if list(a["output_spatial_shape"]) != expected:
             out.append(
