@@ -131,7 +131,11 @@ def _section_model(data: dict) -> list[str]:
     quant = model.get("quantization")
     if quant:
         lines.append("- quantization:")
-        lines += [f"  - {k}: `{_plain(v)}`" for k, v in quant.items()]
+        lines += [f"  - {k}: `{_plain(v)}`" for k, v in quant.items() if k != "float_layers"]
+        floats = quant.get("float_layers")
+        if isinstance(floats, dict):
+            lines.append("  - layers left float (everything else runs INT8): " + ("none" if not floats else ""))
+            lines += [f"    - `{pattern}`: {why}" for pattern, why in floats.items()]
     for key in sorted(set(model) - {"config", "checkpoint", "checkpoint_sha256", "quantization"}):
         lines.append(f"- {key}: `{_plain(model[key])}`")
     return lines
