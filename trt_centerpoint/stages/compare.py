@@ -223,10 +223,11 @@ def run_compare(cfg: ModelConfig, artifacts: str | Path, data: str | Path, *, ou
         accuracy = {"frames": len(frames.stems), "backend": backend}
         for precision in ("fp32", "int8"):
             metrics = evaluate(predictions[precision], frames.ground_truth, cfg.class_names,
-                               class_range=cfg.eval.class_range, range_transforms=range_transforms(data))
+                               class_range=cfg.eval.class_range, range_transforms=range_transforms(data),
+                               distance_bands=cfg.eval.distance_bands)
             accuracy[precision] = {"mAP": metrics["mAP"], "per_class": metrics["per_class"],
                                    "mean_tp_errors": metrics.get("mean_tp_errors"),
-                                   "nds_without_aae": metrics.get("nds_without_aae")}
+                                   "nds_without_aae": metrics.get("nds_without_aae"), "bands": metrics.get("bands")}
         accuracy["delta_mAP"] = accuracy["int8"]["mAP"] - accuracy["fp32"]["mAP"]
 
     for precision, name in DETECTIONS.items():
