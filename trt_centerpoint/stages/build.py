@@ -324,7 +324,8 @@ class _Build:
                                   allow_overflow=self.opts.allow_overflow)
             overflows = len(figures["output_bound_overflows"])
             detail = f"{figures['frames']} frames" + (f"; {overflows} conv(s) over output_bound" if overflows else "")
-            return StageOutcome([COMPARE_JSON, RUN_RESULTS, *DETECTIONS.values()], detail)
+            pictures = [b["png"] for b in figures.get("bev") or []]
+            return StageOutcome([COMPARE_JSON, RUN_RESULTS, *DETECTIONS.values(), *pictures], detail)
 
         inputs = {**self._artifact_inputs([SCN_FP16, SCN_INT8, RPN_HEAD_FP32, RPN_HEAD_INT8]),
                   "eval_data": source_sha256(eval_data), "checkpoint": file_sha256(quantized)}
@@ -403,6 +404,7 @@ class _Build:
             "tensors": compare.get("tensors"),
             "detections": _flat_detections(compare.get("detections") or {}),
             "per_layer": compare.get("per_layer"),
+            "bev": compare.get("bev"),
             "per_layer_backbone": compare.get("per_layer_backbone"),
             "output_bounds": _output_bounds(self.manifest, compare),
             "validation": _export_validation(self.manifest),
