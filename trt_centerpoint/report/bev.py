@@ -52,7 +52,7 @@ def bev_chart(path: str | Path, points: np.ndarray, layers: list[BoxLayer], exte
     pts = pts[inside]
     if len(pts) > MAX_POINTS:
         pts = pts[:: -(-len(pts) // MAX_POINTS)]
-    ax.scatter(pts[:, 0], pts[:, 1], s=0.3, c=pts[:, 2], cmap="Greys", vmin=-3, vmax=3, linewidths=0, rasterized=True)
+    ax.scatter(pts[:, 0], pts[:, 1], s=0.5, c=pts[:, 2], cmap="Greys", vmin=-4, vmax=3, linewidths=0, rasterized=True)
     for layer in layers:
         for i, box in enumerate(np.asarray(layer.boxes, np.float64)):
             corners, heading = footprint(box)
