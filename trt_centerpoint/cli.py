@@ -596,8 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
                  OutputArgs(f"build folder (default {b.out}/)", required=False, default=str(b.out)),
                  BuilderArgs(), OverflowArgs(), progress)
     p.add_argument("--qat", action="store_true",
-                   help="fine-tune after PTQ with `qat`'s defaults on the calibration data (learned ranges, "
-                        "distillation, 2 epochs); the whole RPN and head then run INT8")
+                   help="the full QAT recipe instead of the default ptq: calibration (the input conv and the first "
+                        "residual block float), then `qat`'s defaults on the calibration data (weights and learned "
+                        "ranges, distillation, 2 epochs)")
     p.add_argument("--recipe", default=b.recipe, choices=RECIPES,
                    help=f"the ptq recipe (see `ptq --help`; with --qat: calibrate) (default {b.recipe})")
     p.add_argument("--iterations", type=int, default=b.bench_iterations,
