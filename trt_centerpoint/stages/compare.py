@@ -292,5 +292,12 @@ def summary_lines(figures: dict, out_dir: str | Path) -> list[str]:
     if figures["accuracy"]:
         a = figures["accuracy"]
         lines.append(f"mAP FP32 {a['fp32']['mAP']:.4f}  INT8 {a['int8']['mAP']:.4f}  ({a['delta_mAP']:+.4f})")
+        for band, m in (a["fp32"].get("bands") or {}).items():
+            other = a["int8"]["bands"][band]["mAP"]
+            if m["mAP"] is not None and other is not None:
+                lines.append(f"  {band}: mAP FP32 {m['mAP']:.4f}  INT8 {other:.4f}  ({other - m['mAP']:+.4f})")
+    if figures.get("bev"):
+        lines.append(f"bird's-eye views of the frames where INT8 and FP32 disagree most: "
+                     f"{', '.join(str(Path(out_dir) / b['png']) for b in figures['bev'])}")
     lines.append(f"wrote {Path(out_dir) / COMPARE_JSON} and {Path(out_dir) / RUN_RESULTS} (Polygraphy RunResults)")
     return lines
