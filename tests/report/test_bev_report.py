@@ -113,3 +113,10 @@ def test_the_report_lists_the_float_layers_and_why(recipe_meta):
         assert "- `backbone.conv_input*`: sparse input conv: reason" in md
     else:
         assert "runs INT8): none" in md
+
+
+def test_learned_ranges_explain_the_low_whole_map_cosine():
+    tensors = {"reg_0": {"cosine": 0.3, "snr_db": 0.4, "max_abs": 27.0, "median_abs": 0.01}}
+    learned = render_markdown({"model": {"quantization": {"ranges_learned": True}}, "tensors": tensors})
+    calibrated = render_markdown({"model": {"quantization": {"ranges_learned": False}}, "tensors": tensors})
+    assert "low by design" in learned and "low by design" not in calibrated
