@@ -6,6 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.installed
+# TensorRT's Python bindings, 10.x and 11.x: downloaded, never installed (`import tensorrt` would half-work without
+# the libraries); tests/runtime/test_trt_bindings_real.py loads them against stand-in libraries, or skips
+TRT_BINDINGS := tensorrt-cu12-bindings==10.16.1.11 tensorrt-cu13-bindings==11.4.0.106
 
 .PHONY: demo test lint bench clean
 
@@ -13,6 +16,8 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check $(TORCH_PIN)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[cpu,test,rtx,nuscenes]"
+	$(BIN)/pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: -d $(VENV)/trt-bindings \
+		$(TRT_BINDINGS) || echo "could not download $(TRT_BINDINGS): the test that loads them will skip"
 	touch $(STAMP)
 
 # one thread: as fast as two on an idle 2-core machine, and several times faster when other jobs share the

@@ -109,7 +109,8 @@ def test_groups_read_typed_values():
     assert DataArgs.read(args).calib_data is None
     assert RuntimeArgs.read(parse("bench", "--data", "d")).precisions == ("fp32", "int8")
     eval_args = parse("eval", "--data", "d", "--backend", "trt", "--artifacts", "a")
-    assert (RuntimeArgs.read(eval_args).backend, RuntimeArgs.read(eval_args).precision) == ("trt", "fp32")
+    # eval picks the precision itself (int8 for a quantized checkpoint): no --precision reads back as None
+    assert (RuntimeArgs.read(eval_args).backend, RuntimeArgs.read(eval_args).precision) == ("trt", None)
     model = ModelArgs.read(eval_args)
     assert (model.config, model.checkpoint) == ("synthetic_small", None)
     train = TrainingArgs.read(parse("train", "--data", "d", "--out", "o", "--no-augment", "--lr", "0.5"))

@@ -18,7 +18,14 @@ from dataclasses import dataclass
 
 from trt_centerpoint.artifacts import PRECISIONS
 from trt_centerpoint.config import bundled_names
-from trt_centerpoint.data.nuscenes import DEFAULT_SWEEPS, SPLITS, NuScenesSelection, is_dataroot
+from trt_centerpoint.data.nuscenes import (
+    DEFAULT_POINT_SOURCE,
+    DEFAULT_SWEEPS,
+    POINT_SOURCES,
+    SPLITS,
+    NuScenesSelection,
+    is_dataroot,
+)
 from trt_centerpoint.data.points import POINT_LAYOUTS
 from trt_centerpoint.errors import UserError
 from trt_centerpoint.quant.calibrate import METHODS
@@ -168,17 +175,20 @@ class NuScenesChoice:
     version: str | None = None  # None: the dataroot's only version
     split: str | None = None
     sweeps: int | None = None  # None: DEFAULT_SWEEPS
+    point_source: str | None = None  # None: DEFAULT_POINT_SOURCE
 
     def selection(self, dataroot: str) -> NuScenesSelection:
         return NuScenesSelection(dataroot, self.version, self.split,
-                                 DEFAULT_SWEEPS if self.sweeps is None else self.sweeps)
+                                 DEFAULT_SWEEPS if self.sweeps is None else self.sweeps,
+                                 self.point_source or DEFAULT_POINT_SOURCE)
 
     def sources(self, *paths: str | None) -> list[str | NuScenesSelection | None]:
         """Each path as given, or the selection it names when it is a nuScenes dataroot; --version / --split /
         --sweeps without any dataroot among `paths` is an error (they would be ignored)."""
         out = [self.selection(p) if p is not None and is_dataroot(p) else p for p in paths]
         options = [flag for flag, value in (("--version", self.version), ("--split", self.split),
-                                            ("--sweeps", self.sweeps)) if value is not None]
+                                            ("--sweeps", self.sweeps), ("--point-source", self.point_source))
+                   if value is not None]
         if options and not any(isinstance(o, NuScenesSelection) for o in out):
             given = ", ".join(str(p) for p in paths if p is not None)
             raise UserError(f"{' / '.join(options)}: only for a nuScenes dataroot (a folder with v1.0-*/sample.json); "
@@ -200,11 +210,16 @@ class NuScenesArgs:
         group.add_argument("--sweeps", type=int, metavar="N",
                            help=f"LIDAR_TOP sweeps stacked per sample, the key frame first (default "
                                 f"{DEFAULT_SWEEPS})")
+        group.add_argument("--point-source", metavar="SOURCE",
+                           help=f"how the sweeps are stacked: {', '.join(POINT_SOURCES)} (det3d, as CenterPoint's "
+                                "models were trained: key frame uncut, short histories padded by repeating the oldest "
+                                "sweep; devkit: from_file_multisweep, every sweep cut at 1 m, short histories stop) "
+                                f"(default {DEFAULT_POINT_SOURCE})")
 
     @staticmethod
     def read(args: argparse.Namespace) -> NuScenesChoice:
         return NuScenesChoice(getattr(args, "version", None), getattr(args, "split", None),
-                              getattr(args, "sweeps", None))
+                              getattr(args, "sweeps", None), getattr(args, "point_source", None))
 
 
 def add_point_layout(parser: argparse.ArgumentParser) -> None:
@@ -302,8 +317,9 @@ class RuntimeArgs:
     `--precision`; `multiple=True` (bench) takes several of each."""
 
     def __init__(self, multiple: bool = False, backends: Sequence[str] = ("torch",),
-                 precisions: Sequence[str] = ("fp32",)):
+                 precisions: Sequence[str] = ("fp32",), precision_default: str | None = None):
         self.multiple, self.backends, self.precisions = multiple, tuple(backends), tuple(precisions)
+        self.precision_default = precision_default  # a default the command picks (read back as None), in words
 
     def add_to_parser(self, parser: argparse.ArgumentParser) -> None:
         nargs, pick = ("+", list) if self.multiple else (None, lambda values: values[0])
@@ -311,9 +327,11 @@ class RuntimeArgs:
                             help="torch: the PyTorch model (--checkpoint); onnx: the exported files (scn reference "
                                  "runner + ONNX Runtime, --artifacts); trt: scn runner + TensorRT engine "
                                  f"(--artifacts) (default {' '.join(self.backends)})")
-        parser.add_argument("--precision", nargs=nargs, default=pick(self.precisions), choices=PRECISIONS,
+        default = " ".join(self.precisions) if self.precision_default is None else self.precision_default
+        parser.add_argument("--precision", nargs=nargs, choices=PRECISIONS,
+                            default=pick(self.precisions) if self.precision_default is None else None,
                             help="fp32 or int8; int8 with torch: fake quant, --checkpoint is a `ptq` / `qat` output "
-                                 f"(default {' '.join(self.precisions)})")
+                                 f"(default {default})")
 
     @staticmethod
     def read(args: argparse.Namespace) -> RuntimeChoice:

@@ -110,6 +110,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
               f"({', '.join(made['scenes'])}), {made['samples']} samples, {made['sweeps']} LIDAR_TOP sweeps, "
               f"{made['annotations']} annotations")
         return 0
+    if args.frames < 1:
+        raise UserError(f"--frames must be >= 1, got {args.frames} (an empty data set scores nothing)")
     cfg = load_config(ModelArgs.read(args).config)
     unknown = unknown_classes(cfg)
     if unknown and len(unknown) < len(cfg.class_names):
@@ -157,7 +159,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     metrics = run_eval(load_config(model.config), model.checkpoint, data.data, out=args.out,
                        dump_detections=args.dump_detections, backend=runtime.backend, precision=runtime.precision,
                        progress=ProgressArgs.read(args), artifacts=data.artifacts, metric=args.metric,
-                       detections=args.detections, allow_overflow=OverflowArgs.read(args))
+                       detections=args.detections, allow_overflow=OverflowArgs.read(args),
+                       max_frames=FrameArgs.read(args).frames, announce=print)
     print(format_table(metrics))
     for line in eval_notes(metrics):
         print(line)
@@ -411,7 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
                  DataArgs(data="labeled data folder (points/, labels/)",
                           artifacts="build folder holding the exported files (onnx / trt backends)",
                           required=("data",)),
-                 RuntimeArgs(), OverflowArgs(),
+                 FrameArgs(FrameCount("--frames", None, "frames to score")),
+                 RuntimeArgs(precision_default="int8 for a quantized checkpoint (`ptq` / `qat`) on torch, else fp32"),
+                 OverflowArgs(),
                  OutputArgs("write metrics JSON here (default: print only)", required=False),
                  progress)
     p.add_argument("--dump-detections", help="write all detections (detection JSON) here (default: not written)")

@@ -31,15 +31,24 @@ def test_fused_model_matches_unfused_model(tiny_cfg, tiny_data):
         fused.backbone.conv2[3].bn1, torch.nn.Identity
     )
     assert fused.backbone.conv2[0].bias is not None  # a bias-free conv got one
+    # the algebra, in float64: both models then differ by rounding only, a few float64 unit roundoffs (1.1e-16)
+    # per term summed (at most 27 x 64 per output) through ~20 layers: far below 1e-9 on any CPU, where a wrong
+    # fold is off by percents. (In float32 the same comparison would hang on the CPU's summation order.)
+    model64 = copy.deepcopy(model).double()
+    fused64 = copy.deepcopy(model64)
+    fuse_bn(fused64)
     for points in frame_points(tiny_data)[:2]:
         voxels = model.voxelize([points])
+        features = voxels.features.double()
         with torch.no_grad():
-            bev_ref = model.backbone(voxels.features, voxels.coords, 1)
-            bev = fused.backbone(voxels.features, voxels.coords, 1)
-        assert _rel_err(bev, bev_ref) <= 1e-5
-        ref, out = run_model(model, points), run_model(fused, points)
-        for key in ref:
-            assert _rel_err(out[key], ref[key]) <= 1e-5, key
+            bev_ref = model64.backbone(features, voxels.coords, 1)
+            bev = fused64.backbone(features, voxels.coords, 1)
+            ref, out = model64(features, voxels.coords, 1), fused64(features, voxels.coords, 1)
+        assert bev.dtype == torch.float64 and _rel_err(bev, bev_ref) <= 1e-9
+        for task_ref, task_out in zip(ref, out, strict=True):
+            for key in task_ref:
+                assert _rel_err(task_out[key], task_ref[key]) <= 1e-9, key
+    assert run_model(fused, points)  # and the float32 fused model runs
 
 
 @pytest.mark.parametrize("kind", ["conv", "deconv"])
@@ -63,20 +72,21 @@ def test_fold_2d_in_float64_is_exact(kind):
 
 
 def test_fold_sparse_conv_keeps_indices():
+    """In float64, as the 2D fold above: the folded conv is off by a few roundoffs of its 27 x 4 products."""
     torch.manual_seed(0)
-    conv = spconv.SubMConv3d(4, 6, 3, padding=1, bias=False, indice_key="k").eval()
-    bn = torch.nn.BatchNorm1d(6).eval()
+    conv = spconv.SubMConv3d(4, 6, 3, padding=1, bias=False, indice_key="k").double().eval()
+    bn = torch.nn.BatchNorm1d(6).double().eval()
     with torch.no_grad():
         bn.running_mean.uniform_(-1, 1)
         bn.running_var.uniform_(0.2, 2)
         bn.weight.uniform_(0.5, 2)
     coords = torch.tensor([[0, 1, 2, 3], [0, 1, 2, 4], [0, 2, 2, 3], [0, 4, 4, 4]], dtype=torch.int32)
-    x = spconv.SparseConvTensor(torch.randn(4, 4), coords, [6, 6, 6], 1)
+    x = spconv.SparseConvTensor(torch.randn(4, 4, dtype=torch.float64), coords, [6, 6, 6], 1)
     with torch.no_grad():
         ref = bn(conv(x).features)
         fold_bn(conv, bn)
         out = conv(x)
-    assert torch.equal(out.indices, coords) and _rel_err(out.features, ref) <= 1e-6
+    assert torch.equal(out.indices, coords) and _rel_err(out.features, ref) <= 1e-12
 
 
 def test_fold_after_calibration_is_refused():

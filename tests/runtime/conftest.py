@@ -177,12 +177,18 @@ ENGINE_INFO_10 = {
 }
 
 
+
+
 @pytest.fixture
 def engine_info_10():
     return copy.deepcopy(ENGINE_INFO_10)
 
 
 def make_fake_trt(version: str, *, strongly_typed_flag: bool = True, builder_error: Exception | None = None):
+    """A fake ``tensorrt`` with what the code reads. As the real 10.x and 11.x bindings (11.0 and 11.4 still
+    define the deprecated, ignored STRONGLY_TYPED flag), it has the creation flag unless `strongly_typed_flag`
+    is False (a later TensorRT that may drop it). `builder_error` is raised by ``Builder`` and ``Runtime``: the
+    real bindings raise ``TypeError(NO_GPU_ERROR)`` there without a usable GPU."""
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
     trt.ProfilingVerbosity = types.SimpleNamespace(DETAILED="DETAILED", LAYER_NAMES_ONLY="LAYER_NAMES_ONLY")
@@ -204,7 +210,10 @@ def make_fake_trt(version: str, *, strongly_typed_flag: bool = True, builder_err
             if builder_error is not None:
                 raise builder_error
 
-    trt.Logger, trt.Builder = Logger, Builder
+    class Runtime(Builder):
+        pass
+
+    trt.Logger, trt.Builder, trt.Runtime = Logger, Builder, Runtime
     return trt
 
 

@@ -9,10 +9,12 @@ import sys
 
 import pytest
 from polygraphy.logger import G_LOGGER
+from trt_facts import ENGINE_INFO_11, NO_GPU_ERROR
 
 from trt_centerpoint.cli import main
 from trt_centerpoint.errors import UserError
 from trt_centerpoint.runtime.trt.build import build_engine
+from trt_centerpoint.runtime.trt.inspect import format_counts
 
 
 def _files(folder):
@@ -51,13 +53,37 @@ def test_fp32_onnx_on_10_8_gets_no_flags(tmp_path, fp32_onnx, fake_trt, fake_bui
     assert "int8" not in rec.calls["config"] and "fp16" not in rec.calls["config"]
 
 
-def test_tensorrt_11_without_the_creation_flag(tmp_path, qdq_onnx, fake_trt, fake_build):
-    fake_trt("11.0.0", strongly_typed_flag=False)
-    rec = fake_build()
+def test_tensorrt_11_keeps_the_deprecated_creation_flag(tmp_path, qdq_onnx, fake_trt, fake_build):
+    fake_trt("11.4.0")  # 11.0 and 11.4 still define STRONGLY_TYPED (deprecated, ignored: 11 is strongly typed)
+    rec = fake_build(engine_info=ENGINE_INFO_11)
     result = build_engine(qdq_onnx, tmp_path / "rpn_head.int8.plan")
-    assert rec.calls["network"]["strongly_typed"] is False  # the flag is gone; 11 is strongly typed anyway
+    assert rec.calls["network"]["strongly_typed"] is True
     assert "int8" not in rec.calls["config"] and "fp16" not in rec.calls["config"]
     assert result.settings.strongly_typed
+    # TensorRT 11's inspector JSON ("Format" and "Datatype" apart, "I/O Tensors") gives the same summary as 10's
+    assert format_counts(result.summary) == "4 layers: 2 INT8, 1 FP16, 1 FP32"
+    assert [(t["name"], t["mode"], t["dtype"]) for t in result.summary["io"]] == [
+        ("input", "input", "FP32"), ("hm", "output", "FP32"), ("reg", "output", "FP32")]
+
+
+def test_a_later_tensorrt_without_the_creation_flag(tmp_path, qdq_onnx, fake_trt, fake_build):
+    fake_trt("12.0.0", strongly_typed_flag=False)  # should a later TensorRT drop it: no flag, still strongly typed
+    rec = fake_build()
+    result = build_engine(qdq_onnx, tmp_path / "rpn_head.int8.plan")
+    assert rec.calls["network"]["strongly_typed"] is False
+    assert result.settings.strongly_typed
+
+
+def test_engine_without_a_usable_gpu_is_one_line(tmp_path, qdq_onnx, fake_trt, fake_build, capsys):
+    """The real bindings raise TypeError (not RuntimeError) from Builder() without a usable GPU."""
+    fake_trt("10.16.0", builder_error=TypeError(NO_GPU_ERROR))
+    fake_build()
+    rc = main(["engine", "--onnx", str(qdq_onnx), "--out", str(tmp_path / "rpn_head.int8.plan"),
+               "--builder", "tensorrt"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "Traceback" not in err
+    assert "TensorRT 10.16.0 is installed but cannot create a builder" in err and "nullptr" in err
+    assert not (tmp_path / "rpn_head.int8.plan").exists()
 
 
 def test_outputs_log_and_summary(tmp_path, qdq_onnx, fake_trt, fake_build):

@@ -5,6 +5,7 @@ import sys
 import types
 
 import pytest
+from trt_facts import NO_GPU_ERROR
 
 from trt_centerpoint.errors import UserError
 from trt_centerpoint.runtime.trt import env as trt_env
@@ -78,7 +79,7 @@ def test_resolve_builder(fake_trt, no_tensorrt, monkeypatch):
     fake_trt("10.13.0")
     assert resolve_builder("auto") == ("tensorrt", "TensorRT 10.13.0")
     assert resolve_builder("tensorrt-rtx") == ("tensorrt-rtx", "TensorRT-RTX 1.7.1.116")
-    fake_trt("10.13.0", builder_error=RuntimeError("no GPU"))  # TensorRT without a GPU: auto takes TensorRT-RTX
+    fake_trt("10.13.0", builder_error=TypeError(NO_GPU_ERROR))  # TensorRT without a GPU: auto takes TensorRT-RTX
     assert resolve_builder("auto")[0] == "tensorrt-rtx"
     monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
     builder, reason = resolve_builder("auto")
@@ -106,8 +107,9 @@ def test_build_plan_is_pure():
 
 def test_strongly_typed_flag_only_while_tensorrt_defines_it(fake_trt):
     settings = build_plan("11.0.0", True, False)
-    assert strongly_typed_arg(fake_trt("11.0.0", strongly_typed_flag=True), settings) is True
-    assert strongly_typed_arg(fake_trt("11.0.0", strongly_typed_flag=False), settings) is False
+    assert strongly_typed_arg(fake_trt("11.0.0"), settings) is True  # 11.0 / 11.4 still define it (ignored)
+    later = build_plan("12.0.0", True, False)
+    assert strongly_typed_arg(fake_trt("12.0.0", strongly_typed_flag=False), later) is False  # once it is gone
     assert strongly_typed_arg(fake_trt("10.8.0"), build_plan("10.8.0", True, False)) is False
 
 
@@ -190,7 +192,7 @@ def test_tensorrt_too_old_or_without_gpu(fake_trt):
     fake_trt("8.6.1")
     too_old = "TensorRT 8.6.1 is too old (trt-centerpoint needs TensorRT >= 10.0)"
     assert tensorrt_available(check_gpu=False) == (False, too_old)
-    fake_trt("10.8.0", builder_error=TypeError("pybind11::init(): factory function returned nullptr"))
+    fake_trt("10.8.0", builder_error=TypeError(NO_GPU_ERROR))
     ok, reason = tensorrt_available(check_gpu=True)
     assert not ok and "cannot create a builder" in reason and "nullptr" in reason
     assert tensorrt_available(check_gpu=False) == (True, "TensorRT 10.8.0")

@@ -47,14 +47,14 @@ def test_summary_of_11x_engine():
     info = {
         "Layers": [
             {"Name": "conv1", "LayerType": "CaskConvolution",
-             "Inputs": [{"Name": "x", "Format": "Thirty-two wide channel vectorized row major", "DataType": "Int8"}],
-             "Outputs": [{"Name": "y", "Format": "Row major linear", "DataType": "Half"}]},
+             "Inputs": [{"Name": "x", "Format": "Thirty-two wide channel vectorized row major", "Datatype": "Int8"}],
+             "Outputs": [{"Name": "y", "Format": "Row major linear", "Datatype": "Half"}]},
             {"Name": "head", "LayerType": "CaskConvolution",
-             "Inputs": [{"Name": "y", "DataType": "Half"}], "Outputs": [{"Name": "z", "DataType": "Float"}]},
+             "Inputs": [{"Name": "y", "Datatype": "Half"}], "Outputs": [{"Name": "z", "Datatype": "Float"}]},
             {"Name": "shape", "LayerType": "Shuffle",
-             "Inputs": [{"Name": "s", "DataType": "Int64"}], "Outputs": [{"Name": "t", "DataType": "Int64"}]},
+             "Inputs": [{"Name": "s", "Datatype": "Int64"}], "Outputs": [{"Name": "t", "Datatype": "Int64"}]},
         ],
-        "I/O Tensors": [{"Name": "x", "IOMode": "Input", "DataType": "Float"}],
+        "I/O Tensors": [{"Name": "x", "IOMode": "Input", "Datatype": "Float"}],
     }
     summary = summarize_layers(info)
     assert summary["io"] == [{"name": "x", "mode": "input", "dtype": "FP32"}]  # 11.x: "I/O Tensors"
@@ -72,9 +72,9 @@ def test_summary_without_detailed_verbosity():
 def test_io_list_of_both_schemas():
     ten = summarize_layers({"Layers": [], "Bindings": ["input", {"Name": "hm", "Format/Datatype": "Half"}]})
     assert ten["io"] == [{"name": "input", "mode": "", "dtype": "UNKNOWN"}, {"name": "hm", "mode": "", "dtype": "FP16"}]
-    eleven = summarize_layers(json.dumps({"Layers": [], "I/O Tensors": [
-        {"Name": "input", "IOMode": "Input", "DataType": "Float"},
-        {"Name": "hm", "IOMode": "Output", "DataType": "Half"}]}))
+    eleven = summarize_layers(json.dumps({"Layers": [], "I/O Tensors": [  # 11.x spells it "Datatype"
+        {"Name": "input", "IOMode": "Input", "Datatype": "Float"},
+        {"Name": "hm", "IOMode": "Output", "Datatype": "Half"}]}))
     assert eleven["io"] == [{"name": "input", "mode": "input", "dtype": "FP32"},
                             {"name": "hm", "mode": "output", "dtype": "FP16"}]
     assert summarize_layers({"Layers": []})["io"] == []

@@ -6,6 +6,7 @@ import types
 
 import numpy as np
 import pytest
+from trt_facts import NO_GPU_ERROR
 
 from trt_centerpoint.errors import UserError
 from trt_centerpoint.runtime.trt.io import TensorSpec, prepare_feed
@@ -180,3 +181,27 @@ def test_trt_engine_runner_wraps_polygraphy(plan, fake_trt, monkeypatch):
         assert float(first["hm"].max()) == 2.0 and float(second["hm"].max()) == 6.0  # copies, not views
         assert head.last_inference_time() == 0.001
     assert not head.runner.is_active
+
+
+def test_trt_engine_runner_without_a_usable_gpu_is_one_line(plan, fake_trt, monkeypatch):
+    """Polygraphy's EngineFromBytes makes a trt.Runtime; without a usable GPU the real bindings raise TypeError."""
+    trt = fake_trt("11.4.0", builder_error=TypeError(NO_GPU_ERROR))
+
+    class TrtRunner:
+        def __init__(self, engine, name=None):
+            self.is_active = False
+
+        def activate(self):
+            trt.Runtime(trt.Logger())
+
+    loaders = types.ModuleType("polygraphy.backend.trt")
+    loaders.TrtRunner, loaders.EngineFromBytes = TrtRunner, lambda data: data
+    common = types.ModuleType("polygraphy.backend.common")
+    common.BytesFromPath = lambda path: path
+    monkeypatch.setitem(sys.modules, "polygraphy.backend.trt", loaders)
+    monkeypatch.setitem(sys.modules, "polygraphy.backend.common", common)
+    runner = TrtEngineRunner(plan)
+    with pytest.raises(UserError) as err:
+        runner.activate()
+    assert "TensorRT 11.4.0 cannot create a runtime, no usable NVIDIA GPU / driver?" in str(err.value)
+    assert "nullptr" in str(err.value) and "\n" not in str(err.value)

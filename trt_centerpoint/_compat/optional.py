@@ -18,7 +18,7 @@ OPTIONAL = ("tensorrt", "tensorrt_rtx", "pycuda", "pycuda.driver", "pycuda.autoi
             # nuscenes-devkit (the `nuscenes` extra), through `_compat.nuscenes.devkit`
             "nuscenes", "nuscenes.eval.common.config", "nuscenes.eval.detection.constants",
             "nuscenes.eval.detection.evaluate", "nuscenes.eval.detection.utils", "nuscenes.utils.data_classes",
-            "nuscenes.utils.splits", "pyquaternion")
+            "nuscenes.utils.geometry_utils", "nuscenes.utils.splits", "pyquaternion")
 DISPLAY = {"tensorrt": "TensorRT", "tensorrt_rtx": "TensorRT-RTX", "pycuda": "pycuda", "pycuda.driver": "pycuda",
            "pycuda.autoinit": "pycuda", "polygraphy.backend.trt": "Polygraphy's TensorRT backend",
            "polygraphy.backend.common": "Polygraphy",

@@ -1,8 +1,12 @@
 """Global training augmentations (det3d's flip / rotate / scale) applied to a frame and its labels together.
 
-Box convention [x, y, z, w, l, h, yaw, vx, vy] with footprint corners centre + R(yaw) (+-w/2, +-l/2):
-mirroring y maps yaw -> -yaw, mirroring x maps yaw -> pi - yaw, a rotation by a adds a, a scale s scales
-positions, sizes and velocities. Extra point features (intensity, time lag) are untouched.
+Box convention [x, y, z, w, l, h, yaw, vx, vy] with footprint corners centre + R(yaw) (+-w/2, +-l/2): the
+length, and the heading, point along yaw + pi/2 (`model.decode`). A mirror maps the heading h to -h (y -> -y) or
+pi - h (x -> -x), so the yaw goes to -yaw - pi (y -> -y) or -yaw (x -> -x), with the mirrored velocity component
+negated. (These are det3d's own flips, y: d -> pi - d, x: d -> 2 pi - d, for its yaw d = -yaw - pi; OpenPCDet's
+-yaw / pi - yaw are for a yaw that IS the heading and would reverse every flipped box here.) A rotation by a
+adds a; a scale s scales positions, sizes and velocities. Extra point features (intensity, time lag) are
+untouched.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ def flip_y(points: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarra
     points, boxes = points.copy(), boxes.copy()
     points[:, 1] *= -1
     boxes[:, 1] *= -1
-    boxes[:, 6] = wrap_angle(-boxes[:, 6])
+    boxes[:, 6] = wrap_angle(-boxes[:, 6] - np.pi)  # heading -h
     boxes[:, 8] *= -1
     return points, boxes
 
@@ -28,7 +32,7 @@ def flip_x(points: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarra
     points, boxes = points.copy(), boxes.copy()
     points[:, 0] *= -1
     boxes[:, 0] *= -1
-    boxes[:, 6] = wrap_angle(np.pi - boxes[:, 6])
+    boxes[:, 6] = wrap_angle(-boxes[:, 6])  # heading pi - h
     boxes[:, 7] *= -1
     return points, boxes
 

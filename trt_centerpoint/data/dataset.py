@@ -10,6 +10,7 @@ import numpy as np
 
 from trt_centerpoint.data.nuscenes.selection import NuScenesSelection
 from trt_centerpoint.data.points import list_point_files
+from trt_centerpoint.data.sampling import evenly_spaced_indices
 from trt_centerpoint.data.source import DataSource, frame_stem, list_frames, read_frame
 from trt_centerpoint.data.synth.dataset import read_labels
 from trt_centerpoint.errors import UserError
@@ -39,15 +40,18 @@ def check_against_meta(root: Path, files: list[Path]) -> None:
 class LabeledFrames:
     """Indexable frames with labels: item i is (stem, points [N, F] float32, boxes [K, 9] float64, names).
 
-    `root` is a labeled folder or a `NuScenesSelection` (then `files` are its samples and `labels` is None)."""
+    `root` is a labeled folder or a `NuScenesSelection` (then `files` are its samples and `labels` is None);
+    `limit` keeps that many frames, evenly spread (None: all)."""
 
-    def __init__(self, root: DataSource, num_features: int, class_names: list[str] | None = None):
+    def __init__(self, root: DataSource, num_features: int, class_names: list[str] | None = None,
+                 limit: int | None = None):
         self.num_features = num_features
         self.class_names = class_names
         if isinstance(root, NuScenesSelection):
             if not root.labeled:
                 raise UserError(f"{root}: the {root.split} split has no annotations (labels)")
             self.root, self.files, self.labels = root, list_frames(root), None
+            self._keep(limit)
             return
         self.root = Path(root)
         self.files = list_point_files(self.root)
@@ -57,6 +61,13 @@ class LabeledFrames:
         missing = [p for p in self.labels if not p.is_file()]
         if missing:
             raise UserError(f"{self.root}: {len(missing)} frame(s) have no label file, e.g. {missing[0]}")
+        self._keep(limit)
+
+    def _keep(self, limit: int | None) -> None:
+        picked = evenly_spaced_indices(len(self.files), limit)
+        self.files = [self.files[i] for i in picked]
+        if self.labels is not None:
+            self.labels = [self.labels[i] for i in picked]
 
     def __len__(self) -> int:
         return len(self.files)

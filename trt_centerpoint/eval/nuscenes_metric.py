@@ -11,11 +11,14 @@ theta = yaw + pi/2 (the l side's direction). A devkit box has centre, size [w, l
 about z by theta; LiDAR -> global is lidar2ego (the calibrated sensor) then ego2global (the ego pose), both from
 the dataroot's tables for the sample's LIDAR_TOP sample data. Velocities rotate (no translation) as [vx, vy, 0].
 
-Attributes (the devkit scores them as the AAE; our detections carry none) follow one rule on the predicted
-speed, with the threshold 0.2 m/s that CenterPoint's nuScenes export uses: vehicles (car, truck, bus, trailer,
-construction_vehicle) `vehicle.moving` above it, else `vehicle.parked`; pedestrians `pedestrian.moving` /
-`pedestrian.standing`; bicycles and motorcycles `cycle.with_rider` / `cycle.without_rider`; barrier and
-traffic_cone none (the devkit defines no attribute for them).
+Attributes (the devkit scores them as the AAE; our detections carry none) are those CenterPoint's (det3d's)
+nuScenes export writes, from the predicted speed and the threshold 0.2 m/s: above it, vehicles (car, truck,
+bus, trailer, construction_vehicle) `vehicle.moving`, bicycles and motorcycles `cycle.with_rider`, pedestrians
+`pedestrian.moving`; at or below it, a bus `vehicle.stopped`, the other vehicles `vehicle.parked`, bicycles and
+motorcycles `cycle.without_rider`, pedestrians `pedestrian.standing` (det3d's explicit cases, and otherwise
+the class's most frequent attribute in nuScenes' training annotations, which det3d takes from its table).
+Barrier and traffic_cone get none (the devkit defines and scores no attribute for them; det3d writes the first
+name of its all-zero table row there, which the devkit ignores).
 """
 
 from __future__ import annotations
@@ -84,7 +87,7 @@ def selection_from_meta(folder: str | Path) -> NuScenesSelection | None:
         return None
     try:
         return NuScenesSelection(Path(meta["dataroot"]), str(meta["version"]), str(meta["split"]),
-                                 int(meta.get("sweeps", 1)))
+                                 int(meta.get("sweeps", 1)), str(meta.get("point_source", "devkit")))
     except UserError as exc:
         raise UserError(f"{Path(folder) / 'meta.json'} names a dataroot the devkit cannot use: {exc}") from None
 
@@ -92,6 +95,8 @@ def selection_from_meta(folder: str | Path) -> NuScenesSelection | None:
 def default_attribute(name: str, velocity: Sequence[float]) -> str:
     """The attribute a detection of class `name` moving at `velocity` (m/s) is given (module docstring)."""
     moving = math.hypot(float(velocity[0]), float(velocity[1])) > MOVING_SPEED
+    if name == "bus" and not moving:
+        return "vehicle.stopped"
     if name in _VEHICLES:
         return "vehicle.moving" if moving else "vehicle.parked"
     if name == "pedestrian":

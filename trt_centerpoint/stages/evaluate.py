@@ -1,9 +1,10 @@
 """`trt-centerpoint eval`: run a model on every labeled frame (or read its detection JSON) and score it.
 
 Any backend x precision of `runtime.pipeline.make_pipeline`: torch (the PyTorch model, FP32 or fake-quant
-INT8 from a `trt-centerpoint ptq` checkpoint), onnx (the exported files: scn reference runner + ONNX
-Runtime) or trt (scn reference runner + a TensorRT engine of the head); onnx / trt read a build folder
-(`--artifacts`). With `detections`, no model runs: an existing detection JSON is scored.
+INT8 from a `trt-centerpoint ptq` checkpoint; a `ptq` / `qat` checkpoint is scored at INT8 unless the
+precision says fp32, and every eval names what it scores in one line), onnx (the exported files: scn
+reference runner + ONNX Runtime) or trt (scn reference runner + a TensorRT engine of the head); onnx / trt
+read a build folder (`--artifacts`). With `detections`, no model runs: an existing detection JSON is scored.
 
 Two metrics: "builtin" (`eval.ap`, the devkit's AP re-implemented, with the config's `eval.class_range`) and
 "nuscenes" (the nuScenes devkit itself, `eval.nuscenes_metric`; needs nuScenes data: a dataroot split, or a
@@ -12,10 +13,12 @@ Two metrics: "builtin" (`eval.ap`, the devkit's AP re-implemented, with the conf
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from tqdm import tqdm
 
+from trt_centerpoint.artifacts import BACKBONE_FILES, ENGINE_FILES, HEAD_FILES, PRECISIONS
 from trt_centerpoint.config import ModelConfig, config_to_dict
 from trt_centerpoint.data.dataset import LabeledFrames
 from trt_centerpoint.data.detections import read_detections, write_detections
@@ -26,9 +29,11 @@ from trt_centerpoint.eval.ap import evaluate
 from trt_centerpoint.eval.box_filter import ego_centred_transform
 from trt_centerpoint.eval.nuscenes_metric import evaluate_nuscenes, read_converted_meta, selection_from_meta
 from trt_centerpoint.fileio import atomic_write_json
+from trt_centerpoint.quant.ptq import is_quantized_checkpoint, read_ptq_meta
 from trt_centerpoint.runtime.pipeline import Pipeline, make_pipeline
 
-__all__ = ["METRICS", "detect_dataset", "eval_notes", "range_transforms", "run_eval", "score"]
+__all__ = ["METRICS", "checkpoint_kind", "default_precision", "describe_subject", "detect_dataset", "eval_notes",
+           "range_transforms", "run_eval", "score"]
 
 METRICS = ("builtin", "nuscenes")
 
@@ -39,6 +44,34 @@ def detect_dataset(pipe: Pipeline, frames: LabeledFrames, progress: bool = True)
         stem, points, _, _ = frames[i]
         results[stem] = pipe.detect(points).to_json_list()
     return results
+
+
+def checkpoint_kind(checkpoint: str | Path) -> str:
+    """"float" for a det3d-layout checkpoint; for a quantized one the stage that wrote it ("ptq" or "qat")."""
+    if not is_quantized_checkpoint(Path(checkpoint)):
+        return "float"
+    return str(read_ptq_meta(checkpoint).get("stage") or "ptq")
+
+
+def default_precision(backend: str, kind: str | None) -> str:
+    """The precision an eval without `--precision` runs: INT8 for a quantized checkpoint on the torch backend (a
+    user who calibrated expects the quantized model, not the float one inside it), else FP32."""
+    return "int8" if backend == "torch" and kind in ("ptq", "qat") else "fp32"
+
+
+def describe_subject(backend: str, precision: str, kind: str | None, checkpoint=None, artifacts=None,
+                     detections=None) -> str:
+    """One line saying what an eval scores: the file, its kind, the precision and the backend."""
+    if detections is not None:
+        return f"scoring the detections in {detections} (no model runs)"
+    if backend == "torch":
+        how = {"int8": "INT8 (fake quant)", "fp32": "FP32"}[precision]
+        if precision == "fp32" and kind != "float":
+            how += ", its quantizers off"
+        return f"evaluating {checkpoint} ({kind} checkpoint) at {how} on the torch backend (PyTorch)"
+    runs = ENGINE_FILES[precision] if backend == "trt" else HEAD_FILES[precision]
+    return (f"evaluating the {precision.upper()} files of {artifacts} ({BACKBONE_FILES[precision]} + {runs}) on the "
+            f"{backend} backend")
 
 
 def range_transforms(root) -> dict | None:
@@ -66,13 +99,30 @@ def score(predictions: dict[str, list[dict]], frames: LabeledFrames, cfg: ModelC
 
 
 def run_eval(cfg: ModelConfig, checkpoint: str | Path | None, data: str | Path, out: str | Path | None = None,
-             dump_detections: str | Path | None = None, backend: str = "torch", precision: str = "fp32",
+             dump_detections: str | Path | None = None, backend: str = "torch", precision: str | None = None,
              progress: bool = True, artifacts: str | Path | None = None, metric: str = "builtin",
-             detections: str | Path | None = None, allow_overflow: bool = False) -> dict:
-    """Score the model (or, with `detections`, that detection JSON) on the labeled frames of `data`."""
+             detections: str | Path | None = None, allow_overflow: bool = False,
+             max_frames: int | None = None, announce: Callable[[str], None] | None = None) -> dict:
+    """Score the model (or, with `detections`, that detection JSON) on the labeled frames of `data` (`max_frames`
+    of them, evenly spread; None: all). `precision` None: `default_precision`. `announce` gets one line saying
+    what is scored (`describe_subject`, also in the metrics' "model" record) before the frames run."""
     if metric not in METRICS:
         raise UserError(f"unknown metric {metric!r} (known: {', '.join(METRICS)})")
-    frames = LabeledFrames(data, cfg.voxel.num_point_features)
+    if max_frames is not None and max_frames < 1:
+        raise UserError(f"--frames must be >= 1, got {max_frames}")
+    if max_frames is not None and metric == "nuscenes":
+        raise UserError("--frames with --metric nuscenes: the nuScenes devkit scores a whole split; use --metric "
+                        "builtin for a subset")
+    frames = LabeledFrames(data, cfg.voxel.num_point_features, limit=max_frames)
+    kind = None
+    if detections is None and backend == "torch" and checkpoint is not None:
+        kind = checkpoint_kind(checkpoint)
+    precision = precision or default_precision(backend, kind)
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision}: choose from {', '.join(PRECISIONS)}")
+    subject = describe_subject(backend, precision, kind, checkpoint, artifacts, detections)
+    if announce is not None:
+        announce(f"{subject}, {len(frames)} frame(s)")
     if detections is not None:
         predictions = read_detections(detections, stems=[frame_stem(f) for f in frames.files])
     else:
@@ -82,11 +132,11 @@ def run_eval(cfg: ModelConfig, checkpoint: str | Path | None, data: str | Path, 
     metrics = score(predictions, frames, cfg, metric)
     metrics["metric"] = metric
     if detections is not None:
-        metrics["model"] = {"config": cfg.name, "detections": str(detections)}
+        metrics["model"] = {"config": cfg.name, "detections": str(detections), "evaluated": subject}
     else:
         metrics["model"] = {"config": cfg.name, "checkpoint": None if checkpoint is None else str(checkpoint),
                             "artifacts": None if artifacts is None else str(artifacts), "backend": backend,
-                            "precision": precision}
+                            "precision": precision, "checkpoint_kind": kind, "evaluated": subject}
     metrics["config"] = config_to_dict(cfg)
     if dump_detections:
         write_detections(dump_detections, predictions)

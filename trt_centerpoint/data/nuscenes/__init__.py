@@ -2,7 +2,8 @@
 
 - `selection`: which samples (`NuScenesSelection`: dataroot, version, split, sweeps) and each one's frame
   (`NuScenesFrame`: points, labels, poses), read on the fly wherever a point folder is accepted;
-- `reader`: one sample through the devkit (multi-sweep points, boxes in the LiDAR frame, poses);
+- `reader`: one sample through the devkit's tables (multi-sweep points stacked as det3d does, or as the devkit
+  does; boxes in the LiDAR frame, poses);
 - `convert`: a selection written as a labeled folder (`trt-centerpoint convert nuscenes`);
 - `synth`: a devkit-loadable dataroot made by the synthetic generator (`trt-centerpoint synth --format nuscenes`).
 
@@ -10,12 +11,15 @@ The devkit itself is an optional extra, imported on first use through `trt_cente
 """
 
 from trt_centerpoint.data.nuscenes.selection import (
+    DEFAULT_POINT_SOURCE,
     DEFAULT_SWEEPS,
     META_FORMAT,
+    POINT_SOURCES,
     SPLITS,
     NuScenesFrame,
     NuScenesSelection,
     is_dataroot,
 )
 
-__all__ = ["DEFAULT_SWEEPS", "META_FORMAT", "NuScenesFrame", "NuScenesSelection", "SPLITS", "is_dataroot"]
+__all__ = ["DEFAULT_POINT_SOURCE", "DEFAULT_SWEEPS", "META_FORMAT", "NuScenesFrame", "NuScenesSelection",
+           "POINT_SOURCES", "SPLITS", "is_dataroot"]

@@ -22,13 +22,20 @@ from pathlib import Path
 import numpy as np
 
 from trt_centerpoint._compat.nuscenes import devkit
-from trt_centerpoint.data.nuscenes.reader import SWEEP_COLUMNS, sample_labels, sample_points, sample_pose
+from trt_centerpoint.data.nuscenes.reader import (
+    DEFAULT_POINT_SOURCE,
+    POINT_SOURCES,
+    SWEEP_COLUMNS,
+    sample_labels,
+    sample_points,
+    sample_pose,
+)
 from trt_centerpoint.data.points import PointCloud, ReadStats, describe_layout
 from trt_centerpoint.errors import UserError
 from trt_centerpoint.manifest import file_sha256, json_sha256
 
-__all__ = ["DEFAULT_SWEEPS", "META_FORMAT", "SPLITS", "TABLES", "NuScenesFrame", "NuScenesSelection",
-           "is_dataroot", "versions_in"]
+__all__ = ["DEFAULT_POINT_SOURCE", "DEFAULT_SWEEPS", "META_FORMAT", "POINT_SOURCES", "SPLITS", "TABLES",
+           "NuScenesFrame", "NuScenesSelection", "is_dataroot", "versions_in"]
 
 DEFAULT_SWEEPS = 10  # CenterPoint's nuScenes models stack 10 sweeps (0.45 s)
 META_FORMAT = "trt_centerpoint.nuscenes/1"  # meta.json of a converted folder
@@ -70,7 +77,8 @@ def _load(dataroot: str, version: str):
 
 @dataclass(frozen=True)
 class NuScenesSelection:
-    """The key-frame samples of one split of a dataroot version, `sweeps` LIDAR_TOP sweeps each.
+    """The key-frame samples of one split of a dataroot version, `sweeps` LIDAR_TOP sweeps each, stacked as
+    `point_source` stacks them ("det3d" or "devkit", `reader`).
 
     `version=None` takes the dataroot's only version; `split` is required (the error lists the version's splits).
     """
@@ -79,6 +87,7 @@ class NuScenesSelection:
     version: str | None = None
     split: str | None = None
     sweeps: int = DEFAULT_SWEEPS
+    point_source: str = DEFAULT_POINT_SOURCE
 
     def __post_init__(self) -> None:
         root = Path(self.dataroot).expanduser().absolute()
@@ -106,13 +115,16 @@ class NuScenesSelection:
             raise UserError(f"{root}: unknown split {self.split!r} for {version} (one of {_list(SPLITS[version])})")
         if not isinstance(self.sweeps, int) or self.sweeps < 1:
             raise UserError(f"{root}: --sweeps must be >= 1, got {self.sweeps}")
+        if self.point_source not in POINT_SOURCES:
+            raise UserError(f"{root}: --point-source must be one of {_list(POINT_SOURCES)}, got {self.point_source!r}")
         missing = [root / version / f"{t}.json" for t in TABLES if not (root / version / f"{t}.json").is_file()]
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise UserError(f"{missing[0]}: missing nuScenes table{more}")
 
     def __str__(self) -> str:
-        return f"{self.dataroot} ({self.version} {self.split}, {self.sweeps} sweeps)"
+        source = "" if self.point_source == DEFAULT_POINT_SOURCE else f", {self.point_source} points"
+        return f"{self.dataroot} ({self.version} {self.split}, {self.sweeps} sweeps{source})"
 
     @property
     def table_root(self) -> Path:
@@ -158,7 +170,8 @@ class NuScenesSelection:
         """What a converted folder's meta.json holds: the selection, its sample tokens (`stems`, in order) and
         each sample's poses (LiDAR -> ego -> global) and timestamp."""
         return {"format": META_FORMAT, "dataroot": str(self.dataroot), "version": self.version,
-                "split": self.split, "sweeps": self.sweeps, "stems": list(self.tokens), "poses": self.poses()}
+                "split": self.split, "sweeps": self.sweeps, "point_source": self.point_source,
+                "stems": list(self.tokens), "poses": self.poses()}
 
     @cached_property
     def fingerprint(self) -> str:
@@ -167,7 +180,7 @@ class NuScenesSelection:
         noticed."""
         tables = {t: file_sha256(self.table_root / f"{t}.json") for t in TABLES}
         return json_sha256({"format": META_FORMAT, "version": self.version, "split": self.split,
-                            "sweeps": self.sweeps, "tables": tables})
+                            "sweeps": self.sweeps, "point_source": self.point_source, "tables": tables})
 
 
 @dataclass(frozen=True)
@@ -194,7 +207,8 @@ class NuScenesFrame:
         if num_features > POINT_FEATURES:
             raise UserError(f"{self}: nuScenes gives {describe_layout(POINT_FEATURES)}; the config asks for "
                             f"{num_features} features")
-        points, dropped, path = sample_points(self.selection.load(), self.token, self.selection.sweeps)
+        points, dropped, path = sample_points(self.selection.load(), self.token, self.selection.sweeps,
+                                              self.selection.point_source)
         stats = ReadStats(num_read=len(points) + dropped, num_nonfinite=dropped, file_columns=SWEEP_COLUMNS)
         return PointCloud(path, np.ascontiguousarray(points[:, :num_features]), stats)
 

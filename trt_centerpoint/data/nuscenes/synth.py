@@ -9,7 +9,9 @@ data set. Per scene (`scene_plan`, deterministic per (seed, scene index)):
 - 20 Hz LIDAR_TOP sweeps (`prev` / `next` chain), each cast from the sensor pose at its own time and stored in
   its own sensor frame as `*.pcd.bin` float32 x 5 (x, y, z, intensity 0..255, ring index 0..31 = the beam,
   lowest first), like real nuScenes; key frames (samples) at 2 Hz, with a lead-in of 9 sweeps before the
-  first one so that every sample stacks 10 sweeps;
+  first one so that every sample stacks 10 sweeps (`lead_in` fewer: a scene's first samples have a short
+  history, as at the start of a real scene); `ego_returns` > 0 adds that many returns of the ego vehicle's
+  roof to every sweep, within 1 m of the sensor (what a close-range cut removes);
 - frames: the LiDAR frame is nuScenes' (x right, y forward, z up); the ego frame has x forward, the sensor
   0.943 m ahead of its origin and `sensor.height` above the ground; the global frame is the generator's world
   frame (the last sweep's sensor frame) turned and shifted per scene, so no pose is the identity;
@@ -143,12 +145,13 @@ class ScenePlan:
 
 
 def scene_plan(seed: int, index: int, samples: int, sensor: SensorConfig | None = None,
-               scene: SceneConfig | None = None) -> ScenePlan:
-    """The layout and timeline of scene `index` of generator `seed` with `samples` samples (deterministic)."""
+               scene: SceneConfig | None = None, lead_in: int = SWEEPS_PER_SAMPLE - 1) -> ScenePlan:
+    """The layout and timeline of scene `index` of generator `seed` with `samples` samples, `lead_in` sweeps
+    before the first one (deterministic)."""
     sensor, scene = sensor or SensorConfig(), scene or SceneConfig()
     sensor.validate()
     scene.validate()
-    count = SWEEPS_PER_SAMPLE * samples  # a lead-in of SWEEPS_PER_SAMPLE - 1, then SWEEPS_PER_SAMPLE per sample
+    count = lead_in + 1 + SWEEPS_PER_SAMPLE * (samples - 1)  # the lead-in, then SWEEPS_PER_SAMPLE per sample
     step_us = int(round(1e6 / sensor.rate_hz))
     taus = (count - 1 - np.arange(count)) * step_us * 1e-6
     for attempt in range(100):
@@ -158,7 +161,7 @@ def scene_plan(seed: int, index: int, samples: int, sensor: SensorConfig | None 
             break
     start = FIRST_TIMESTAMP + index * 100_000_000
     return ScenePlan(layout, sensor, scene, taus, [start + j * step_us for j in range(count)],
-                     [SWEEPS_PER_SAMPLE - 1 + SWEEPS_PER_SAMPLE * k for k in range(samples)],
+                     [lead_in + SWEEPS_PER_SAMPLE * k for k in range(samples)],
                      float(rng.uniform(-np.pi, np.pi)), np.array([*rng.uniform(300.0, 2000.0, 2), 0.0]))
 
 
@@ -178,6 +181,15 @@ def _sweep_points(plan: ScenePlan, j: int, rng: np.random.Generator) -> tuple[np
     points[:, 3] = sweep.intensity
     points[:, 4] = ring
     return points, sweep.xyz
+
+
+def _ego_returns(rng: np.random.Generator, count: int) -> np.ndarray:
+    """float32 [count, 5] returns of the ego vehicle's roof under the sensor: |x|, |y| < 0.9 m, ring 0."""
+    points = np.zeros((count, 5), np.float32)
+    points[:, :2] = rng.uniform(-0.9, 0.9, (count, 2))
+    points[:, 2] = rng.uniform(-0.6, -0.2, count)
+    points[:, 3] = rng.uniform(0.0, 30.0, count)
+    return points
 
 
 def _attribute(cls: str, speed: float) -> str:
@@ -227,7 +239,8 @@ class _Tables:
         return {name: getattr(self, name) for name in names}
 
 
-def _write_scene(root: Path, tables: _Tables, plan: ScenePlan, index: int, name: str, bar: tqdm) -> None:
+def _write_scene(root: Path, tables: _Tables, plan: ScenePlan, index: int, name: str, bar: tqdm,
+                 ego_returns: int = 0) -> None:
     seed = tables.seed
     log = {"token": _token(seed, "log", index), "logfile": f"synth-{seed:04d}-{name}", "vehicle": "synth",
            "date_captured": "2018-08-01", "location": "boston-seaport"}
@@ -239,14 +252,17 @@ def _write_scene(root: Path, tables: _Tables, plan: ScenePlan, index: int, name:
     _link(samples)
     sample_of = {}  # sweep index -> the sample it belongs to (the next key frame, as in nuScenes)
     for k, j in enumerate(plan.keys):
-        for i in range(j - SWEEPS_PER_SAMPLE + 1, j + 1):
+        for i in range(max(0, j - SWEEPS_PER_SAMPLE + 1), j + 1):
             sample_of[i] = samples[k]["token"]
     sweeps, chains = [], {}  # chains: object index -> its annotations in time order
     rng = np.random.default_rng([seed, index, 1 << 20])  # the sweeps' noise, apart from the layout's draws
+    ego_rng = np.random.default_rng([seed, index, 1 << 21])
     classes = [CLASSES[c] for c in plan.layout.objects.cls]
     for j, tau in enumerate(plan.taus):
         key = j in plan.keys
         points, world = _sweep_points(plan, j, rng)
+        if ego_returns:  # not inside any box: `world` (for num_lidar_pts) need not hold them
+            points = np.concatenate([points, _ego_returns(ego_rng, ego_returns)])
         folder = "samples" if key else "sweeps"
         filename = f"{folder}/{CHANNEL}/{log['logfile']}__{CHANNEL}__{plan.timestamps[j]}.pcd.bin"
         (root / filename).write_bytes(points.tobytes())
@@ -302,17 +318,21 @@ def _annotate(tables: _Tables, plan: ScenePlan, scene: int, sample: str, tau: fl
 
 def write_nuscenes(out: str | Path, version: str = "v1.0-mini", scenes: int = DEFAULT_SCENES,
                    samples_per_scene: int = DEFAULT_SAMPLES_PER_SCENE, seed: int = 0, progress: bool = True,
-                   force: bool = False, sensor: SensorConfig | None = None, scene: SceneConfig | None = None) -> dict:
+                   force: bool = False, sensor: SensorConfig | None = None, scene: SceneConfig | None = None,
+                   lead_in: int = SWEEPS_PER_SAMPLE - 1, ego_returns: int = 0) -> dict:
     """Write a synthetic nuScenes dataroot to `out` (whole, or not at all; a non-empty `out` only with `force`);
-    returns a summary: version, scene names, counts."""
+    returns a summary: version, scene names, counts. `lead_in`: sweeps before each scene's first sample;
+    `ego_returns`: returns within 1 m of the sensor per sweep (module docstring)."""
     names = scene_names(version)
     if not 1 <= scenes <= len(names):
         raise UserError(f"--scenes must be 1 .. {len(names)} for {version} (its split lists have {len(names)} "
                         f"scenes), got {scenes}")
     if samples_per_scene < 1 or seed < 0:
         raise UserError(f"--samples-per-scene must be >= 1 and --seed >= 0, got {samples_per_scene}, {seed}")
+    if lead_in < 0 or ego_returns < 0:
+        raise UserError(f"lead_in and ego_returns must be >= 0, got {lead_in}, {ego_returns}")
     root = check_replaceable_dir(out, force, "a dataroot")
-    plans = [scene_plan(seed, i, samples_per_scene, sensor, scene) for i in range(scenes)]
+    plans = [scene_plan(seed, i, samples_per_scene, sensor, scene, lead_in) for i in range(scenes)]
     tables = _Tables(seed, plans[0].sensor)
     with atomic_dir(root, replace=force) as tmp:
         for folder in ("samples", "sweeps"):
@@ -322,7 +342,7 @@ def write_nuscenes(out: str | Path, version: str = "v1.0-mini", scenes: int = DE
         with tqdm(total=sum(len(p.taus) for p in plans), desc="synth sweeps", unit="sweep",
                   disable=not progress) as bar:
             for i, plan in enumerate(plans):
-                _write_scene(tmp, tables, plan, i, names[i], bar)
+                _write_scene(tmp, tables, plan, i, names[i], bar, ego_returns)
         (tmp / version).mkdir()
         for name, records in tables.tables().items():
             (tmp / version / f"{name}.json").write_text(json.dumps(records, indent=1) + "\n")

@@ -447,7 +447,7 @@ def build_engine(onnx_path: str | Path, out: str | Path, *, workspace_mb: int = 
     if builder == "tensorrt" and polygraphy_uses_rtx():
         raise UserError(f"{RTX_ENV} is set: Polygraphy drives TensorRT-RTX in this process; unset it to build "
                         f"{out.name} with TensorRT")
-    trt = require_builder(builder, f"build {out.name}")
+    trt = require_builder(builder, f"build {out.name}", check_gpu=True)  # no usable GPU: one line, not a TypeError
     settings = build_plan(trt.__version__, facts.has_qdq, fp16_io, builder)
     if builder == "tensorrt-rtx":
         targets = check_compute_capabilities(trt, targets)

@@ -89,7 +89,8 @@ def tensorrt_status(check_gpu: bool = False):
 
 
 def _probe_builder(trt) -> str | None:
-    """Creating a builder is what fails without a GPU / driver; return why, or None."""
+    """Creating a builder is what fails without a GPU / driver (the bindings raise ``TypeError: pybind11::init():
+    factory function returned nullptr``); return why, or None."""
     try:
         builder = trt.Builder(trt.Logger(trt.Logger.ERROR))
     except Exception as exc:
@@ -111,9 +112,10 @@ def tensorrt_available(check_gpu: bool = True) -> tuple[bool, str]:
     return trt is not None, reason
 
 
-def require_tensorrt(purpose: str):
-    """The ``tensorrt`` module, or ``UserError("<why>: cannot <purpose>")`` in one line."""
-    trt, reason = tensorrt_status(check_gpu=False)
+def require_tensorrt(purpose: str, check_gpu: bool = False):
+    """The ``tensorrt`` module, or ``UserError("<why>: cannot <purpose>")`` in one line; with ``check_gpu`` a
+    builder is created first, so that a machine without a usable GPU is that one line too."""
+    trt, reason = tensorrt_status(check_gpu=check_gpu)
     if trt is None:
         raise UserError(f"{reason}: cannot {purpose}")
     return trt
@@ -147,10 +149,11 @@ def resolve_builder(requested: str = "auto") -> tuple[str | None, str]:
     return None, f"{trt_reason}; {rtx_reason}"
 
 
-def require_builder(builder: str, purpose: str):
-    """The module of `builder` (``tensorrt`` / ``tensorrt_rtx``), or ``UserError("<why>: cannot <purpose>")``."""
+def require_builder(builder: str, purpose: str, check_gpu: bool = False):
+    """The module of `builder` (``tensorrt`` / ``tensorrt_rtx``), or ``UserError("<why>: cannot <purpose>")``;
+    ``check_gpu``: TensorRT must also create a builder (TensorRT-RTX builds without a GPU)."""
     if builder == "tensorrt":
-        return require_tensorrt(purpose)
+        return require_tensorrt(purpose, check_gpu=check_gpu)
     rtx, reason = tensorrt_rtx_status()
     if rtx is None:
         raise UserError(f"{reason}: cannot {purpose}")

@@ -6,7 +6,8 @@
 
 * ``"Format/Datatype"`` on TensorRT 10.x, a phrase such as ``"Channel major FP16 format where channel % 8 == 0"``
   or ``"Thirty-two wide channel vectorized row major Int8 format"``;
-* ``"DataType"`` (with a separate ``"Format"``) on TensorRT 11.x, e.g. ``"Int8"``, ``"Half"``, ``"Float"``.
+* ``"Datatype"`` (with a separate ``"Format"``) on TensorRT 11.x, e.g. ``"Int8"``, ``"Half"``, ``"Float"``
+  (``"DataType"`` is read too).
 
 Both are read. A layer's precision is the lowest floating / quantized type among its input activations
 (INT8 < FP8 < FP16 = BF16 < FP32; integer shape tensors do not count), or among its outputs when it has no
@@ -14,7 +15,7 @@ such input: an INT8 convolution that writes FP32 counts as INT8, the reformat th
 counts as FP32. Without DETAILED verbosity the layers are bare names and every precision is ``UNKNOWN``.
 
 The engine's I/O list is ``"Bindings"`` on TensorRT 10.x (names, or entries with a ``"Name"``) and
-``"I/O Tensors"`` on TensorRT 11.x (entries with ``"Name"``, ``"IOMode"``, ``"DataType"``); both are read into
+``"I/O Tensors"`` on TensorRT 11.x (entries with ``"Name"``, ``"IOMode"``, ``"Datatype"``); both are read into
 ``io``.
 
 Where no engine can be inspected (a TensorRT-RTX engine deserializes only on an RTX GPU),

@@ -85,7 +85,9 @@ def nvidia_parser() -> tuple[NvidiaParser | None, str]:
 
 def _strongly_typed_flags(trt) -> int:
     flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    return 0 if flag is None else 1 << int(flag)  # TensorRT 11: every network is strongly typed, no flag
+    # TensorRT 11.0 / 11.4 still define the flag (deprecated, ignored: every network is strongly typed); a later
+    # version may drop it
+    return 0 if flag is None else 1 << int(flag)
 
 
 def parse_onnx(path: str | Path, parser: NvidiaParser) -> ParseResult:

@@ -65,7 +65,13 @@ class TrtEngineRunner(SpecNames, BaseRunner):
         self._specs: list[TensorSpec] | None = None
 
     def activate_impl(self) -> None:
-        self.runner.activate()
+        try:
+            self.runner.activate()
+        except TypeError as exc:  # the bindings' answer when no runtime can be made (no usable GPU / driver)
+            if "nullptr" not in str(exc):
+                raise
+            raise UserError(f"{self.path}: TensorRT {self._trt.__version__} cannot create a runtime, no usable "
+                            f"NVIDIA GPU / driver? ({str(exc).strip()})") from None
         self._specs = io_specs(self.runner.engine, self._trt)
 
     def deactivate_impl(self) -> None:
