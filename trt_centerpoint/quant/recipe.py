@@ -100,8 +100,7 @@ def run_recipe(config: str | Path | ModelConfig, checkpoint: str | Path, calib_d
         save_quantized_model(model, calibrated, meta)
         del model
         opts = QATOptions(objective="distill", epochs=RANGE_EPOCHS, ranges="inputs", train_weights=False,
-                          teacher=str(checkpoint), device=device,
-                          num_frames=None if num_frames is None or num_frames >= len(files) else num_frames)
+                          teacher=str(checkpoint), device=device, num_frames=num_frames)  # the calibration frames
         model, qat_meta = run_qat(calibrated, calib_data, Path(tmp) / "ranges.pth", opts, progress=progress)
     record = qat_meta.pop("qat")
     qat_meta.pop("stage", None)
