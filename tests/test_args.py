@@ -90,6 +90,7 @@ def test_defaults_come_from_the_stages(subparsers):
     assert parse("qat", "-p", "x", "--data", "d", "--out", "o").frames is None
     build = parse("build")
     assert (build.out, build.calib_frames, build.eval_frames, build.iterations) == ("build", 32, 50, 20)
+    assert build.recipe == "learn-ranges" and parse("build", "--recipe", "calibrate").recipe == "calibrate"
     for command in ("ptq", "sensitivity", "build"):
         method = next(a for a in subparsers[command]._actions if a.dest == "method")
         assert tuple(method.choices) == METHODS and "default mse" in method.help
