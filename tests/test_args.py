@@ -22,6 +22,7 @@ from trt_centerpoint.args import (
 )
 from trt_centerpoint.quant.calibrate import METHODS
 from trt_centerpoint.quant.quantize import DEFAULT_SKIP
+from trt_centerpoint.quant.recipe import FLOAT_LAYERS
 
 COMMANDS = ("infer", "synth", "convert", "init-checkpoint", "train", "eval", "ptq", "qat", "sensitivity", "engine",
             "export", "compare", "bench", "build", "check")
@@ -79,13 +80,17 @@ def test_old_frame_spellings_still_parse_but_help_shows_the_new_ones(subparsers)
 def test_defaults_come_from_the_stages(subparsers):
     args = parse("ptq", "-p", "x.pth", "--calib-data", "d", "--out", "o")
     assert (args.frames, args.method) == (100, "mse") and args.skip is None
+    assert args.recipe == "learn-ranges"
     skip = next(a for a in subparsers["ptq"]._actions if a.dest == "skip")
-    assert all(pattern in skip.help for pattern in DEFAULT_SKIP)
+    assert all(pattern in skip.help for pattern in FLOAT_LAYERS)
+    recipe = next(a for a in subparsers["ptq"]._actions if a.dest == "recipe")
+    assert all(pattern in recipe.help for pattern in DEFAULT_SKIP)  # what --recipe calibrate keeps float
     assert parse("export", "-p", "x", "--out", "o").frames == 16
     assert parse("compare", "--artifacts", "a", "--data", "d").frames == 50
     assert parse("qat", "-p", "x", "--data", "d", "--out", "o").frames is None
     build = parse("build")
     assert (build.out, build.calib_frames, build.eval_frames, build.iterations) == ("build", 32, 50, 20)
+    assert build.recipe == "learn-ranges" and parse("build", "--recipe", "calibrate").recipe == "calibrate"
     for command in ("ptq", "sensitivity", "build"):
         method = next(a for a in subparsers[command]._actions if a.dest == "method")
         assert tuple(method.choices) == METHODS and "default mse" in method.help
@@ -161,10 +166,14 @@ def test_infer_torch_backend_needs_a_checkpoint(monkeypatch, capsys):
 def test_ptq_merges_the_skip_list_before_calibrating(monkeypatch, capsys):
     calls = []
     meta = {"quantized_layers": [], "num_quantizers": 0, "skip": [], "amax_method": "mse", "num_frames": 1,
-            "num_frames_empty": 0}
-    monkeypatch.setattr(cli, "run_ptq", lambda *a, **k: calls.append((a, k)) or meta)
+            "num_frames_empty": 0, "float_layers": {}}
+    monkeypatch.setattr(cli, "run_recipe", lambda *a, **k: calls.append((a, k)) or meta)
     assert cli.main(["ptq", "-c", "tiny", "-p", "x.pth", "--calib-data", "d", "--num-frames", "3", "--out", "o"]) == 0
-    assert calls[-1][1]["skip"] == list(DEFAULT_SKIP) and calls[-1][1]["num_frames"] == 3
+    assert calls[-1][1]["skip"] == list(FLOAT_LAYERS) and calls[-1][1]["num_frames"] == 3
+    assert calls[-1][1]["recipe"] == "learn-ranges"
+    assert cli.main(["ptq", "-c", "tiny", "-p", "x.pth", "--calib-data", "d", "--recipe", "calibrate", "--out",
+                     "o"]) == 0
+    assert calls[-1][1]["skip"] == list(DEFAULT_SKIP) and calls[-1][1]["recipe"] == "calibrate"
     assert cli.main(["ptq", "-c", "tiny", "-p", "x.pth", "--calib-data", "d", "--skip", "--out", "o"]) == 0
     assert calls[-1][1]["skip"] == [] and calls[-1][1]["num_frames"] == 100
     assert "wrote o" in capsys.readouterr().out

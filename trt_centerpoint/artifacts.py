@@ -56,3 +56,5 @@ REPORT_MD = "report.md"
 REPORT_JSON = "report.json"
 ERRORS_PNG = "errors.png"
 REPORT_FILES = (REPORT_MD, REPORT_JSON, ERRORS_PNG)
+# bird's-eye views of the frames where INT8 and FP32 disagree most, worst first (compare writes them)
+BEV_PNGS = ("bev_1.png", "bev_2.png", "bev_3.png")

@@ -48,9 +48,9 @@ from trt_centerpoint.export.scn.output_bound import DEFAULT_MARGIN
 from trt_centerpoint.fileio import ensure_parent
 from trt_centerpoint.model.random_init import save_random_checkpoint
 from trt_centerpoint.quant.ptq import DEFAULT_NUM_FRAMES as PTQ_FRAMES
-from trt_centerpoint.quant.ptq import run_ptq
 from trt_centerpoint.quant.qat import MIN_RANGE_LR, OBJECTIVES, RANGE_KINDS, RANGE_TRAVEL, QATOptions, run_qat
 from trt_centerpoint.quant.quantize import DEFAULT_SKIP
+from trt_centerpoint.quant.recipe import DEFAULT_RECIPE, RECIPES, default_skip, run_recipe
 from trt_centerpoint.quant.sensitivity import DEFAULT_NUM_FRAMES as SENSITIVITY_FRAMES
 from trt_centerpoint.quant.sensitivity import run_sensitivity
 from trt_centerpoint.quant.skip import resolve_skip_list
@@ -178,16 +178,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_ptq(args: argparse.Namespace) -> int:
     model = ModelArgs.read(args)
-    skip = resolve_skip_list(args.skip, args.skip_from, model.config)
-    meta = run_ptq(model.config, model.checkpoint, DataArgs.read(args).calib_data, args.out,
-                             num_frames=FrameArgs.read(args).frames, method=MethodArgs.read(args), skip=skip,
-                             percentile=args.percentile, bn_fused=not args.no_fuse_bn, device=args.device,
-                             progress=ProgressArgs.read(args))
+    skip = resolve_skip_list(args.skip, args.skip_from, model.config, default=default_skip(args.recipe))
+    meta = run_recipe(model.config, model.checkpoint, DataArgs.read(args).calib_data, args.out, recipe=args.recipe,
+                      num_frames=FrameArgs.read(args).frames, method=MethodArgs.read(args), skip=skip,
+                      percentile=args.percentile, bn_fused=not args.no_fuse_bn, device=args.device,
+                      progress=ProgressArgs.read(args))
     if not is_main_process():  # under torchrun only rank 0 reports
         return 0
     print(f"quantized {len(meta['quantized_layers'])} layers ({meta['num_quantizers']} quantizers), "
           f"skipped {', '.join(meta['skip']) or 'nothing'}; amax {meta['amax_method']} over "
           f"{meta['num_frames']} frames ({meta['num_frames_empty']} empty)")
+    for pattern, why in meta["float_layers"].items():
+        print(f"float: {pattern}: {why}")
+    if "learned_ranges" in meta:
+        r = meta["learned_ranges"]
+        print(f"learned the activation ranges label-free ({r['epochs']} epoch distilled from FP32 on {r['frames']} "
+              f"frames, weights unchanged, {r['seconds']:.0f} s)")
     print(f"wrote {args.out}")
     return 0
 
@@ -285,7 +291,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     model, data, frames = ModelArgs.read(args), DataArgs.read(args), FrameArgs.read(args)
     builder = BuilderArgs.read(args)
     opts = BuildOptions(config=model.config, checkpoint=model.checkpoint, calib_data=data.calib_data,
-                        eval_data=data.eval_data, out=args.out, qat=args.qat, method=MethodArgs.read(args),
+                        eval_data=data.eval_data, out=args.out, qat=args.qat, recipe=args.recipe,
+                        method=MethodArgs.read(args),
                         calib_frames=frames.calib, eval_frames=frames.eval, bench_iterations=args.iterations,
                         progress=ProgressArgs.read(args), builder=builder.builder,
                         compute_capabilities=builder.compute_capabilities,
@@ -437,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detections", metavar="FILE",
                    help="score this detection JSON instead of running a model (no checkpoint needed)")
 
-    skip_default = " ".join(DEFAULT_SKIP)
+    skip_default = " ".join(default_skip(DEFAULT_RECIPE))
     p = _command(sub, "ptq", "post-training quantization: fold BN, insert quantizers, calibrate, save ptq.pth",
                  "Post-training quantization: fold BatchNorm, insert quantizers, calibrate activation ranges on "
                  "point clouds, and save the quantized checkpoint.",
@@ -451,9 +458,14 @@ def build_parser() -> argparse.ArgumentParser:
                  OutputArgs("quantized checkpoint to write (ptq.pth)"),
                  progress)
     p.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default 99.99)")
+    p.add_argument("--recipe", default=DEFAULT_RECIPE, choices=RECIPES,
+                   help="learn-ranges: full INT8 (float: only the sparse input conv), calibrate, then learn the "
+                        "activation ranges on the calibration frames distilled from FP32 (no labels, weights "
+                        "unchanged); calibrate: calibration only, float: " + " ".join(DEFAULT_SKIP)
+                        + f" (the behaviour before) (default {DEFAULT_RECIPE})")
     p.add_argument("--skip", nargs="*", metavar="PATTERN",
-                   help=f"module-path glob patterns to leave in float; replaces the default ({skip_default}); "
-                        "`--skip` alone quantizes everything")
+                   help=f"module-path glob patterns to leave in float; replaces the recipe's list (learn-ranges: "
+                        f"{skip_default}); `--skip` alone quantizes everything")
     p.add_argument("--skip-from", metavar="SENSITIVITY_JSON",
                    help="leave in float the skip list proposed by `sensitivity --budget` (its sensitivity.json), "
                         "together with any --skip patterns; replaces the default skip list (default: not used)")
@@ -608,8 +620,11 @@ def build_parser() -> argparse.ArgumentParser:
                  OutputArgs(f"build folder (default {b.out}/)", required=False, default=str(b.out)),
                  BuilderArgs(), OverflowArgs(), LibspconvArgs(capability=False), progress)
     p.add_argument("--qat", action="store_true",
-                   help="fine-tune after PTQ with `qat`'s defaults on the calibration data (learned ranges, "
-                        "distillation, 2 epochs); the whole RPN and head then run INT8")
+                   help="the full QAT recipe instead of the default ptq: calibration (the input conv and the first "
+                        "residual block float), then `qat`'s defaults on the calibration data (weights and learned "
+                        "ranges, distillation, 2 epochs)")
+    p.add_argument("--recipe", default=b.recipe, choices=RECIPES,
+                   help=f"the ptq recipe (see `ptq --help`; with --qat: calibrate) (default {b.recipe})")
     p.add_argument("--iterations", type=int, default=b.bench_iterations,
                    help=f"bench iterations per backend x precision (default {b.bench_iterations})")
 

@@ -119,6 +119,9 @@ class EvalConfig:
     # devkit does (its detection_cvpr_2019: 50 m vehicles, 40 m pedestrian / cycles, 30 m cones / barriers).
     # A class not listed is scored at every distance; empty: no range filter.
     class_range: dict[str, float] = field(default_factory=dict)
+    # Distance bands for AP by distance (metres, the same distance as class_range): their upper edges, ascending,
+    # the first band starting at 0; .inf for "and beyond". [20, 40, .inf]: 0-20, 20-40, 40+ m. Empty: no bands.
+    distance_bands: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -206,6 +209,9 @@ class ModelConfig:
             raise ConfigError(f"{source}: post.nms_type must be 'rotate' or 'circle', got {self.post.nms_type!r}")
         if self.post.nms_type == "circle" and len(self.post.circle_radius) != len(self.head.tasks):
             raise ConfigError(f"{source}: post.circle_radius needs one radius per task ({len(self.head.tasks)})")
+        bands = self.eval.distance_bands
+        if any(b <= a for a, b in zip(bands, bands[1:])):
+            raise ConfigError(f"{source}: eval.distance_bands must ascend (upper band edges), got {bands}")
         unknown = [c for c in self.eval.class_range if c not in names]
         if unknown:
             raise ConfigError(f"{source}: eval.class_range names {', '.join(unknown)}, not a class of head.tasks "
@@ -249,6 +255,7 @@ BOUNDS: dict[str, Bounds] = {
     "head.out_size_factor": AT_LEAST_ONE, "head.common_heads": AT_LEAST_ONE,
     "post.score_threshold": FRACTION, "post.nms_iou_threshold": FRACTION, "post.nms_pre_max": AT_LEAST_ONE,
     "post.nms_post_max": AT_LEAST_ONE, "post.circle_radius": POSITIVE, "eval.class_range": POSITIVE,
+    "eval.distance_bands": POSITIVE,
 }
 
 

@@ -459,7 +459,7 @@ def test_class_range_config_is_checked(tmp_path, capsys):
 
     cfg = load_config("nuscenes_voxel0075")
     assert cfg.eval.class_range["car"] == 50.0 and cfg.eval.class_range["traffic_cone"] == 30.0
-    assert "eval" not in config_to_dict(load_config("synthetic_small"))  # no range filter: records as before
+    assert "eval" not in config_to_dict(load_config("tiny"))  # no eval section: records as before
     for bad, needle in (("{cyclist: 40}", "eval.class_range names cyclist"), ("{car: -1}", "eval.class_range['car']")):
         path = tmp_path / "c.yaml"
         path.write_text("voxel: {point_cloud_range: [-54, -54, -5, 54, 54, 3], voxel_size: [0.6, 0.6, 0.2]}\n"

@@ -87,12 +87,19 @@ def test_first_build_writes_every_artifact_and_the_report_keys(built):
     assert report["artifacts"]["rpn_head.int8.onnx"]["bytes"] == (out / "rpn_head.int8.onnx").stat().st_size
     backbone = report["per_layer_backbone"]
     assert backbone["layers"][0]["tensor"] == "conv_input.0" and backbone["layers"][0]["cosine"] == pytest.approx(1.0)
-    assert backbone["first_jump"] == "conv2.0"  # the first int8 layer (conv_input, conv1.0 stay fp16)
+    assert backbone["first_jump"] == "conv1.0.conv1"  # the first int8 layer (only conv_input stays fp16)
+    quant = report["model"]["quantization"]
+    assert quant["recipe"] == "learn-ranges" and quant["ranges_learned"] is True
+    assert list(quant["float_layers"]) == ["backbone.conv_input*"]
+    assert "FP16" in quant["float_layers"]["backbone.conv_input*"]
+    assert [b["png"] for b in report["bev"]] == ["bev_1.png", "bev_2.png"]  # both evaluation frames, worst first
+    assert all((out / b["png"]).is_file() for b in report["bev"])
     assert set(report["validation"]) == {"scn.fp16.onnx", "scn.int8.onnx", "scn.int8.qdq.onnx", "rpn_head.fp32.onnx",
                                          "rpn_head.int8.onnx"}
     md = (out / "report.md").read_text()
     assert "## Files checked at export" in md and "executes bit-identically" in md
     assert "| **mAP**" in md and "backbone" in md and "rpn_head.int8.onnx" in md
+    assert "](bev_1.png)" in md and "layers left float" in md
 
 
 def test_run_results_load_with_polygraphy(built):

@@ -19,7 +19,10 @@ def figures(with_check: bool, with_accuracy: bool) -> dict:
             "files": {"0.01m": {"matched_fraction": 0.058}},
             "baseline_fp16_features": {"0.01m": {"matched_fraction": 0.079}}}
     if with_accuracy:
-        out["accuracy"] = {"fp32": {"mAP": 0.7469}, "int8": {"mAP": 0.7442}, "delta_mAP": -0.0027}
+        out["accuracy"] = {"fp32": {"mAP": 0.7469, "bands": {"0-20 m": {"mAP": 0.8}, "40+ m": {"mAP": None}}},
+                           "int8": {"mAP": 0.7442, "bands": {"0-20 m": {"mAP": 0.79}, "40+ m": {"mAP": None}}},
+                           "delta_mAP": -0.0027}
+        out["bev"] = [{"png": "bev_1.png"}, {"png": "bev_2.png"}]
     return out
 
 
@@ -32,13 +35,15 @@ def test_summary_lines_say_every_figure():
     assert ("INT8 files vs PyTorch fake quant within 0.01m: 0.058 (PyTorch vs itself with FP16-rounded voxel "
             "features: 0.079)") in lines
     assert "mAP FP32 0.7469  INT8 0.7442  (-0.0027)" in lines
+    assert "  0-20 m: mAP FP32 0.8000  INT8 0.7900  (-0.0100)" in lines and "40+ m" not in text  # no GT there
+    assert "disagree most: build/bev_1.png, build/bev_2.png" in text
     assert lines[-1] == "wrote build/compare.json and build/compare.run_results.json (Polygraphy RunResults)"
     assert text.count("\n") == len(lines) - 1
 
 
 def test_summary_lines_leave_out_what_did_not_run():
     text = "\n".join(summary_lines(figures(False, False), "out"))
-    assert "mAP" not in text and "fake quant" not in text
+    assert "mAP" not in text and "fake quant" not in text and "bev_" not in text
 
 
 def test_compare_refuses_a_backend_that_does_not_run_files(tmp_path):

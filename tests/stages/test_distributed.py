@@ -92,8 +92,8 @@ def test_ptq_and_compare_under_torchrun_equal_one_process(one_process, tmp_path)
     worker.write_text(WORKER)
     out = tmp_path / "out"
     _run([*TORCHRUN, str(worker),
-          "ptq", "--config", "tiny", "--checkpoint", str(ckpt), "--calib-data", str(data), "--out",
-          str(out / "ptq.pth"), "--quiet", "--",
+          "ptq", "--recipe", "calibrate", "--config", "tiny", "--checkpoint", str(ckpt), "--calib-data", str(data),
+          "--out", str(out / "ptq.pth"), "--quiet", "--",
           "compare", "--config", "tiny", "--artifacts", str(build), "--data", str(data), "--checkpoint", str(ptq),
           "--out", str(out / "compare"), "--frames", "3", "--quiet"], REPO)
 

@@ -49,6 +49,14 @@ say they hold no LiDAR return (``"num_lidar_pts": 0``) are dropped, and with ``c
 and predictions at or beyond their class's range are dropped (measured from the ego vehicle where
 ``range_transforms`` gives the frame's poses, else from the sensor).
 
+Distance bands (``distance_bands``, the config's ``eval.distance_bands``: upper band edges in metres, the first
+band starting at 0, ``inf`` for "beyond"): the same metric once per band, on the ground truth and the
+predictions whose BEV centre distance (from the ego vehicle where ``range_transforms`` gives the poses, as for
+``class_range``) lies in ``[low, high)``; each band is then scored exactly like the whole set (its own class
+range filter, its own GT count per class). Why: calibration clipping costs far, sparse objects first, and a
+mean over all distances hides it. A prediction whose centre falls across a band edge from its object is a false
+positive in one band and leaves a miss in the other, as in every range-split AP.
+
 TP errors (computed at the devkit's ``dist_th_tp = 2.0``): ATE (BEV centre distance), ASE
 (1 - aligned 3D IoU of the sizes), AOE (smallest yaw difference; period pi for ``barrier``), AVE
 (L2 of the velocity difference), each the nan-aware cumulative mean over the TPs, resampled on the
@@ -69,7 +77,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from trt_centerpoint.errors import UserError
-from trt_centerpoint.eval.box_filter import filter_boxes
+from trt_centerpoint.eval.box_filter import centre_distance, filter_boxes
 
 DEFAULT_DIST_THRESHOLDS: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
 MIN_RECALL = 0.1
@@ -293,6 +301,7 @@ def evaluate(
     tp_dist_threshold: float = TP_DIST_THRESHOLD,
     class_range: Mapping[str, float] | None = None,
     range_transforms: Mapping[object, np.ndarray] | None = None,
+    distance_bands: Sequence[float] = (),
 ) -> dict:
     """nuScenes detection AP (devkit semantics; see the module docstring).
 
@@ -309,6 +318,8 @@ def evaluate(
          # with tp_metrics=True:
          "tp_errors": {name: {"trans_err": .., "scale_err": .., "orient_err": .., "vel_err": ..}},
          "mean_tp_errors": {"mATE": .., "mASE": .., "mAOE": .., "mAVE": ..}}
+
+    With `distance_bands` (upper edges, ascending) also ``"bands": evaluate_bands(...)``.
     """
     class_names = list(class_names)
     if not class_names:
@@ -419,6 +430,82 @@ def evaluate(
             )
         out["mean_tp_errors"] = mean_errs
         out["nds_without_aae"] = nds_without_aae(out["mAP"], mean_errs)
+    if distance_bands:
+        out["bands"] = evaluate_bands(predictions, ground_truth, class_names, distance_bands,
+                                      dist_thresholds=dist_thresholds, min_recall=min_recall,
+                                      min_precision=min_precision, tp_metrics=tp_metrics,
+                                      tp_dist_threshold=tp_dist_threshold, range_transforms=range_transforms)
+    return out
+
+
+def band_edges(distance_bands: Sequence[float]) -> list[tuple[float, float]]:
+    """[(low, high)] of the bands given by their upper edges (the first starts at 0); ascending edges > 0."""
+    edges = [float(e) for e in distance_bands]
+    if any(not e > 0 for e in edges) or any(b <= a for a, b in zip(edges, edges[1:])):
+        raise APInputError(f"distance bands need ascending upper edges above 0, got {list(distance_bands)}")
+    return list(zip([0.0, *edges[:-1]], edges))
+
+
+def band_label(low: float, high: float) -> str:
+    """``0-20 m``, ``40+ m``: the band's key in the results."""
+    return f"{low:g}+ m" if math.isinf(high) else f"{low:g}-{high:g} m"
+
+
+def split_by_band(predictions: Mapping, ground_truth: Mapping, distance_bands: Sequence[float],
+                  range_transforms: Mapping[object, np.ndarray] | None = None) -> dict[str, tuple[dict, dict]]:
+    """{band label: (predictions, ground truth)} holding the boxes whose BEV centre distance lies in the band
+    (per-box lists of a label, e.g. ``num_lidar_pts``, follow their boxes); every frame stays in every band."""
+    transforms = range_transforms or {}
+    bands = band_edges(distance_bands)
+    out = {band_label(lo, hi): ({}, {}) for lo, hi in bands}
+    for frame, dets in predictions.items():
+        dets = list(dets or ())
+        dist = centre_distance([d["box"] for d in dets], transforms.get(frame))
+        for lo, hi in bands:
+            out[band_label(lo, hi)][0][frame] = [d for d, r in zip(dets, dist) if lo <= r < hi]
+    for frame, label in ground_truth.items():
+        boxes = list(label["boxes"])
+        dist = centre_distance(boxes, transforms.get(frame))
+        for lo, hi in bands:
+            keep = [i for i, r in enumerate(dist) if lo <= r < hi]
+            part = {k: ([v[i] for i in keep] if isinstance(v, list) and len(v) == len(boxes) else v)
+                    for k, v in label.items() if k != "boxes"}
+            part["boxes"] = [boxes[i] for i in keep]
+            out[band_label(lo, hi)][1][frame] = part
+    return out
+
+
+def evaluate_bands(predictions: Mapping, ground_truth: Mapping, class_names: Sequence[str],
+                   distance_bands: Sequence[float], *, range_transforms: Mapping[object, np.ndarray] | None = None,
+                   **kwargs) -> dict[str, dict]:
+    """{band label: figures} for each distance band: ``range`` [low, high], ``mAP``, ``per_class``,
+    ``per_class_threshold``, ``num_gt``, ``num_pred`` and (with TP metrics) ``mean_tp_errors``, ``tp_errors``,
+    ``nds_without_aae``; keyword arguments as ``evaluate`` (the predictions and ground truth given here have
+    already passed the class-range and points filters).
+
+    Unlike the whole-set mAP, a band's means cover only the classes with ground truth in that band (``classes``):
+    nuScenes cones end at 30 m, and a 0 for a class that cannot occur there would only hide the others. Their
+    per-class figures are None; a band without any ground truth has mAP None."""
+    out = {}
+    parts = split_by_band(predictions, ground_truth, distance_bands, range_transforms)
+    for (lo, hi), (label, (preds, gts)) in zip(band_edges(distance_bands), parts.items()):
+        m = evaluate(preds, gts, class_names, range_transforms=range_transforms, **kwargs)
+        present = [n for n in class_names if m["num_gt"][n] > 0]
+        band = {"range": [lo, None if math.isinf(hi) else hi], "classes": present,
+                "mAP": float(np.mean([m["per_class"][n] for n in present])) if present else None,
+                "per_class": {n: (m["per_class"][n] if n in present else None) for n in class_names},
+                "per_class_threshold": {n: m["per_class_threshold"][n] for n in present},
+                "num_gt": m["num_gt"], "num_pred": m["num_pred"]}
+        if "tp_errors" in m:
+            band["tp_errors"] = {n: m["tp_errors"][n] for n in present}
+            means = {}
+            for metric_name in TP_METRICS:
+                vals = np.array([m["tp_errors"][n][metric_name] for n in present], dtype=float)
+                means[TP_METRIC_SHORT[metric_name]] = None if np.isnan(vals).all() else float(np.nanmean(vals))
+            band["mean_tp_errors"] = means
+            band["nds_without_aae"] = None if band["mAP"] is None else nds_without_aae(
+                band["mAP"], {k: (math.nan if v is None else v) for k, v in means.items()})
+        out[label] = band
     return out
 
 
@@ -484,4 +571,14 @@ def format_table(metrics: Mapping) -> str:
         row += [num(metrics["mean_tp_errors"][TP_METRIC_SHORT[m]]) for m in TP_METRICS]
     lines.append("  ".join(row))
     lines.append(f"mAP: {metrics['mAP']:.4f}")
+    bands = metrics.get("bands")
+    if bands:
+        lines += ["", "by distance (BEV centre distance; AP per class, mAP, ground-truth boxes):"]
+        cw = max(w, *(len(b) for b in bands))
+        lines.append("  ".join([f"{'band':<{cw}}"] + [f"{n:>10}" for n in names] + [f"{'mAP':>7}", f"{'#gt':>7}"]))
+        for band, m in bands.items():
+            lines.append("  ".join([f"{band:<{cw}}"] + [f"{'n/a':>10}" if m["per_class"][n] is None
+                                                          else f"{m['per_class'][n]:10.4f}" for n in names]
+                                   + [num(m["mAP"]), f"{sum(m['num_gt'].values()):>7d}"]))
+        lines.append("(a band's mAP: mean over the classes with ground truth in it; n/a: none there)")
     return "\n".join(lines)

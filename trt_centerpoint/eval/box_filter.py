@@ -46,6 +46,14 @@ def _range(boxes: np.ndarray, transform: np.ndarray | None) -> np.ndarray:
     return np.hypot(centres[:, 0], centres[:, 1])
 
 
+def centre_distance(boxes: list, transform: np.ndarray | None = None) -> np.ndarray:
+    """BEV distance of each box centre from the ego vehicle (`transform`: `ego_centred_transform`) or, without
+    one, from the sensor: what `class_range` and the distance bands of the AP compare."""
+    if len(boxes) == 0:
+        return np.zeros(0)
+    return _range(np.asarray(boxes, np.float64).reshape(len(boxes), -1), transform)
+
+
 def _beyond(boxes: list, names: list[str], class_range: Mapping[str, float], transform) -> np.ndarray:
     if not boxes:
         return np.zeros(0, bool)

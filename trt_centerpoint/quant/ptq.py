@@ -122,7 +122,8 @@ def ptq_model(cfg: ModelConfig, checkpoint: str | Path, files: list[Path], metho
 def run_ptq(config: str | Path | ModelConfig, checkpoint: str | Path, calib_data: str | Path, out: str | Path,
             num_frames: int | None = DEFAULT_NUM_FRAMES, method: str = "mse", skip=DEFAULT_SKIP,
             percentile: float = 99.99, bn_fused: bool = True, device: str = "cpu", progress: bool = True) -> dict:
-    """`trt-centerpoint ptq`: calibrate on `num_frames` frames of `calib_data`, write `out`; returns meta.
+    """Calibrate on `num_frames` frames of `calib_data`, write `out`; returns meta. Calibration only (`ptq --recipe
+    calibrate`); `quant.recipe.run_recipe` is what `trt-centerpoint ptq` runs (by default it also learns the ranges).
     Under torchrun the ranks share the calibration frames and rank 0 writes `out`."""
     cfg = config if isinstance(config, ModelConfig) else load_config(config)
     files = select_calibration_files(calib_data, num_frames)

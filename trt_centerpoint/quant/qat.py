@@ -125,6 +125,7 @@ class QATOptions:
     ranges: str = DEFAULT_RANGES  # which amax are learned: "none", "inputs" (activations) or "all" (+ weights)
     range_lr: float | None = None  # Adam step of an amax, a fraction of its calibrated value (None: range_step)
     range_warmup: float = DEFAULT_RANGE_WARMUP  # epochs at the start where only the ranges train
+    train_weights: bool = True  # False: only the ranges train, the weights stay the calibrated model's (ptq)
 
 
 def amax_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -243,6 +244,8 @@ def run_qat(checkpoint: str | Path, data: str | Path, out: str | Path, opts: QAT
         raise UserError("--epochs and --batch-size must be >= 1 and --lr > 0")
     if opts.ranges not in RANGE_KINDS:
         raise UserError(f"--ranges {opts.ranges}: one of {', '.join(RANGE_KINDS)}")
+    if not opts.train_weights and opts.ranges == "none":
+        raise UserError("nothing to train: the weights are frozen and --ranges is none")
     if (opts.range_lr is not None and not opts.range_lr > 0) or not opts.range_warmup >= 0:
         raise UserError("--range-lr must be > 0 and --range-warmup >= 0")
     ctx = init_distributed(opts.device)
@@ -279,9 +282,14 @@ def _run(checkpoint, data, out: Path, opts: QATOptions, ctx: DistContext, progre
     steps_per_epoch = len(_step_indices(picks, 0, opts, ctx))
     total_steps = opts.epochs * steps_per_epoch
     warmup = min(round(opts.range_warmup * steps_per_epoch), total_steps - 1) if ranges.params else 0
+    if not opts.train_weights:
+        warmup = total_steps  # the weights never step (and need no gradient)
     weights = _split_parameters(student, ranges)
+    if not opts.train_weights:
+        for param in weights:
+            param.requires_grad_(False)
     optimizer = torch.optim.AdamW(weights, lr=opts.lr / 10, weight_decay=opts.weight_decay)
-    scheduler = one_cycle(optimizer, opts.lr, total_steps - warmup)
+    scheduler = one_cycle(optimizer, opts.lr, max(1, total_steps - warmup))
     range_lr = range_step(opts, total_steps)
     range_optimizer, range_scheduler = _range_optimizer(ranges, range_lr, total_steps)
 
@@ -290,7 +298,7 @@ def _run(checkpoint, data, out: Path, opts: QATOptions, ctx: DistContext, progre
         if range_optimizer is not None:
             range_optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if step_index >= warmup:  # the ranges settle first, then the weights follow them
+        if step_index >= warmup:  # the ranges settle first, then the weights follow them (never: ranges only)
             torch.nn.utils.clip_grad_norm_(weights, opts.grad_clip)
             optimizer.step()
             scheduler.step()
@@ -329,7 +337,8 @@ def _run(checkpoint, data, out: Path, opts: QATOptions, ctx: DistContext, progre
             global_step += 1
             sums += value
             done += 1
-            bar.set_postfix(loss=f"{value[0]:.4g}", hm=f"{value[1]:.4g}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
+            shown = scheduler if opts.train_weights or range_scheduler is None else range_scheduler
+            bar.set_postfix(loss=f"{value[0]:.4g}", hm=f"{value[1]:.4g}", lr=f"{shown.get_last_lr()[0]:.1e}")
         mean = sums / max(done, 1)
         history.append({"epoch": epoch + 1, "loss": float(mean[0]), "hm": float(mean[1]), "loc": float(mean[2]),
                         "steps": done})
@@ -362,6 +371,7 @@ def _run(checkpoint, data, out: Path, opts: QATOptions, ctx: DistContext, progre
         "range_lr": range_lr if ranges.params else None,
         "range_warmup": opts.range_warmup,
         "range_warmup_steps": warmup,
+        "train_weights": opts.train_weights,
         "amax_ratio": {k: round(v, 6) for k, v in moved.items()},  # learned / calibrated (mean per quantizer)
         "steps_per_epoch": steps_per_epoch,
         "steps_skipped_empty": skipped,

@@ -14,16 +14,17 @@ from trt_centerpoint.quant.sensitivity import read_skip_list
 
 
 def resolve_skip_list(skip: Sequence[str] | None, skip_from: str | Path | None,
-                      cfg: ModelConfig | str | Path | None = None) -> list[str]:
+                      cfg: ModelConfig | str | Path | None = None, default: Sequence[str] = DEFAULT_SKIP) -> list[str]:
     """The module-path glob patterns to leave in float.
 
-    skip: the `--skip` patterns; None (no `--skip`) means the default list, an empty list quantizes everything.
+    skip: the `--skip` patterns; None (no `--skip`) means `default` (the recipe's list, `quant.recipe.default_skip`),
+    an empty list quantizes everything.
     skip_from: a `sensitivity --budget` output; its proposed list replaces the default and follows any explicit
     `skip` patterns (duplicates dropped, first occurrence kept). cfg: the model config the run quantizes (a
     config, bundled name or YAML path); a sensitivity.json made for another model is refused.
     """
     if not skip_from:
-        return list(DEFAULT_SKIP if skip is None else skip)
+        return list(default if skip is None else skip)
     expect = cfg if cfg is None or isinstance(cfg, ModelConfig) else load_config(cfg)
     from_file = read_skip_list(skip_from, expect_config=expect)
     return list(dict.fromkeys([*(skip or []), *from_file]))

@@ -131,7 +131,11 @@ def _section_model(data: dict) -> list[str]:
     quant = model.get("quantization")
     if quant:
         lines.append("- quantization:")
-        lines += [f"  - {k}: `{_plain(v)}`" for k, v in quant.items()]
+        lines += [f"  - {k}: `{_plain(v)}`" for k, v in quant.items() if k != "float_layers"]
+        floats = quant.get("float_layers")
+        if isinstance(floats, dict):
+            lines.append("  - layers left float (everything else runs INT8):" + ("" if floats else " none"))
+            lines += [f"    - `{pattern}`: {why}" for pattern, why in floats.items()]
     for key in sorted(set(model) - {"config", "checkpoint", "checkpoint_sha256", "quantization"}):
         lines.append(f"- {key}: `{_plain(model[key])}`")
     return lines
@@ -180,6 +184,53 @@ def _section_accuracy(data: dict) -> list[str]:
     return lines
 
 
+def _section_bands(data: dict) -> list[str]:
+    """AP by distance band, FP32 and INT8 side by side (from compare's per-band metrics)."""
+    acc = data.get("accuracy") or {}
+    fp32, int8 = (acc.get("fp32") or {}).get("bands"), (acc.get("int8") or {}).get("bands")
+    if not fp32 or not int8:
+        return []
+    rows = []
+    for band, a in fp32.items():
+        b = int8.get(band) or {}
+        gt = sum((a.get("num_gt") or {}).values())
+        delta = a["mAP"] is not None and b.get("mAP") is not None
+        rows.append([f"**{band}**", "mAP", gt, _num(a["mAP"], ".4f"), _num(b.get("mAP"), ".4f"),
+                     _num(b["mAP"] - a["mAP"], "+.4f") if delta else _DASH])
+        for name, ap in (a.get("per_class") or {}).items():
+            if ap is None:
+                continue
+            other = (b.get("per_class") or {}).get(name)
+            rows.append(["", f"AP {name}", a["num_gt"][name], _num(ap, ".4f"), _num(other, ".4f"),
+                         _num(other - ap, "+.4f") if other is not None else _DASH])
+        for name in TP_ERRORS[:2]:  # where INT8 loses box quality, the far objects lose it first
+            x, y = _get(a, "mean_tp_errors", name), _get(b, "mean_tp_errors", name)
+            if x is not None and y is not None:
+                rows.append(["", f"{name} (lower is better)", gt, _num(x, ".3f"), _num(y, ".3f"),
+                             _num(y - x, "+.3f") + (f" ({(y - x) / x:+.1%})" if x else "")])
+    return ["## Accuracy by distance", "",
+            "The same metric on the boxes whose BEV centre distance (from the ego vehicle where poses are known) "
+            "lies in each band: calibration clipping costs far, sparse objects first, and a mean over all "
+            "distances hides it. A band's mAP is the mean over the classes with ground truth in it.", "",
+            _md_table(["band", "measure", "GT boxes", "FP32", "INT8", "delta (INT8 - FP32)"], rows)]
+
+
+def _section_bev(data: dict) -> list[str]:
+    """The bird's-eye views of the frames where INT8 and FP32 disagree most."""
+    frames = data.get("bev")
+    if not frames:
+        return []
+    lines = ["## Worst INT8 frames (bird's-eye view)", "",
+             "The frames where INT8 and FP32 disagree most, worst first: confident boxes (score >= 0.3) of one "
+             "precision with no box of the same class of the other within 0.5 m. Points (grey, darker is higher), "
+             "ground truth (green), FP32 (blue, dashed) and INT8 (red); the line from a box centre marks its "
+             "heading.", ""]
+    for f in frames:
+        lines += [f"**{f['stem']}**: {f['disagreement']} box(es) differ; {f['fp32_boxes']} FP32, {f['int8_boxes']} "
+                  f"INT8, {f['gt_boxes']} ground-truth boxes", "", f"![{f['stem']}]({f['png']})", ""]
+    return lines[:-1]
+
+
 def _section_tensors(data: dict, pngs: dict[str, Path]) -> list[str]:
     tensors = data.get("tensors")
     lines = ["## Output tensors (INT8 vs FP32)", ""]
@@ -192,6 +243,12 @@ def _section_tensors(data: dict, pngs: dict[str, Path]) -> list[str]:
                            rows))
     if "errors" in pngs:
         lines += ["", f"![error histograms]({pngs['errors'].name}) (log10 absolute error per output)"]
+    if _get(data, "model", "quantization", "ranges_learned"):
+        lines += ["", "These activation ranges were learned against the FP32 outputs at objects (the distillation "
+                      "weights the regression maps by the FP32 heatmap), so background cells whose values lie far "
+                      "outside them are clipped: the whole-map cosine and SNR of the regression maps are low by "
+                      "design, while the values decoding reads (cells the heatmap selects) stay close. Judge this "
+                      "build by the accuracy and detection agreement above."]
     return lines
 
 
@@ -408,7 +465,7 @@ def render_markdown(data: dict, pngs: dict[str, Path] | None = None) -> str:
     """The report page; `pngs` maps chart kind ("latency", "errors") to the files to link."""
     pngs = pngs or {}
     parts = [[f"# {data.get('title') or 'CenterPoint INT8 report'}"], _section_model(data), _section_accuracy(data),
-             _section_validation(data),
+             _section_bands(data), _section_bev(data), _section_validation(data),
              _section_tensors(data, pngs), _section_detections(data), _section_per_layer(data),
              _section_output_bounds(data),
              _section_latency(data, pngs), _section_engine(data), _section_deployment(data),

@@ -54,9 +54,9 @@ from trt_centerpoint.eval.bench import BenchResult
 from trt_centerpoint.fileio import check_output_dir, ensure_dir
 from trt_centerpoint.lockfile import hold_lock
 from trt_centerpoint.manifest import Manifest, file_sha256, json_sha256, tree_sha256
-from trt_centerpoint.quant.ptq import read_ptq_meta, run_ptq
+from trt_centerpoint.quant.ptq import read_ptq_meta
 from trt_centerpoint.quant.qat import DEFAULT_EPOCHS, QAT_SKIP, QATOptions, run_qat
-from trt_centerpoint.quant.quantize import DEFAULT_SKIP
+from trt_centerpoint.quant.recipe import DEFAULT_RECIPE, default_skip, float_layer_reasons, run_recipe
 from trt_centerpoint.report.markdown import write_report
 from trt_centerpoint.runtime.libspconv.session import open_libspconv
 from trt_centerpoint.runtime.trt.build import RTX_DEFAULT_TARGETS, artifact_paths, build_engine
@@ -84,6 +84,7 @@ class BuildOptions:
     eval_data: DataSource | None = None  # None: generated (labeled)
     out: str | Path = "build"
     qat: bool = False
+    recipe: str = DEFAULT_RECIPE  # `ptq --recipe` (with qat: calibrate, then the full QAT recipe)
     method: str = "mse"
     calib_frames: int = 32
     eval_frames: int = 50
@@ -228,19 +229,21 @@ class _Build:
 
     def quantize(self, calib: DataSource) -> Path:
         ptq = self.out / PTQ_CHECKPOINT
-        # QAT's learned ranges recover the head's reg.3 convs: with --qat the whole RPN and head run INT8
-        skip = list(QAT_SKIP if self.opts.qat else DEFAULT_SKIP)
+        # with --qat: calibration only (QAT's own list: the whole RPN and head INT8), then the full QAT recipe
+        recipe = "calibrate" if self.opts.qat else self.opts.recipe
+        skip = list(QAT_SKIP) if self.opts.qat else default_skip(recipe)
 
         def calibrate() -> StageOutcome:
-            meta = run_ptq(self.cfg, self.checkpoint, calib, ptq, num_frames=self.opts.calib_frames,
-                           method=self.opts.method, skip=skip, progress=self.opts.progress)
+            meta = run_recipe(self.cfg, self.checkpoint, calib, ptq, recipe=recipe, num_frames=self.opts.calib_frames,
+                              method=self.opts.method, skip=skip, progress=self.opts.progress)
+            learned = ", ranges learned label-free" if "learned_ranges" in meta else ""
             return StageOutcome([PTQ_CHECKPOINT], f"{meta['num_quantizers']} quantizers, {self.opts.method}, "
-                                                  f"{meta['num_frames']} frames")
+                                                  f"{meta['num_frames']} frames{learned}")
 
         self._run_stage("ptq", {"checkpoint": file_sha256(self.checkpoint), "config": self.config_sha,
                                 "calib_data": source_sha256(calib)},
                         {"method": self.opts.method, "frames": self.opts.calib_frames, "sparse_weights_fp16": True,
-                         "skip": skip}, calibrate)
+                         "skip": skip, "recipe": recipe}, calibrate)
         if not self.opts.qat:
             return ptq
 
@@ -339,7 +342,8 @@ class _Build:
                                   allow_overflow=self.opts.allow_overflow)
             overflows = len(figures["output_bound_overflows"])
             detail = f"{figures['frames']} frames" + (f"; {overflows} conv(s) over output_bound" if overflows else "")
-            return StageOutcome([COMPARE_JSON, RUN_RESULTS, *DETECTIONS.values()], detail)
+            pictures = [b["png"] for b in figures.get("bev") or []]
+            return StageOutcome([COMPARE_JSON, RUN_RESULTS, *DETECTIONS.values(), *pictures], detail)
 
         inputs = {**self._artifact_inputs([SCN_FP16, SCN_INT8, RPN_HEAD_FP32, RPN_HEAD_INT8]),
                   "eval_data": source_sha256(eval_data), "checkpoint": file_sha256(quantized)}
@@ -409,11 +413,16 @@ class _Build:
             "model": {"config": self.cfg.name, "checkpoint": str(self.checkpoint),
                       "checkpoint_sha256": file_sha256(self.checkpoint),
                       "quantization": {"stage": meta.get("stage", "ptq"), "method": meta.get("amax_method"),
-                                       "frames": meta.get("num_frames"), "skip": meta.get("skip")}},
+                                       "frames": meta.get("num_frames"), "skip": meta.get("skip"),
+                                       "recipe": meta.get("recipe", "calibrate"),
+                                       "ranges_learned": "learned_ranges" in meta or meta.get("stage") == "qat",
+                                       "float_layers": meta.get("float_layers")
+                                       or float_layer_reasons(meta.get("skip") or [])}},
             "accuracy": compare.get("accuracy"),
             "tensors": compare.get("tensors"),
             "detections": _flat_detections(compare.get("detections") or {}),
             "per_layer": compare.get("per_layer"),
+            "bev": compare.get("bev"),
             "per_layer_backbone": compare.get("per_layer_backbone"),
             "output_bounds": _output_bounds(self.manifest, compare),
             "validation": _export_validation(self.manifest),

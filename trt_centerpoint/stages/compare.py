@@ -9,7 +9,9 @@ every frame of `--data`:
 - per layer of the 2D head: both rpn_head files on the same FP32 BEV, every intermediate tensor marked,
   pointing at the first layer where the error jumps (`per_layer_onnx`);
 - detection agreement INT8 vs FP32 (boxes of the same class within 1 cm / 10 cm / 50 cm);
-- with labels: mAP of both;
+- with labels: mAP of both, also per distance band (the config's `eval.distance_bands`);
+- a bird's-eye view (`bev_1.png`, ...) of the frames where INT8 and FP32 disagree most (`eval.disagreement`):
+  points, ground truth, FP32 and INT8 boxes;
 - with a quantized `checkpoint`: the deployment check of the export issue, the INT8 files against the
   PyTorch fake-quant model (boxes matched within 1 cm) on `verify_frames` frames.
 """
@@ -21,10 +23,11 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import onnx
 from tqdm import tqdm
 
-from trt_centerpoint.artifacts import COMPARE_JSON, DETECTIONS, HEAD_FILES, RUN_RESULTS
+from trt_centerpoint.artifacts import BEV_PNGS, COMPARE_JSON, DETECTIONS, HEAD_FILES, RUN_RESULTS
 from trt_centerpoint.config import ModelConfig
 from trt_centerpoint.data.detections import write_detections
 from trt_centerpoint.data.frames import load_frames
@@ -41,11 +44,13 @@ from trt_centerpoint.eval.compare import (
     save_run_results,
     to_run_results,
 )
+from trt_centerpoint.eval.disagreement import MIN_SCORE, WITHIN_M, confident, worst_frames
 from trt_centerpoint.eval.match import match_detections, merge_matches
 from trt_centerpoint.eval.tensor_metrics import tensor_metrics
 from trt_centerpoint.export.head.export import RPN_HEAD_INPUT
 from trt_centerpoint.fileio import atomic_write_json
 from trt_centerpoint.model.decode import Detections, decode
+from trt_centerpoint.report.bev import BoxLayer, bev_chart
 from trt_centerpoint.report.table import format_table
 from trt_centerpoint.runtime.libspconv.beside import libspconv_beside_reference
 from trt_centerpoint.runtime.pipeline import Pipeline, make_pipeline, split_tasks
@@ -191,6 +196,28 @@ def _libspconv_beside_reference(pipes: dict, points) -> dict:
     return out
 
 
+def draw_worst_frames(cfg: ModelConfig, out: Path, frames, dets: dict, count: int) -> list[dict]:
+    """`bev_1.png`, ... in `out`: the `count` frames where INT8 and FP32 disagree most (worst first), with their
+    points, ground truth (if labeled), FP32 and INT8 boxes (score >= MIN_SCORE); returns what each shows."""
+    count = min(count, len(BEV_PNGS), len(frames.points))
+    pcr = cfg.voxel.point_cloud_range
+    drawn = []
+    for rank, (i, disagreement) in enumerate(worst_frames(dets["fp32"], dets["int8"], count)):
+        stem = frames.stems[i]
+        truth = (frames.ground_truth or {}).get(stem) or {}
+        gt = np.asarray(truth.get("boxes") or np.zeros((0, 9)), np.float64)
+        fp32, int8 = (confident(dets[p][i]).boxes.double().numpy() for p in ("fp32", "int8"))
+        layers = [BoxLayer("ground truth", gt, "tab:green", linewidth=2.0),
+                  BoxLayer("FP32", fp32, "tab:blue", "--"), BoxLayer("INT8", int8, "tab:red")]
+        bev_chart(out / BEV_PNGS[rank], frames.points[i], layers, (pcr[0], pcr[3], pcr[1], pcr[4]),
+                  f"{stem}: {disagreement} box(es) differ (score >= {MIN_SCORE:g}, {WITHIN_M:g} m)")
+        drawn.append({"png": BEV_PNGS[rank], "stem": stem, "disagreement": disagreement, "gt_boxes": len(gt),
+                      "fp32_boxes": len(fp32), "int8_boxes": len(int8)})
+    for stale in BEV_PNGS[len(drawn):]:
+        (out / stale).unlink(missing_ok=True)
+    return drawn
+
+
 def run_compare(cfg: ModelConfig, artifacts: str | Path, data: str | Path, **options) -> dict:
     """Compare the FP32 and INT8 files on `data` (options: `_compare_on_rank`). Under torchrun the ranks share
     the frames, rank 0 computes the figures and writes the files, and every rank returns the figures."""
@@ -205,7 +232,8 @@ def _compare_on_rank(cfg: ModelConfig, artifacts: str | Path, data: str | Path, 
                      checkpoint: str | Path | None = None, max_frames: int = DEFAULT_MAX_FRAMES, save_frames: int = 3,
                      verify_frames: int = 3, progress: bool = True, log: Callable[[str], None] = print,
                      backend: str = "onnx", allow_overflow: bool = False,
-                     run_results_mb: float = DEFAULT_RUN_RESULTS_MB, ctx: DistContext | None = None) -> dict | None:
+                     run_results_mb: float = DEFAULT_RUN_RESULTS_MB, bev_frames: int = len(BEV_PNGS),
+                     ctx: DistContext | None = None) -> dict | None:
     """Compare the FP32 and INT8 files on `data`, the head run by `backend` ("onnx": ONNX Runtime, "trt": the
     TensorRT engines); write compare.json, the RunResults and the detections to `out` (default:
     `artifacts`). Returns the figures (the report's `tensors`, `detections`, `accuracy`, `per_layer`
@@ -280,15 +308,17 @@ def _compare_on_rank(cfg: ModelConfig, artifacts: str | Path, data: str | Path, 
         accuracy = {"frames": len(frames.stems), "backend": backend}
         for precision in ("fp32", "int8"):
             metrics = evaluate(predictions[precision], frames.ground_truth, cfg.class_names,
-                               class_range=cfg.eval.class_range, range_transforms=range_transforms(data))
+                               class_range=cfg.eval.class_range, range_transforms=range_transforms(data),
+                               distance_bands=cfg.eval.distance_bands)
             accuracy[precision] = {"mAP": metrics["mAP"], "per_class": metrics["per_class"],
                                    "mean_tp_errors": metrics.get("mean_tp_errors"),
-                                   "nds_without_aae": metrics.get("nds_without_aae")}
+                                   "nds_without_aae": metrics.get("nds_without_aae"), "bands": metrics.get("bands")}
         accuracy["delta_mAP"] = accuracy["int8"]["mAP"] - accuracy["fp32"]["mAP"]
 
     for precision, name in DETECTIONS.items():
         write_detections(out / name, predictions[precision])
-    figures = {"output_bound_overflows": overflows, "output_bound_headroom": headroom,
+    bev = draw_worst_frames(cfg, out, frames, dets, bev_frames)
+    figures = {"bev": bev, "output_bound_overflows": overflows, "output_bound_headroom": headroom,
                "per_layer_backbone": per_layer_backbone, "tensors": tensors, "libspconv_vs_reference": libspconv,
                "polygraphy": accuracy_check, "per_layer": per_layer, "detections": detections,
                "accuracy": accuracy, "run_results": run_results_path.name, "run_results_saved": run_results_note,
@@ -325,5 +355,12 @@ def summary_lines(figures: dict, out_dir: str | Path) -> list[str]:
     if figures["accuracy"]:
         a = figures["accuracy"]
         lines.append(f"mAP FP32 {a['fp32']['mAP']:.4f}  INT8 {a['int8']['mAP']:.4f}  ({a['delta_mAP']:+.4f})")
+        for band, m in (a["fp32"].get("bands") or {}).items():
+            other = a["int8"]["bands"][band]["mAP"]
+            if m["mAP"] is not None and other is not None:
+                lines.append(f"  {band}: mAP FP32 {m['mAP']:.4f}  INT8 {other:.4f}  ({other - m['mAP']:+.4f})")
+    if figures.get("bev"):
+        lines.append(f"bird's-eye views of the frames where INT8 and FP32 disagree most: "
+                     f"{', '.join(str(Path(out_dir) / b['png']) for b in figures['bev'])}")
     lines.append(f"wrote {Path(out_dir) / COMPARE_JSON} and {Path(out_dir) / RUN_RESULTS} (Polygraphy RunResults)")
     return lines

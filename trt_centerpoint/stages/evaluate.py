@@ -152,7 +152,7 @@ def score(predictions: dict[str, list[dict]], frames: LabeledFrames, cfg: ModelC
                             "folder made by `trt-centerpoint convert nuscenes` (its meta.json names the dataroot)")
         return evaluate_nuscenes(predictions, selection)
     return evaluate(predictions, frames.ground_truth(), cfg.class_names, class_range=cfg.eval.class_range,
-                    range_transforms=range_transforms(frames.root))
+                    range_transforms=range_transforms(frames.root), distance_bands=cfg.eval.distance_bands)
 
 
 def run_eval(cfg: ModelConfig, checkpoint: str | Path | None, data: str | Path, out: str | Path | None = None,
