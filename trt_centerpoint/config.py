@@ -127,6 +127,10 @@ class EvalConfig:
     # devkit does (its detection_cvpr_2019: 50 m vehicles, 40 m pedestrian / cycles, 30 m cones / barriers).
     # A class not listed is scored at every distance; empty: no range filter.
     class_range: dict[str, float] = field(default_factory=dict)
+    # `--metric nuscenes`: class name -> the attribute a detection of it gets when not moving (0.2 m/s or
+    # slower), in place of the default rule (vehicles `vehicle.parked`, ...). OpenPCDet and MMDetection3D write
+    # `vehicle.stopped` for a stationary bus.
+    stationary_attribute: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -219,10 +223,12 @@ class ModelConfig:
             raise ConfigError(f"{source}: post.circle_radius needs one radius per task ({len(self.head.tasks)})")
         if self.source not in SOURCES:
             raise ConfigError(f"{source}: source must be one of {', '.join(SOURCES)}, got {self.source!r}")
-        unknown = [c for c in self.eval.class_range if c not in names]
-        if unknown:
-            raise ConfigError(f"{source}: eval.class_range names {', '.join(unknown)}, not a class of head.tasks "
-                              f"({', '.join(names)})")
+        for key, mapping in (("class_range", self.eval.class_range),
+                             ("stationary_attribute", self.eval.stationary_attribute)):
+            unknown = [c for c in mapping if c not in names]
+            if unknown:
+                raise ConfigError(f"{source}: eval.{key} names {', '.join(unknown)}, not a class of head.tasks "
+                                  f"({', '.join(names)})")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from trt_centerpoint.config import config_to_dict, load_config
+from trt_centerpoint.eval.nuscenes_metric import default_attribute
 from trt_centerpoint.model.centerpoint import CenterPoint, load_model
 from trt_centerpoint.model.checkpoint import SPCONV1_TO_2, CheckpointError, save_checkpoint
 from trt_centerpoint.model.decode import decode
@@ -148,3 +149,16 @@ def test_top_candidates_take_class_cell_pairs():
     assert run(3) == ([0, 0], [3.0, 1.0])  # the truck copy of cell (1, 1) took the third slot
     assert run(4) == ([0, 0, 1], [3.0, 1.0, 0.5])
     assert run(0) == ([0, 0, 1], [3.0, 1.0, 0.5])
+
+
+def test_their_nuscenes_export_calls_a_stationary_bus_stopped():
+    # OpenPCDet's and MMDetection3D's nuScenes export: a bus at <= 0.2 m/s is `vehicle.stopped` (det3d's rule
+    # here: `vehicle.parked`); moving, and every other class, as before.
+    for name in ("openpcdet_voxel0075", "mmdet3d_voxel0075"):
+        stationary = load_config(name).eval.stationary_attribute
+        assert default_attribute("bus", [0.1, 0.1], stationary) == "vehicle.stopped"
+        assert default_attribute("bus", [0.3, 0.0], stationary) == "vehicle.moving"
+        assert default_attribute("car", [0.0, 0.0], stationary) == "vehicle.parked"
+        assert default_attribute("pedestrian", [0.0, 0.0], stationary) == "pedestrian.standing"
+    assert default_attribute("bus", [0.0, 0.0], load_config("nuscenes_voxel0075").eval.stationary_attribute) == \
+        "vehicle.parked"
