@@ -1,6 +1,6 @@
-"""Golden data for OpenPCDet checkpoints, computed by OpenPCDet's own model code.
+"""Golden data for OpenPCDet and MMDetection3D checkpoints, computed by each project's own model code.
 
-Writes tests/model/golden/openpcdet_voxel.npz: one real nuScenes sweep (mmdetection3d's demo
+`openpcdet` writes tests/model/golden/openpcdet_voxel.npz: one real nuScenes sweep (mmdetection3d's demo
 `n015-2018-07-24-11-22-45+0800__LIDAR_TOP__1532402927647951.pcd.bin`, cropped to the reduced range below), its
 voxels as OpenPCDet's MeanVFE averages them, the key names and shapes of OpenPCDet's CenterPoint state dict, the
 raw head outputs of OpenPCDet's VoxelResBackBone8x + HeightCompression + BaseBEVBackbone + CenterHead on seeded
@@ -20,7 +20,7 @@ To rerun (from the repository root, in the project's virtualenv: torch, spconv 2
     git -C <mmdetection3d checkout> show \\
       "HEAD:demo/data/nuscenes/n015-2018-07-24-11-22-45+0800__LIDAR_TOP__1532402927647951.pcd.bin" \\
       > /tmp/byo_ref/sweep.pcd.bin
-    python scripts/make_byo_golden.py /tmp/byo_ref
+    python scripts/make_byo_golden.py openpcdet /tmp/byo_ref
 
 Stubbed, because it needs CUDA or is training-only (everything else is OpenPCDet's code as it is):
 - `pcdet.ops.iou3d_nms.iou3d_nms_utils.nms_gpu` (a CUDA kernel): a brute-force CPU greedy NMS below with the
@@ -33,6 +33,24 @@ The voxelization is a plain-Python reference (points binned in file order; a vox
 OpenPCDet itself shuffles points at test time, which only changes which 10 points a full voxel keeps), its
 voxels fed through OpenPCDet's MeanVFE.
 
+`mmdetection3d` writes tests/model/golden/mmdet3d_voxel.npz the same way from MMDetection3D 1.4.0's own
+HardSimpleVFE, SparseEncoder (basic blocks), SECOND, SECONDFPN and CenterHead (`predict_by_feat`:
+CenterPointBBoxCoder top-500 decode, circle NMS with min_radius per task, boxes as LiDARInstance3DBoxes with z
+at the bottom), built through MMDetection3D's registries from the modules of
+`centerpoint_voxel0075_second_secfpn_head-circlenms_8xb4-cyclic-20e_nus-3d.py`, and the weights loaded through
+its own spconv-2 `_load_from_state_dict` (version 2 tags from the modules' own state dict). Its pure-Python
+dependencies go into a separate folder, never into the project's virtualenv:
+
+    python -m pip install --no-deps --target /tmp/byo_mm mmengine==0.10.7 mmcv-lite==2.1.0 mmdet==3.3.0 \\
+      addict yapf termcolor rich markdown-it-py mdurl pygments platformdirs six terminaltables pycocotools \\
+      opencv-python-headless
+    mkdir -p /tmp/byo_ref_mm && git -C <mmdetection3d checkout> archive v1.4.0 mmdet3d | tar -x -C /tmp/byo_ref_mm
+    PYTHONPATH=/tmp/byo_mm:/tmp/byo_ref_mm python scripts/make_byo_golden.py mmdetection3d /tmp/byo_ref
+
+Stubbed there: `mmcv.ops` and `mmcv._ext` (mmcv's compiled CUDA / C++ ops, which mmcv-lite lacks: imported by
+MMDetection3D's modules but not called by these layers; any name in them is an empty placeholder class) and
+`numba.jit` / `numba.njit` (MMDetection3D's circle NMS then runs as plain Python, the same code).
+
 This script imports trt_centerpoint only for `seeded_state_dict` (the weights' random draw, shared with the
 test) and the reduced config's numbers.
 """
@@ -40,6 +58,8 @@ test) and the reduced config's numbers.
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.machinery
 import sys
 import types
 from collections import OrderedDict
@@ -54,11 +74,11 @@ sys.path.insert(0, str(ROOT))
 
 from trt_centerpoint.model.random_init import seeded_state_dict  # noqa: E402
 
-OUT = ROOT / "tests" / "model" / "golden" / "openpcdet_voxel.npz"
+GOLDEN = ROOT / "tests" / "model" / "golden"
 RANGE = [2.4, -4.8, -5.0, 21.6, 4.8, 3.0]
 VOXEL = [0.075, 0.075, 0.2]
 MAX_POINTS = 10
-MAX_VOXELS = 160000
+MAX_VOXELS = 160000  # OpenPCDet's test setting (MMDetection3D: 120000)
 SEED = 19
 CLASS_NAMES = ["car", "truck", "construction_vehicle", "bus", "trailer", "barrier", "motorcycle", "bicycle",
                "pedestrian", "traffic_cone"]
@@ -142,7 +162,7 @@ def _install_stubs(pcdet_root: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def voxelize(points: np.ndarray):
+def voxelize(points: np.ndarray, max_voxels: int = MAX_VOXELS):
     grid = [int(round((RANGE[i + 3] - RANGE[i]) / VOXEL[i])) for i in range(3)]
     lo, size = np.float32(RANGE[:3]), np.float32(VOXEL)
     index: dict[tuple[int, int, int], int] = {}
@@ -154,7 +174,7 @@ def voxelize(points: np.ndarray):
         key = (int(c[2]), int(c[1]), int(c[0]))
         v = index.get(key)
         if v is None:
-            if len(voxels) >= MAX_VOXELS:
+            if len(voxels) >= max_voxels:
                 continue
             v = index[key] = len(voxels)
             voxels.append(np.zeros((MAX_POINTS, points.shape[1]), np.float32))
@@ -240,11 +260,130 @@ def main(ref: Path) -> None:
     for t, pred in enumerate(preds):
         for name, value in pred.items():
             out[f"task{t}.{name}"] = value.numpy()
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(OUT, **out)
-    print(f"wrote {OUT} ({OUT.stat().st_size / 1024:.0f} KiB): {len(points)} points, {len(coords)} voxels, "
-          f"{len(weights)} keys, {len(final['pred_scores'])} boxes")
+    _write(GOLDEN / "openpcdet_voxel.npz", out)
+
+
+def _write(path: Path, out: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **out)
+    print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB): {len(out['points'])} points, "
+          f"{len(out['voxel_coords'])} voxels, {len(out['keys'])} keys, {len(out['pred_scores'])} boxes")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MMDetection3D's model
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class _CompiledOpsStub(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """`mmcv.ops`, `mmcv._ext` and `numba` as placeholder modules (see the module docstring)."""
+
+    def find_spec(self, name, path, target=None):
+        if name in ("mmcv.ops", "mmcv._ext", "numba") or name.startswith(("mmcv.ops.", "numba.")):
+            return importlib.machinery.ModuleSpec(name, self, is_package=True)
+        return None
+
+    def create_module(self, spec):
+        module = types.ModuleType(spec.name)
+        module.__path__ = []
+
+        def attribute(name):
+            if name.startswith("__"):
+                raise AttributeError(name)
+            if name in ("jit", "njit"):
+                def decorate(*args, **kwargs):
+                    return args[0] if len(args) == 1 and callable(args[0]) and not kwargs else (lambda fn: fn)
+                return decorate
+            return type(name, (torch.nn.Module,), {})
+
+        module.__getattr__ = attribute
+        return module
+
+    def exec_module(self, module):
+        pass
+
+
+def main_mmdet3d(ref: Path) -> None:
+    sys.meta_path.insert(0, _CompiledOpsStub())
+    for name in ["mmdet3d.models.voxel_encoders.voxel_encoder", "mmdet3d.models.middle_encoders.sparse_encoder",
+                 "mmdet3d.models.backbones.second", "mmdet3d.models.necks.second_fpn",
+                 "mmdet3d.models.dense_heads.centerpoint_head",
+                 "mmdet3d.models.task_modules.coders.centerpoint_bbox_coders", "mmdet.models.losses"]:
+        importlib.import_module(name)
+    from mmdet3d.registry import MODELS
+    from mmdet3d.structures import LiDARInstance3DBoxes
+    from mmengine.registry import init_default_scope
+
+    init_default_scope("mmdet3d")
+    points = np.fromfile(ref / "sweep.pcd.bin", dtype=np.float32).reshape(-1, 5)
+    inside = np.all((points[:, :3] >= np.float32(RANGE[:3])) & (points[:, :3] < np.float32(RANGE[3:])), axis=1)
+    points = points[inside]
+    voxels, counts, coords, grid = voxelize(points, max_voxels=120000)
+    bn = dict(type="BN", eps=1e-3, momentum=0.01)
+    test_cfg = dict(post_center_limit_range=[-61.2, -61.2, -10.0, 61.2, 61.2, 10.0], max_per_img=500,
+                    max_pool_nms=False, min_radius=[4, 12, 10, 1, 0.85, 0.175], score_threshold=0.1,
+                    out_size_factor=8, voxel_size=VOXEL[:2], nms_type="circle", pre_max_size=1000,
+                    post_max_size=83, nms_thr=0.2, pc_range=RANGE[:2])
+    parts = OrderedDict()
+    parts["pts_voxel_encoder"] = MODELS.build(dict(type="HardSimpleVFE", num_features=5))
+    parts["pts_middle_encoder"] = MODELS.build(dict(
+        type="SparseEncoder", in_channels=5, sparse_shape=[grid[2] + 1, grid[1], grid[0]], output_channels=128,
+        order=("conv", "norm", "act"), encoder_channels=((16, 16, 32), (32, 32, 64), (64, 64, 128), (128, 128)),
+        encoder_paddings=((0, 0, 1), (0, 0, 1), (0, 0, [0, 1, 1]), (0, 0)), block_type="basicblock"))
+    parts["pts_backbone"] = MODELS.build(dict(type="SECOND", in_channels=256, out_channels=[128, 256],
+                                              layer_nums=[5, 5], layer_strides=[1, 2], norm_cfg=bn,
+                                              conv_cfg=dict(type="Conv2d", bias=False)))
+    parts["pts_neck"] = MODELS.build(dict(type="SECONDFPN", in_channels=[128, 256], out_channels=[256, 256],
+                                          upsample_strides=[1, 2], norm_cfg=bn,
+                                          upsample_cfg=dict(type="deconv", bias=False), use_conv_for_no_stride=True))
+    parts["pts_bbox_head"] = MODELS.build(dict(
+        type="CenterHead", in_channels=512,
+        tasks=[dict(num_class=len(t), class_names=t) for t in TASKS],
+        common_heads=dict(reg=(2, 2), height=(1, 2), dim=(3, 2), rot=(2, 2), vel=(2, 2)), share_conv_channel=64,
+        bbox_coder=dict(type="CenterPointBBoxCoder", post_center_range=test_cfg["post_center_limit_range"],
+                        max_num=500, score_threshold=0.1, out_size_factor=8, voxel_size=VOXEL[:2],
+                        pc_range=RANGE[:2], code_size=9),
+        separate_head=dict(type="SeparateHead", init_bias=-2.19, final_kernel=3),
+        loss_cls=dict(type="mmdet.GaussianFocalLoss", reduction="mean"),
+        loss_bbox=dict(type="mmdet.L1Loss", reduction="mean", loss_weight=0.25), norm_bbox=True,
+        test_cfg=test_cfg))
+
+    like = OrderedDict()
+    for prefix, module in parts.items():
+        like.update((f"{prefix}.{k}", v) for k, v in module.state_dict().items())
+    weights = seeded_state_dict(like, SEED)
+    for prefix, module in parts.items():
+        own = module.state_dict()  # its `_metadata` (version 2 on the sparse convs) as mmengine saves it
+        for key in own:
+            own[key] = weights[f"{prefix}.{key}"]
+        module.load_state_dict(own, strict=True)
+        module.eval()
+        for key, value in module.state_dict().items():  # loaded as given: no kernel was permuted
+            assert torch.equal(value, weights[f"{prefix}.{key}"]), key
+
+    with torch.no_grad():
+        features = parts["pts_voxel_encoder"](torch.from_numpy(voxels), torch.from_numpy(counts),
+                                              torch.from_numpy(coords))
+        bev = parts["pts_middle_encoder"](features, torch.from_numpy(coords), 1)
+        x = parts["pts_neck"](parts["pts_backbone"](bev))
+        preds = parts["pts_bbox_head"](x)
+        result = parts["pts_bbox_head"].predict_by_feat(preds, [{"box_type_3d": LiDARInstance3DBoxes}])[0]
+
+    out = {
+        "points": points, "voxel_features": features.numpy(), "voxel_coords": coords,
+        "point_cloud_range": np.array(RANGE, np.float32), "seed": np.array(SEED),
+        "keys": np.array(list(weights)), "shapes": np.array([str(list(v.shape)) for v in weights.values()]),
+        "pred_boxes": result.bboxes_3d.tensor.numpy(), "pred_scores": result.scores_3d.numpy(),
+        "pred_labels": result.labels_3d.numpy(),
+    }
+    for t, (pred,) in enumerate(preds):
+        for name, value in pred.items():
+            out[f"task{t}.{name}"] = value.numpy()
+    _write(GOLDEN / "mmdet3d_voxel.npz", out)
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/byo_ref"))
+    if len(sys.argv) < 2 or sys.argv[1] not in ("openpcdet", "mmdetection3d"):
+        sys.exit(f"usage: {sys.argv[0]} openpcdet|mmdetection3d [REF_FOLDER] (see the header of {__file__})")
+    folder = Path(sys.argv[2] if len(sys.argv) > 2 else "/tmp/byo_ref")
+    (main if sys.argv[1] == "openpcdet" else main_mmdet3d)(folder)
