@@ -162,3 +162,18 @@ def test_their_nuscenes_export_calls_a_stationary_bus_stopped():
         assert default_attribute("pedestrian", [0.0, 0.0], stationary) == "pedestrian.standing"
     assert default_attribute("bus", [0.0, 0.0], load_config("nuscenes_voxel0075").eval.stationary_attribute) == \
         "vehicle.parked"
+
+
+def test_a_trained_checkpoint_is_saved_in_the_configs_project_layout(tmp_path):
+    # `train` writes through save_checkpoint: for an OpenPCDet / MMDetection3D config in that project's layout,
+    # so the same config loads it back (half precision too)
+    for source in ("openpcdet", "mmdetection3d"):
+        model = CenterPoint(_tiny(source, block_bias=source != "mmdetection3d"))
+        path = tmp_path / f"{source}.pth"
+        save_checkpoint(model, path, meta={"epoch": 1}, half=True)
+        assert detect_source(torch.load(path, map_location="cpu", weights_only=True)[
+            "model_state" if source == "openpcdet" else "state_dict"]) == source
+        got = load_model(model.cfg, path).state_dict()
+        for key, value in model.state_dict().items():
+            want = value.half().float() if value.is_floating_point() else value
+            assert torch.equal(got[key], want), key

@@ -208,30 +208,28 @@ def atomic_torch_save(obj, path: str | Path) -> None:
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, meta: dict | None = None, half: bool = False) -> None:
-    """Save in det3d's layout (`{"state_dict", "meta"}`); `half` stores float tensors as FP16 (smaller file)."""
+    """Save in the file layout and key names of the config's source project, so that project's own code (and
+    `load_checkpoint` with that config) loads it; `half` stores float tensors as FP16 (smaller file).
+
+    det3d: `{"state_dict", "meta"}`. OpenPCDet: `{"epoch", "it", "model_state", "optimizer_state", "version"}`
+    (plus our "meta"), a legacy torch pickle as OpenPCDet writes it. MMDetection3D: `{"state_dict", "meta"}` whose
+    state dict carries mmengine's `_metadata` with version 2 for every sparse conv (MMDetection3D permutes
+    kernels from the spconv 1.x layout when that tag is missing)."""
+    cfg = getattr(model, "cfg", None)
+    source = cfg.source if cfg is not None else "det3d"
     state = {
         k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
         for k, v in model.state_dict().items()
     }
-    atomic_torch_save({"state_dict": state, "meta": dict(meta or {})}, path)
-
-
-def save_source_checkpoint(model: nn.Module, path: str | Path, meta: dict | None = None) -> None:
-    """Save in the file layout and key names of the config's source project, so that project's own code loads
-    it: OpenPCDet `{"epoch", "it", "model_state", "optimizer_state", "version"}` (legacy torch pickle, as
-    OpenPCDet writes it), MMDetection3D `{"meta", "state_dict"}` whose state dict carries mmengine's
-    `_metadata` with version 2 for every sparse conv (MMDetection3D permutes kernels from the spconv 1.x layout
-    when that tag is missing), det3d `{"state_dict", "meta"}`."""
-    source = model.cfg.source
-    ours = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    state = from_det3d(ours, source, model.cfg)
     meta = dict(meta or {})
+    if source == "det3d":
+        atomic_torch_save({"state_dict": state, "meta": meta}, path)
+        return
+    state = from_det3d(state, source, cfg)
     if source == "openpcdet":
         obj = {"epoch": 0, "it": 0, "model_state": state, "optimizer_state": None, "version": None, "meta": meta}
         with atomic_path(path) as tmp:
             torch.save(obj, tmp, _use_new_zipfile_serialization=False)
         return
-    if source == "mmdetection3d":
-        metadata = OrderedDict((prefix, {"version": 2}) for prefix in sparse_conv_prefixes(state))
-        state._metadata = metadata
+    state._metadata = OrderedDict((prefix, {"version": 2}) for prefix in sparse_conv_prefixes(state))
     atomic_torch_save({"state_dict": state, "meta": meta}, path)

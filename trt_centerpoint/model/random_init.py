@@ -16,7 +16,7 @@ import torch
 
 from trt_centerpoint.config import ModelConfig, config_to_dict
 from trt_centerpoint.model.centerpoint import CenterPoint
-from trt_centerpoint.model.checkpoint import save_source_checkpoint
+from trt_centerpoint.model.checkpoint import save_checkpoint
 
 __all__ = ["save_random_checkpoint", "seeded_state_dict"]
 
@@ -28,7 +28,7 @@ def save_random_checkpoint(cfg: ModelConfig, path: str | Path, seed: int = 0) ->
     params = sum(p.numel() for p in model.parameters())
     meta = {"config": config_to_dict(cfg), "init": {"kind": "random", "seed": seed, "parameters": params,
                                                     "note": "untrained: for size, time and memory runs only"}}
-    save_source_checkpoint(model, path, meta=meta)
+    save_checkpoint(model, path, meta=meta)
     return meta
 
 
