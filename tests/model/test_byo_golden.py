@@ -10,6 +10,7 @@ checkpoint file (OpenPCDet `{"model_state": ...}` as a legacy torch pickle, MMDe
 
 from __future__ import annotations
 
+import json
 import math
 from collections import OrderedDict
 from pathlib import Path
@@ -77,7 +78,7 @@ def outputs(golden, cfg, source, tmp_path_factory):
     like = OrderedDict()
     for key, shape in zip(golden["keys"].tolist(), golden["shapes"].tolist()):
         integer = key == "global_step" or key.endswith("num_batches_tracked")
-        like[key] = torch.zeros(eval(shape), dtype=torch.long if integer else torch.float32)  # noqa: S307
+        like[key] = torch.zeros(json.loads(shape), dtype=torch.long if integer else torch.float32)
     path = tmp_path_factory.mktemp(source) / "epoch_20.pth"
     state = OrderedDict(seeded_state_dict(like, int(golden["seed"])))
     if source == "openpcdet":
