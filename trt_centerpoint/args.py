@@ -69,7 +69,8 @@ class ModelArgs:
     that read the config from the checkpoint (`qat`).
     """
 
-    def __init__(self, checkpoint: str | None = "required", checkpoint_help: str = "det3d-layout checkpoint (.pth)",
+    def __init__(self, checkpoint: str | None = "required",
+                 checkpoint_help: str = "checkpoint (.pth) of the config's source project",
                  config: bool = True, config_help: str | None = None):
         if checkpoint not in ("required", "optional", None):
             raise ValueError(f"checkpoint must be 'required', 'optional' or None, not {checkpoint!r}")

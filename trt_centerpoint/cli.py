@@ -344,8 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
                  "Detect objects in point clouds with the PyTorch model (--backend torch) or the exported files "
                  "of a build folder (onnx, trt), and print a table per frame or write detection JSON.",
                  cmd_infer,
-                 ModelArgs(checkpoint="optional", checkpoint_help="det3d-layout checkpoint (.pth); needed by the "
-                                                                  "torch backend"),
+                 ModelArgs(checkpoint="optional", checkpoint_help="checkpoint (.pth) of the config's source "
+                                                                  "project; needed by the torch backend"),
                  RuntimeArgs(), OverflowArgs(),
                  DataArgs(artifacts="build folder holding the exported files (onnx / trt backends)"),
                  OutputArgs("write detections JSON here ({frame stem: [{box, score, name}, ...]}) (default: "
@@ -399,8 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="replace a non-empty --out folder (default: refuse it; the folder is written whole)")
 
-    p = _command(sub, "init-checkpoint", "write a random-init checkpoint of a config (det3d layout)",
-                 "Write a randomly initialised checkpoint of a config in det3d's layout, to run the whole chain at the "
+    p = _command(sub, "init-checkpoint", "write a random-init checkpoint of a config (its project's layout)",
+                 "Write a randomly initialised checkpoint of a config in its source project's file layout and key "
+                 "names (det3d, OpenPCDet or MMDetection3D), to run the whole chain at the "
                  "config's real size (time, memory, file sizes) without trained weights; its detections are noise.",
                  cmd_init_checkpoint,
                  ModelArgs(checkpoint=None, config_help="config to initialise"),
@@ -426,8 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
                  "the exported files of a build folder, or an existing detection JSON (--detections); with "
                  "--metric nuscenes the nuScenes devkit scores it (mAP, NDS).",
                  cmd_eval,
-                 ModelArgs(checkpoint="optional", checkpoint_help="det3d-layout checkpoint (.pth); needed by the "
-                                                                  "torch backend"),
+                 ModelArgs(checkpoint="optional", checkpoint_help="checkpoint (.pth) of the config's source "
+                                                                  "project; needed by the torch backend"),
                  DataArgs(data="labeled data folder (points/, labels/)",
                           artifacts="build folder holding the exported files (onnx / trt backends)",
                           required=("data",)),

@@ -53,6 +53,8 @@ class BackboneConfig:
     blocks_per_stage: int = 2
     bn_eps: float = 1e-3
     bn_momentum: float = 0.01
+    # The residual blocks' SubM convs carry a bias (det3d, OpenPCDet); MMDetection3D's have none (BN only).
+    block_bias: bool = True
 
 
 @dataclass
@@ -87,6 +89,9 @@ class HeadConfig:
     final_kernel: int = 3
     init_bias: float = -2.19
     out_size_factor: int = 8
+    # The shared conv and the first conv of every head branch carry a bias (det3d, OpenPCDet); MMDetection3D's
+    # have none (ConvModule with BN). The last conv of a branch always has one.
+    conv_bias: bool = True
     # Output name -> channels, in det3d's order; "hm" (one channel per class) always comes last.
     common_heads: dict[str, int] = field(
         default_factory=lambda: {"reg": 2, "height": 1, "dim": 3, "rot": 2, "vel": 2}
@@ -105,6 +110,9 @@ class PostProcessConfig:
     nms_iou_threshold: float = 0.2
     nms_pre_max: int = 1000
     nms_post_max: int = 83
+    # OpenPCDet / MMDetection3D decode only the top `max_candidates` (class, cell) pairs of a task's heatmap
+    # (their MAX_OBJ_PER_SAMPLE / max_num, 500) before the score threshold; 0: every cell (det3d).
+    max_candidates: int = 0
     # Circle NMS per task: det3d's `min_radius`, compared (as det3d does) with the *squared* centre
     # distance in m^2, so 4.0 suppresses within 2 m. Used when nms_type == "circle".
     circle_radius: list[float] = field(default_factory=lambda: [4.0, 12.0, 10.0, 1.0, 0.85, 0.175])
@@ -122,6 +130,10 @@ class EvalConfig:
     # Distance bands for AP by distance (metres, the same distance as class_range): their upper edges, ascending,
     # the first band starting at 0; .inf for "and beyond". [20, 40, .inf]: 0-20, 20-40, 40+ m. Empty: no bands.
     distance_bands: list[float] = field(default_factory=list)
+    # `--metric nuscenes`: class name -> the attribute a detection of it gets when not moving (0.2 m/s or
+    # slower), in place of the default rule (vehicles `vehicle.parked`, ...). OpenPCDet and MMDetection3D write
+    # `vehicle.stopped` for a stationary bus.
+    stationary_attribute: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -145,6 +157,9 @@ class ModelConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     description: str = ""
+    # Which project's checkpoints the config takes: det3d, openpcdet or mmdetection3d (file layout, key names,
+    # head conventions; model.sources maps them onto this model).
+    source: str = "det3d"
 
     @property
     def class_names(self) -> list[str]:
@@ -212,10 +227,14 @@ class ModelConfig:
         bands = self.eval.distance_bands
         if any(b <= a for a, b in zip(bands, bands[1:])):
             raise ConfigError(f"{source}: eval.distance_bands must ascend (upper band edges), got {bands}")
-        unknown = [c for c in self.eval.class_range if c not in names]
-        if unknown:
-            raise ConfigError(f"{source}: eval.class_range names {', '.join(unknown)}, not a class of head.tasks "
-                              f"({', '.join(names)})")
+        if self.source not in SOURCES:
+            raise ConfigError(f"{source}: source must be one of {', '.join(SOURCES)}, got {self.source!r}")
+        for key, mapping in (("class_range", self.eval.class_range),
+                             ("stationary_attribute", self.eval.stationary_attribute)):
+            unknown = [c for c in mapping if c not in names]
+            if unknown:
+                raise ConfigError(f"{source}: eval.{key} names {', '.join(unknown)}, not a class of head.tasks "
+                                  f"({', '.join(names)})")
 
 
 @dataclass(frozen=True)
@@ -240,6 +259,7 @@ class Bounds:
         return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
 
 
+SOURCES = ("det3d", "openpcdet", "mmdetection3d")
 POSITIVE, AT_LEAST_ONE, FRACTION = Bounds(0, low_open=True), Bounds(1), Bounds(0, 1)
 # Every numeric key with a meaningful range. A value outside it would not fail at once but later, far from the
 # file (an empty grid, no detection ever passing the threshold, NMS that keeps overlapping boxes).
@@ -254,8 +274,8 @@ BOUNDS: dict[str, Bounds] = {
     "head.share_conv_channel": AT_LEAST_ONE, "head.head_conv": AT_LEAST_ONE, "head.final_kernel": AT_LEAST_ONE,
     "head.out_size_factor": AT_LEAST_ONE, "head.common_heads": AT_LEAST_ONE,
     "post.score_threshold": FRACTION, "post.nms_iou_threshold": FRACTION, "post.nms_pre_max": AT_LEAST_ONE,
-    "post.nms_post_max": AT_LEAST_ONE, "post.circle_radius": POSITIVE, "eval.class_range": POSITIVE,
-    "eval.distance_bands": POSITIVE,
+    "post.nms_post_max": AT_LEAST_ONE, "post.max_candidates": Bounds(0), "post.circle_radius": POSITIVE,
+    "eval.class_range": POSITIVE, "eval.distance_bands": POSITIVE,
 }
 
 
@@ -318,6 +338,8 @@ def _convert(hint, value, key: str, source: str):
         return value
     if hint is str and isinstance(value, str):
         return value
+    if hint is bool and isinstance(value, bool):
+        return value
     raise ConfigError(f"{source}: {key} must be {hint.__name__}, got {value!r}")
 
 
@@ -332,10 +354,22 @@ def config_from_dict(data: dict, source: str = "<dict>") -> ModelConfig:
 MODEL_NEUTRAL = ("name", "description", "eval", "export")
 
 
+# Keys added for OpenPCDet / MMDetection3D models, left out of `config_to_dict` at their default (det3d) value
+# for the same reason as the eval / export sections.
+ADDED_DEFAULTS = {"source": "det3d", "backbone.block_bias": True, "head.conv_bias": True, "post.max_candidates": 0}
+
+
 def config_to_dict(cfg: ModelConfig) -> dict:
     """The config as plain data. The `eval` and `export` sections are left out while they hold only defaults, so a
     config without them records (and hashes, for the build's up-to-date checks) exactly as before they existed."""
     data = dataclasses.asdict(cfg)
+    for path, default in ADDED_DEFAULTS.items():
+        *sections, key = path.split(".")
+        where = data
+        for section in sections:
+            where = where[section]
+        if where[key] == default:
+            del where[key]
     if cfg.eval == EvalConfig():
         del data["eval"]
     if cfg.export == ExportConfig():

@@ -92,9 +92,13 @@ def selection_from_meta(folder: str | Path) -> NuScenesSelection | None:
         raise UserError(f"{Path(folder) / 'meta.json'} names a dataroot the devkit cannot use: {exc}") from None
 
 
-def default_attribute(name: str, velocity: Sequence[float]) -> str:
-    """The attribute a detection of class `name` moving at `velocity` (m/s) is given (module docstring)."""
+def default_attribute(name: str, velocity: Sequence[float], stationary: Mapping[str, str] | None = None) -> str:
+    """The attribute a detection of class `name` moving at `velocity` (m/s) is given (module docstring);
+    `stationary` overrides it per class at or below the speed threshold (OpenPCDet's and MMDetection3D's
+    nuScenes export write `vehicle.stopped` for a stationary bus: config `eval.stationary_attribute`)."""
     moving = math.hypot(float(velocity[0]), float(velocity[1])) > MOVING_SPEED
+    if not moving and stationary and name in stationary:
+        return stationary[name]
     if name == "bus" and not moving:
         return "vehicle.stopped"
     if name in _VEHICLES:
@@ -128,7 +132,7 @@ def box_to_global(box: Sequence[float], pose: Mapping) -> dict:
 
 
 def to_results(detections: Mapping[str, list[dict]], poses: Mapping[str, Mapping], sample_tokens: Sequence[str],
-               max_boxes: int = 500) -> tuple[dict, dict]:
+               max_boxes: int = 500, stationary: Mapping[str, str] | None = None) -> tuple[dict, dict]:
     """Our detection JSON as the devkit's results JSON: every sample token present (an empty list where none),
     classes the devkit does not know dropped, at most `max_boxes` per sample (the highest scores: the devkit
     refuses more). Returns (results document, {"unknown_classes": {name: count}, "over_limit": count})."""
@@ -146,7 +150,7 @@ def to_results(detections: Mapping[str, list[dict]], poses: Mapping[str, Mapping
         for d in dets:
             row = {"sample_token": token, **box_to_global(d["box"], poses[token])}
             rows.append({**row, "detection_name": d["name"], "detection_score": float(d["score"]),
-                         "attribute_name": default_attribute(d["name"], d["box"][7:9])})
+                         "attribute_name": default_attribute(d["name"], d["box"][7:9], stationary)})
         results[token] = rows
     return {"meta": dict(_RESULTS_META), "results": results}, {"unknown_classes": dict(unknown),
                                                                 "over_limit": over_limit}
@@ -202,7 +206,8 @@ def _summary(metrics, ev, gt_loaded: int) -> dict:
     }
 
 
-def evaluate_nuscenes(detections: Mapping[str, list[dict]], selection: NuScenesSelection) -> dict:
+def evaluate_nuscenes(detections: Mapping[str, list[dict]], selection: NuScenesSelection,
+                      stationary: Mapping[str, str] | None = None) -> dict:
     """Score `detections` ({sample token: our detections in the LiDAR frame}) on the split of `selection` with
     the devkit's `DetectionEval` (detection_cvpr_2019, no plots, its output in a temporary folder that is
     removed).
@@ -221,7 +226,7 @@ def evaluate_nuscenes(detections: Mapping[str, list[dict]], selection: NuScenesS
     if not gt_loaded:
         raise UserError(f"{selection}: the split has no annotations to score against")
     poses = selection.poses()
-    document, dropped = to_results(detections, poses, tokens, config.max_boxes_per_sample)
+    document, dropped = to_results(detections, poses, tokens, config.max_boxes_per_sample, stationary)
     if not any(document["results"].values()):
         document["results"][tokens[0]].append(_far_placeholder(tokens[0], poses[tokens[0]]))
     with tempfile.TemporaryDirectory(prefix="trt_centerpoint_nuscenes_") as tmp:

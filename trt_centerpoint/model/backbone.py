@@ -28,14 +28,16 @@ class ResidualAdd(nn.Module):
 
 
 class SparseBasicBlock(spconv.SparseModule):
-    """det3d's residual block: SubM3x3 (bias) + BN + ReLU, SubM3x3 (bias) + BN, add identity, ReLU."""
+    """det3d's residual block: SubM3x3 (bias) + BN + ReLU, SubM3x3 (bias) + BN, add identity, ReLU.
 
-    def __init__(self, channels: int, indice_key: str, bn_eps: float, bn_momentum: float):
+    MMDetection3D's block is the same without the conv biases (`bias=False`)."""
+
+    def __init__(self, channels: int, indice_key: str, bn_eps: float, bn_momentum: float, bias: bool = True):
         super().__init__()
-        self.conv1 = spconv.SubMConv3d(channels, channels, 3, padding=1, bias=True, indice_key=indice_key)
+        self.conv1 = spconv.SubMConv3d(channels, channels, 3, padding=1, bias=bias, indice_key=indice_key)
         self.bn1 = nn.BatchNorm1d(channels, eps=bn_eps, momentum=bn_momentum)
         self.relu = nn.ReLU()
-        self.conv2 = spconv.SubMConv3d(channels, channels, 3, padding=1, bias=True, indice_key=indice_key)
+        self.conv2 = spconv.SubMConv3d(channels, channels, 3, padding=1, bias=bias, indice_key=indice_key)
         self.bn2 = nn.BatchNorm1d(channels, eps=bn_eps, momentum=bn_momentum)
         self.add = ResidualAdd()
 
@@ -61,7 +63,7 @@ class SpMiddleResNetFHD(nn.Module):
             return nn.BatchNorm1d(c, eps=b.bn_eps, momentum=b.bn_momentum)
 
         def blocks(c: int, key: str) -> list[nn.Module]:
-            return [SparseBasicBlock(c, key, b.bn_eps, b.bn_momentum) for _ in range(b.blocks_per_stage)]
+            return [SparseBasicBlock(c, key, b.bn_eps, b.bn_momentum, b.block_bias) for _ in range(b.blocks_per_stage)]
 
         def down(cin: int, cout: int, padding) -> list[nn.Module]:
             return [spconv.SparseConv3d(cin, cout, 3, 2, padding=padding, bias=False), bn(cout), nn.ReLU()]

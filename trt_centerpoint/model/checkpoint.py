@@ -1,8 +1,10 @@
-"""det3d / CUDA-CenterPoint checkpoint IO.
+"""det3d / CUDA-CenterPoint, OpenPCDet and MMDetection3D checkpoint IO.
 
 Checkpoints load as det3d writes them: `{"state_dict": ..., "meta": ..., "optimizer": ...}` or a bare
-state_dict, keys `backbone.*`, `neck.*`, `bbox_head.*` (a DDP `module.` prefix is stripped). Sparse conv
-weights in spconv 1.x layout [kz, ky, kx, in, out] are detected by shape and permuted to spconv 2.x
+state_dict, keys `backbone.*`, `neck.*`, `bbox_head.*` (a DDP `module.` prefix is stripped); OpenPCDet's
+`{"model_state": ...}` and MMDetection3D's `{"state_dict", "meta"}` load as they are when the config's `source`
+names that project (`model.sources` maps their keys; a checkpoint of another project is one error naming it).
+Sparse conv weights in spconv 1.x layout [kz, ky, kx, in, out] are detected by shape and permuted to spconv 2.x
 [out, kz, ky, kx, in]. Loading always uses `weights_only=True`: a file that needs arbitrary pickled code
 is refused rather than executed.
 """
@@ -12,13 +14,16 @@ from __future__ import annotations
 import pickle
 import re
 import zipfile
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from trt_centerpoint.config import ModelConfig, bundled_names, load_config
 from trt_centerpoint.errors import UserError
 from trt_centerpoint.fileio import atomic_path
+from trt_centerpoint.model.sources import SOURCE_NAMES, detect_source, from_det3d, sparse_conv_prefixes, to_det3d
 
 SPCONV1_TO_2 = (4, 0, 1, 2, 3)  # [kz, ky, kx, in, out] -> [out, kz, ky, kx, in]
 MAX_LISTED_KEYS = 5
@@ -49,6 +54,8 @@ def read_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"{path}: expected a state_dict or a dict with 'state_dict', got {type(obj).__name__}")
     if "state_dict" in obj and isinstance(obj["state_dict"], dict):
         ckpt = obj
+    elif "model_state" in obj and isinstance(obj["model_state"], dict):  # OpenPCDet
+        ckpt = {**obj, "state_dict": obj["model_state"]}
     elif "model" in obj and isinstance(obj["model"], dict):  # some trainers use "model"
         ckpt = {**obj, "state_dict": obj["model"]}
     elif obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -145,10 +152,50 @@ def match_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
     return {k: state[k].to(expected_tensors[k].dtype) for k in expected}
 
 
+def _looks_like(state: dict[str, torch.Tensor], source: str, model_class: type) -> str | None:
+    """The bundled config of `source` whose model (`model_class(cfg)`) the state dict (det3d keys) fits
+    exactly, if any."""
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    for name in bundled_names():
+        cfg = load_config(name)
+        if cfg.source != source:
+            continue
+        with torch.device("meta"):
+            expected = model_class(cfg).state_dict()
+        if set(expected) == set(shapes) and all(
+            shapes[k] in (tuple(v.shape), tuple(v.permute(*SPCONV1_TO_2).shape) if v.dim() == 5 else None)
+            for k, v in expected.items()
+        ):
+            return name
+    return None
+
+
+def source_state_dict(model: nn.Module, raw: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """A checkpoint's raw state dict as `model`'s (det3d) keys: refuses one of another project than the
+    config's `source` in one line naming it and, where one fits, the bundled config to use."""
+    cfg: ModelConfig = model.cfg
+    found = detect_source(raw) or cfg.source
+    if found != cfg.source:
+        mapped = to_det3d(raw, found, cfg)
+        fits = _looks_like(mapped, found, type(model))
+        hint = (f"it fits config {fits} (--config {fits})" if fits else
+                f"no bundled config of that project fits it: give a config with source: {found}")
+        raise CheckpointError(
+            f"{source}: a checkpoint of {SOURCE_NAMES[found]} (keys such as {next(iter(raw))}) given with config "
+            f"{cfg.name}, which takes {SOURCE_NAMES[cfg.source]} checkpoints; {hint}"
+        )
+    return to_det3d(raw, found, cfg)
+
+
 def load_checkpoint(model: nn.Module, path: str | Path) -> dict:
-    """Load a det3d-layout checkpoint into `model`; returns the checkpoint's `meta` (or {})."""
+    """Load a checkpoint of the config's source project into `model`; returns the checkpoint's `meta` (or {})."""
     ckpt = read_checkpoint(path)
-    state = match_state_dict(model, ckpt["state_dict"], str(path))
+    raw = source_state_dict(model, ckpt["state_dict"], str(path))
+    try:
+        state = match_state_dict(model, raw, str(path))
+    except CheckpointError as exc:
+        fits = _looks_like(_strip_prefix(raw), model.cfg.source, type(model))
+        raise CheckpointError(f"{exc}; it fits config {fits} (--config {fits})" if fits else str(exc)) from None
     model.load_state_dict(state)
     meta = ckpt.get("meta")
     return meta if isinstance(meta, dict) else {}
@@ -161,9 +208,28 @@ def atomic_torch_save(obj, path: str | Path) -> None:
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, meta: dict | None = None, half: bool = False) -> None:
-    """Save in det3d's layout (`{"state_dict", "meta"}`); `half` stores float tensors as FP16 (smaller file)."""
+    """Save in the file layout and key names of the config's source project, so that project's own code (and
+    `load_checkpoint` with that config) loads it; `half` stores float tensors as FP16 (smaller file).
+
+    det3d: `{"state_dict", "meta"}`. OpenPCDet: `{"epoch", "it", "model_state", "optimizer_state", "version"}`
+    (plus our "meta"), a legacy torch pickle as OpenPCDet writes it. MMDetection3D: `{"state_dict", "meta"}` whose
+    state dict carries mmengine's `_metadata` with version 2 for every sparse conv (MMDetection3D permutes
+    kernels from the spconv 1.x layout when that tag is missing)."""
+    cfg = getattr(model, "cfg", None)
+    source = cfg.source if cfg is not None else "det3d"
     state = {
         k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
         for k, v in model.state_dict().items()
     }
-    atomic_torch_save({"state_dict": state, "meta": dict(meta or {})}, path)
+    meta = dict(meta or {})
+    if source == "det3d":
+        atomic_torch_save({"state_dict": state, "meta": meta}, path)
+        return
+    state = from_det3d(state, source, cfg)
+    if source == "openpcdet":
+        obj = {"epoch": 0, "it": 0, "model_state": state, "optimizer_state": None, "version": None, "meta": meta}
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp, _use_new_zipfile_serialization=False)
+        return
+    state._metadata = OrderedDict((prefix, {"version": 2}) for prefix in sparse_conv_prefixes(state))
+    atomic_torch_save({"state_dict": state, "meta": meta}, path)

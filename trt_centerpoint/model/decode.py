@@ -33,6 +33,11 @@ config's per-task `circle_radius` is det3d's `min_radius`, which det3d compares 
 distance (`dx**2 + dy**2 <= min_radius`); that is reproduced exactly here. det3d's circle path applies no
 pre-max cap; here the cap applies to both, which changes nothing while a task has <= nms_pre_max candidates.
 Tasks are concatenated in config order; within a task detections are in descending score order.
+
+OpenPCDet and MMDetection3D (`post.max_candidates` > 0, their 500) first take the best `max_candidates`
+(class, cell) pairs of a task's heatmap, so a cell can be a candidate once per class (NMS then removes the
+copy), and threshold those; the checkpoint loader maps their rot / dim coding onto det3d's (`model.sources`),
+so the geometry above holds for every source.
 """
 
 from __future__ import annotations
@@ -129,8 +134,9 @@ class Detections:
         )
 
 
-def _decode_maps(pred: dict[str, Tensor], cfg: ModelConfig) -> tuple[Tensor, Tensor, Tensor]:
-    """One task's maps -> boxes [B, H*W, 9], scores [B, H*W], task-local labels [B, H*W] (row-major cells)."""
+def _decode_maps(pred: dict[str, Tensor], cfg: ModelConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One task's maps -> boxes [B, H*W, 9], scores [B, H*W], task-local labels [B, H*W] (row-major cells) and
+    the class probabilities [B, C, H, W]."""
     hm = pred["hm"].float()
     b, _, h, w = hm.shape
     reg, height, rot = pred["reg"].float(), pred["height"].float(), pred["rot"].float()
@@ -152,7 +158,18 @@ def _decode_maps(pred: dict[str, Tensor], cfg: ModelConfig) -> tuple[Tensor, Ten
     probs = torch.sigmoid(hm)
     labels = probs.argmax(dim=1)  # first maximum on ties
     scores = probs.gather(1, labels[:, None])[:, 0]
-    return boxes.reshape(b, h * w, BOX_DIM), scores.reshape(b, h * w), labels.reshape(b, h * w)
+    return boxes.reshape(b, h * w, BOX_DIM), scores.reshape(b, h * w), labels.reshape(b, h * w), probs
+
+
+def _top_candidates(boxes: Tensor, probs: Tensor, inside: Tensor, k: int, threshold: float):
+    """OpenPCDet / MMDetection3D candidates of one frame and task: the `k` best (class, cell) pairs of the
+    class probabilities [C, H, W] (a cell can come once per class), then score > threshold and centre in range.
+    Returns boxes, scores, task-local labels, best first."""
+    flat = probs.reshape(-1)
+    scores, index = flat.topk(min(k, flat.numel()))
+    cells, labels = index % boxes.shape[0], index // boxes.shape[0]
+    keep = (scores > threshold) & inside[cells]
+    return boxes[cells[keep]], scores[keep], labels[keep]
 
 
 def _check(preds: list[dict[str, Tensor]], cfg: ModelConfig) -> None:
@@ -198,12 +215,15 @@ def decode(preds: list[dict[str, Tensor]], cfg: ModelConfig) -> list[Detections]
     per_frame: list[list[tuple[Tensor, Tensor, Tensor]]] = [[] for _ in range(batch)]
     offset = 0
     for t, pred in enumerate(preds):
-        boxes, scores, labels = _decode_maps(pred, cfg)
+        boxes, scores, labels, probs = _decode_maps(pred, cfg)
         inside = ((boxes[..., :3] >= lo) & (boxes[..., :3] <= hi)).all(-1)
         mask = (scores > post.score_threshold) & inside
         for i in range(batch):
-            sel = mask[i].nonzero().squeeze(1)
-            b, s, lab = boxes[i, sel], scores[i, sel], labels[i, sel]
+            if post.max_candidates:
+                b, s, lab = _top_candidates(boxes[i], probs[i], inside[i], post.max_candidates, post.score_threshold)
+            else:
+                sel = mask[i].nonzero().squeeze(1)
+                b, s, lab = boxes[i, sel], scores[i, sel], labels[i, sel]
             order = torch.sort(s, descending=True, stable=True).indices[: max(post.nms_pre_max, 0)]
             b, s, lab = b[order], s[order], lab[order]
             if post.nms_type == "circle":

@@ -150,7 +150,7 @@ def score(predictions: dict[str, list[dict]], frames: LabeledFrames, cfg: ModelC
         if selection is None:
             raise UserError(f"{frames.root}: --metric nuscenes needs nuScenes data: a dataroot (with --split) or a "
                             "folder made by `trt-centerpoint convert nuscenes` (its meta.json names the dataroot)")
-        return evaluate_nuscenes(predictions, selection)
+        return evaluate_nuscenes(predictions, selection, cfg.eval.stationary_attribute)
     return evaluate(predictions, frames.ground_truth(), cfg.class_names, class_range=cfg.eval.class_range,
                     range_transforms=range_transforms(frames.root), distance_bands=cfg.eval.distance_bands)
 
