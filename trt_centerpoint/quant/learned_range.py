@@ -36,7 +36,11 @@ from torch import nn
 
 from trt_centerpoint._compat.pytorch_quantization import iter_quantizers
 
-RANGE_KINDS = ("none", "inputs", "all")  # which amax QAT learns: none, activations only, activations + weights
+# which amax QAT learns: none, activations only, activations + weights, or the activations of the dense 2D part
+# only (RPN + head: the sparse backbone keeps its calibrated ranges and needs no backward pass, which is what costs
+# memory at nuScenes size)
+RANGE_KINDS = ("none", "inputs", "all", "2d-inputs")
+SPARSE_PREFIX = "backbone."
 MIN_RELATIVE_AMAX = 1e-2
 
 
@@ -94,7 +98,8 @@ class LearnedRanges:
 def learn_ranges(model: nn.Module, kinds: str = "inputs") -> LearnedRanges:
     """Make the amax of every enabled, calibrated quantizer of `kinds` a parameter, in place.
 
-    `kinds`: "inputs" (activation quantizers), "all" (also the per-channel weight quantizers) or "none".
+    `kinds`: "inputs" (activation quantizers), "all" (also the per-channel weight quantizers), "2d-inputs" (the
+    activation quantizers outside the sparse backbone) or "none".
     Activation quantizers with bit-identical calibrated amax share ONE parameter: calibration gives that
     only to quantizers that saw the same data (the head branches all read the shared conv's output, one
     histogram search serves them all), and one range per tensor keeps it one INT8 tensor in TensorRT
@@ -110,7 +115,9 @@ def learn_ranges(model: nn.Module, kinds: str = "inputs") -> LearnedRanges:
     for name, quantizer in list(iter_quantizers(model)):
         amax = quantizer._buffers.get("_amax")
         weight = _is_weight(name)
-        if quantizer._disabled or amax is None or (kinds == "inputs" and weight):
+        if quantizer._disabled or amax is None or (kinds in ("inputs", "2d-inputs") and weight):
+            continue
+        if kinds == "2d-inputs" and name.startswith(SPARSE_PREFIX):
             continue
         if type(quantizer) is not TensorQuantizer:
             raise TypeError(f"learned ranges: {name} is a {type(quantizer).__name__}, not a TensorQuantizer")
