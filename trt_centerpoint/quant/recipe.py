@@ -3,11 +3,11 @@
 - ``learn-ranges`` (the default): every layer the deployment runtimes run in INT8 is quantized (only
   ``FLOAT_LAYERS`` stay float), calibrated, then the activation ranges of the RPN and head (``RANGE_KIND``) are
   learned on the same calibration frames, label-free: one epoch of ``qat``'s distillation from the FP32 model with
-  only those ranges training (the weights stay the calibrated model's). Why: calibration alone sets some ranges
-  by rare background values; on the sample model the head's ``dim`` / ``rot`` / ``reg`` output convs then get an INT8 step as
-  large as their signal at object centres (calibration only, everything but the sparse input layers INT8:
-  mASE +39 %, and 4.9 mAP points lost at ``reg.3``). Learning the ranges against the FP32 outputs moves
-  them to where the objects are: every TP error within 1 % of FP32 with the whole RPN and head INT8.
+  only those ranges training (the weights stay the calibrated model's). Why: calibration alone sets some
+  ranges by rare background values; on the sample model the head's ``dim`` / ``rot`` / ``reg`` output convs
+  then get an INT8 step as large as their signal at object centres (calibration only, everything but the sparse
+  input layers INT8: mASE +39 %, and 4.9 mAP points lost at ``reg.3``). Learning the ranges against the FP32
+  outputs moves them to where the objects are: every TP error within 1 % of FP32 with the whole RPN and head INT8.
 - ``calibrate``: calibration only, with ``quantize.DEFAULT_SKIP`` float (the input conv, the first residual
   block and the head's centre-offset convs, which calibration alone cannot keep accurate); the behaviour of
   earlier versions.
