@@ -56,7 +56,7 @@ from trt_centerpoint.export.scn.qdq import scn_to_qdq
 from trt_centerpoint.export.scn.quant import precision_summary, scn_quant_specs
 from trt_centerpoint.export.scn.walk import walk_backbone
 from trt_centerpoint.export.scn.writer import SCN_INPUT, SCN_OUTPUT, export_scn
-from trt_centerpoint.export.validate import ValidationError, fp16_deployed_reference, validate_scn
+from trt_centerpoint.export.validate import ValidationError, validate_scn, validate_scn_int8
 from trt_centerpoint.fileio import check_output_dir, ensure_dir, write_files_together
 from trt_centerpoint.manifest import Manifest, file_sha256, json_sha256
 from trt_centerpoint.quant.ptq import is_quantized_checkpoint, load_model_pair
@@ -135,8 +135,9 @@ class ExportResult:
         """One line of validation figures (the build's stage table)."""
         if self.quantized:
             scn, head = self.file(SCN_INT8).validation, self.file(RPN_HEAD_INT8).validation
-            return (f"scn.int8 cosine {scn['min_cosine']:.6f} (file weights), "
-                    f"{scn['vs_fp32_weights']['min_cosine']:.6f} (FP32 weights); rpn_head.int8 median "
+            return (f"scn.int8 cosine {scn['vs_fp32_weights']['min_cosine']:.6f} (noise floor "
+                    f"{scn['noise_floor_min_cosine']:.6f}), worst layer {scn['worst_layer']['relative_error']:.2g} "
+                    "layer by layer; rpn_head.int8 median "
                     f"abs error {head['max_median_abs_error']:.2g} layer by layer")
         scn, head = self.file(SCN_FP16).validation, self.file(RPN_HEAD_FP32).validation
         cosine = f"scn.fp16 cosine {scn['min_cosine']:.6f}; " if scn else ""
@@ -303,16 +304,17 @@ def _export_int8(qmodel, cfg: ModelConfig, plan, validation_frames, bevs, log) -
     scn_data = scn.to_bytes()
     _require_clean(SCN_INT8, scn.model)
     runner = _validation_runner(scn_data)
-    got = [runner.run(f, c) for f, c in validation_frames]
-    scn_figures = validate_scn(runner, fp16_deployed_reference(fused), validation_frames, outputs=got)
-    fp32_weights = validate_scn(runner, qmodel.backbone, validation_frames, min_cosine=0.0, outputs=got,
-                                references=bevs)
-    scn_figures["reference"] = "PyTorch fake-quant backbone with the file's FP16 weights and FP16 input features"
-    scn_figures["vs_fp32_weights"] = {k: fp32_weights[k] for k in ("min_cosine", "max_abs_error")}
+    scn_figures, got = validate_scn_int8(runner, fused, validation_frames, bevs, name=SCN_INT8)
+    scn_figures["reference"] = ("PyTorch fake-quant backbone as loaded; layer by layer: the same with the file's "
+                                "FP16 weights, FP16 input features and ONNX rounding")
+    worst = scn_figures["worst_layer"]
+    log(f"{SCN_INT8}: layer by layer on PyTorch's inputs: worst relative error {worst['relative_error']:.3g} "
+        f"({worst['node']}, {worst['path']}; tolerance {scn_figures['layer_tolerance']:g})")
     log(f"{SCN_INT8}: reference runner vs PyTorch fake-quant backbone on {scn_figures['frames']} frame(s): "
-        f"cosine {scn_figures['min_cosine']:.8f} with the file's FP16 weights and inputs (max abs error "
-        f"{scn_figures['max_abs_error']:.3g}); {fp32_weights['min_cosine']:.6f} against the model as loaded "
-        "(FP32 inputs; FP32 weights unless `ptq` rounded them to FP16)")
+        f"cosine {scn_figures['vs_fp32_weights']['min_cosine']:.6f} against the model as loaded (bar "
+        f"{scn_figures['threshold']:.6f}: noise floor {scn_figures['noise_floor_min_cosine']:.6f}, the model against "
+        f"itself with the file's FP16 inputs, weights and rounding); {scn_figures['min_cosine']:.8f} against that "
+        "twin")
     layers = {p: {"precision": q.precision, "output_precision": q.output_precision} for p, q in specs.items()}
     scn_file = ExportedFile(SCN_INT8, scn_data, "libspconv-scn", "int8", scn_figures, [summary],
                             info={"node_paths": scn.node_paths, "layers": layers})
