@@ -46,8 +46,8 @@ from trt_centerpoint.data.sampling import evenly_spaced
 from trt_centerpoint.data.source import list_frames, read_frame, source_sha256
 from trt_centerpoint.data.synth.dataset import generate_frame, scene_for_config
 from trt_centerpoint.errors import UserError
-from trt_centerpoint.eval.compare import polygraphy_compare
-from trt_centerpoint.export.head.export import RPN_HEAD_INPUT, RpnHeadModule, export_rpn_head, validate_rpn_head
+from trt_centerpoint.eval.compare import polygraphy_verdict
+from trt_centerpoint.export.head.export import export_rpn_head, validate_rpn_head
 from trt_centerpoint.export.head.int8 import export_rpn_head_int8, validate_rpn_head_int8
 from trt_centerpoint.export.lint import lint_model
 from trt_centerpoint.export.scn.fuse import fuse_backbone, fusion_summary
@@ -195,22 +195,22 @@ def _require_clean(name: str, model) -> list[str]:
     return findings
 
 
-# Polygraphy's own comparison (OnnxrtRunner vs PyTorch) of each 2D file, a second, independent check:
-# (statistic, atol, rtol); an output passes when the statistic of its abs OR its relative error is within
-# tolerance (Polygraphy's rule). FP32: every element (max). INT8 runs free here (no layer-by-layer
-# forcing), so one-step rounding flips cascade (rpn_head_int8.validate_rpn_head_int8): on the sample the
-# median abs error reaches 1.2e-2 on an output the model never learned (vel); 5e-2 catches a broken file,
-# and the layer-by-layer gate (1e-4) catches a wrong scale.
+# Polygraphy's own comparison (its compare_accuracy, atol / rtol rule) of each 2D file's ONNX Runtime outputs with
+# PyTorch's, a second, independent verdict on the outputs the validation already computed (the same inputs: running
+# both again through Polygraphy's runners gave the same arrays at twice the cost): (statistic, atol, rtol); an
+# output passes when the statistic of its abs OR its relative error is within tolerance (Polygraphy's rule). FP32:
+# every element (max). INT8 runs free here (no layer-by-layer forcing), so one-step rounding flips cascade
+# (rpn_head_int8.validate_rpn_head_int8): on the sample the median abs error reaches 1.2e-2 on an output the model
+# never learned (vel); 5e-2 catches a broken file, and the layer-by-layer gate (1e-4) catches a wrong scale.
 POLYGRAPHY_FP32 = ("max", 1e-4, 1e-4)
 POLYGRAPHY_INT8 = ("median", 5e-2, 5e-2)
 
 
-def _polygraphy_check(name: str, exported, model, bevs, rule, log) -> dict:
+def _polygraphy_check(name: str, exported, runs: dict, rule, log) -> dict:
     stat, atol, rtol = rule
-    figures = polygraphy_compare(exported.to_bytes(), RpnHeadModule(model), bevs, RPN_HEAD_INPUT,
-                                 exported.output_names, atol=atol, rtol=rtol, check_error_stat=stat)
+    figures = polygraphy_verdict(runs, exported.output_names, atol=atol, rtol=rtol, check_error_stat=stat)
     worst = max(v[f"{stat}_abs"] for v in figures["per_output"].values())
-    log(f"{name}: Polygraphy OnnxrtRunner vs PyTorch: {'passed' if figures['passed'] else 'FAILED'} "
+    log(f"{name}: Polygraphy compare_accuracy, ONNX Runtime vs PyTorch: {'passed' if figures['passed'] else 'FAILED'} "
         f"({stat} abs error <= {atol:g}; worst {worst:.3g})")
     if not figures["passed"]:
         failed = [n for n, v in figures["per_output"].items() if not v["passed"]]
@@ -263,21 +263,23 @@ def _export_rpn_head_fp32(model, cfg: ModelConfig, bevs, log) -> ExportedFile:
     """`rpn_head.fp32.onnx`: lint + ONNX Runtime vs PyTorch + Polygraphy's comparison."""
     rpn = export_rpn_head(model, cfg)
     _log_passes_and_lint(RPN_HEAD_FP32, rpn, log)
-    figures = validate_rpn_head(rpn, model, bevs)
+    runs: dict = {}
+    figures = validate_rpn_head(rpn, model, bevs, runs=runs)
     log(f"{RPN_HEAD_FP32}: ONNX Runtime vs PyTorch on {figures['frames']} BEV map(s): "
         f"max abs error {figures['max_abs_error']:.3g} ({figures['max_scaled_error']:.3g} relative to "
         f"max(1, |output|); PyTorch FP32 vs float64: {figures['pytorch_fp32_vs_fp64_max_abs']:.3g})")
-    figures["polygraphy"] = _polygraphy_check(RPN_HEAD_FP32, rpn, model, bevs, POLYGRAPHY_FP32, log)
+    figures["polygraphy"] = _polygraphy_check(RPN_HEAD_FP32, rpn, runs, POLYGRAPHY_FP32, log)
     return ExportedFile(RPN_HEAD_FP32, rpn.to_bytes(), "onnx", "fp32", figures, [r.as_dict() for r in rpn.passes],
                         info={"inputs": {"input": [1, cfg.bev_channels, *cfg.bev_shape]},
                               "outputs": rpn.output_names})
 
 
-def _int8_head(name: str, qmodel, cfg: ModelConfig, bevs, log, **options):
-    """Export one INT8 head file (options: fp16, fp16_io), print its pass log, lint and validate it."""
+def _int8_head(name: str, qmodel, cfg: ModelConfig, bevs, log, runs: dict | None = None, **options):
+    """Export one INT8 head file (options: fp16, fp16_io), print its pass log, lint and validate it (`runs`:
+    receives the free-running outputs of the file and of PyTorch)."""
     rpn = export_rpn_head_int8(qmodel, cfg, **options)
     _log_passes_and_lint(name, rpn, log)
-    figures = validate_rpn_head_int8(rpn, qmodel, bevs)
+    figures = validate_rpn_head_int8(rpn, qmodel, bevs, runs=runs)
     log(f"{name}: ONNX Runtime vs PyTorch fake-quant head on {len(bevs)} BEV map(s): worst median abs error "
         f"{figures['max_median_abs_error']:.3g} layer by layer (tolerance {figures['tolerance']:g}), max abs error "
         f"{figures['max_abs_error']:.3g}")
@@ -330,8 +332,9 @@ def _export_int8(qmodel, cfg: ModelConfig, plan, validation_frames, bevs, log) -
     qdq_file = ExportedFile(SCN_INT8_QDQ, qdq_data, "scn-qdq", "int8",
                             {"frames": len(validation_frames), "identical_to": SCN_INT8})
 
-    rpn, rpn_figures = _int8_head(RPN_HEAD_INT8, qmodel, cfg, bevs, log)
-    rpn_figures["polygraphy"] = _polygraphy_check(RPN_HEAD_INT8, rpn, qmodel, bevs, POLYGRAPHY_INT8, log)
+    runs: dict = {}
+    rpn, rpn_figures = _int8_head(RPN_HEAD_INT8, qmodel, cfg, bevs, log, runs=runs)
+    rpn_figures["polygraphy"] = _polygraphy_check(RPN_HEAD_INT8, rpn, runs, POLYGRAPHY_INT8, log)
     rpn_file = ExportedFile(RPN_HEAD_INT8, rpn.to_bytes(), "onnx", "int8", rpn_figures,
                             [r.as_dict() for r in rpn.passes],
                             info={"inputs": {"input": [1, cfg.bev_channels, *cfg.bev_shape]},
