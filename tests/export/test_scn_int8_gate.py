@@ -124,3 +124,17 @@ def test_a_wrong_scale_in_one_layer_fails_naming_it(int8_file, fused_q, qmodel, 
     target.attribute.append(helper.make_attribute(attribute, values))
     with pytest.raises(ValidationError, match=rf"layer {node} \({target.doc_string}\) differs"):
         validate_scn_int8(_runner(broken), fused_q, frames, _loaded(qmodel.backbone, frames))
+
+
+def test_a_wiring_error_fails_free_running_naming_the_first_layer_past_the_floor(int8_file, fused_q, qmodel, frames):
+    """A Relu node dropped from the file (its readers take the Add's output): every conv / add still matches on
+    PyTorch's inputs, so only the free-running comparison sees it (cosine ~0.9975 against a floor of ~0.999997
+    here); it names the first layer downstream. (Dropping one of the first two Relus moves the output by less
+    than 1e-4: the negative values they remove are few and small, and that error passes, as it would any bar.)"""
+    broken = copy.deepcopy(int8_file)
+    relu = [n for n in broken.graph.node if n.op_type == "Relu"][2]  # after conv3.3.add
+    for node in broken.graph.node:
+        node.input[:] = [relu.input[0] if i == relu.output[0] else i for i in node.input]
+    broken.graph.node.remove(relu)
+    with pytest.raises(ValidationError, match=r"cosine .* < .*noise floor.*first layer past it: conv9 \(conv4\.0,"):
+        validate_scn_int8(_runner(broken), fused_q, frames, _loaded(qmodel.backbone, frames))
