@@ -12,8 +12,10 @@ Order (nothing is written until every file passed its checks):
 4. export rpn_head (graphsurgeon passes), lint, checker + shape inference + ONNX Runtime vs PyTorch on
    the BEV maps of the same frames;
 5. INT8 (quantized checkpoint): specs from the calibrated quantizers (`export.scn.quant`), scn.int8 lint +
-   reference runner vs the PyTorch fake-quant backbone; the Q/DQ form lint + executed bit-identically
-   to scn.int8; rpn_head.int8 lint + ONNX Runtime vs the PyTorch fake-quant head;
+   reference runner vs the PyTorch fake-quant backbone (layer by layer, then free running against the noise
+   floor measured on the same frames: `export.validate.validate_scn_int8`); the Q/DQ form lint + executed
+   bit-identically to scn.int8; rpn_head.int8 lint + ONNX Runtime vs the PyTorch fake-quant head; Polygraphy's
+   verdict on both head files' validation outputs (no second run);
 6. write every file atomically, then record the stage "export" in the build folder's `manifest.json`
    (`trt_centerpoint.manifest`: input hashes, parameters, output hashes, library versions; `extra` holds
    the pass log, the output_bound plan, validation figures and the frames used).
