@@ -197,3 +197,12 @@ def test_run_results_fit_the_budget_whole_frames_or_a_central_window(tmp_path):
     assert path.stat().st_size <= 0.1e6
     loaded = load_run_results(path)  # Polygraphy reads it back: the window, bit-exact
     np.testing.assert_array_equal(loaded["onnxrt-int8"][0]["hm"], results["onnxrt-int8"][0]["hm"][..., y0:y1, x0:x1])
+
+
+def test_per_layer_in_segments_matches_one_run():
+    """Fetched one tensor per group (each a segment of the graph fed the tensors before it), the figures are
+    those of a single run with every tensor marked."""
+    feeds = {"x": np.random.default_rng(5).normal(size=(1, 2, 8, 8)).astype(np.float32)}
+    whole = per_layer_onnx(_conv_graph(None), _conv_graph(0.25), feeds, memory_mb=1024)
+    pieces = per_layer_onnx(_conv_graph(None), _conv_graph(0.25), feeds, memory_mb=1e-9)
+    assert pieces == whole

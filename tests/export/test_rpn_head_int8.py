@@ -12,7 +12,7 @@ from pytorch_quantization.nn import TensorQuantizer
 
 from trt_centerpoint.data.points import iter_frames
 from trt_centerpoint.errors import UserError
-from trt_centerpoint.eval.compare import polygraphy_compare
+from trt_centerpoint.eval.compare import polygraphy_compare, polygraphy_verdict
 from trt_centerpoint.export.head.export import (
     RPN_HEAD_INPUT,
     RpnHeadModule,
@@ -183,6 +183,21 @@ def test_polygraphy_compares_both_files(exported, qmodel, model, cfg, bevs):
     wrong = polygraphy_compare(exported.to_bytes(), RpnHeadModule(model), bevs, RPN_HEAD_INPUT, exported.output_names,
                                atol=1e-6, rtol=1e-6)  # INT8 file vs the float model: must not pass at 1e-6
     assert not wrong["passed"]
+
+
+def test_polygraphy_verdict_on_the_validation_runs_is_polygraphy_s_own(exported, qmodel, bevs):
+    """The export's Polygraphy check reuses the outputs the validation computed: the same verdict and figures as
+    Polygraphy running the file (OnnxrtRunner) and the module itself on the same BEVs."""
+    runs = {}
+    validate_rpn_head_int8(exported, qmodel, bevs, runs=runs)
+    assert list(runs) == ["onnxrt", "pytorch"] and len(runs["onnxrt"]) == len(bevs)
+    reused = polygraphy_verdict(runs, exported.output_names, atol=1e-4, rtol=1e-4)
+    own = polygraphy_compare(exported.to_bytes(), RpnHeadModule(qmodel), bevs, RPN_HEAD_INPUT, exported.output_names,
+                             atol=1e-4, rtol=1e-4)
+    assert reused["passed"] == own["passed"] and reused["iterations"] == own["iterations"] == len(bevs)
+    for name, figures in own["per_output"].items():  # both ONNX Runtime, graph optimizations off: the same arrays
+        assert reused["per_output"][name]["median_abs"] == pytest.approx(figures["median_abs"], rel=1e-6, abs=1e-9)
+        assert reused["per_output"][name]["max_abs"] == pytest.approx(figures["max_abs"], rel=1e-6, abs=1e-9)
 
 
 def test_export_refuses_a_conv_transpose_calibrated_per_input_channel(qmodel, cfg):

@@ -115,3 +115,21 @@ def test_walk_refuses_a_leftover_batchnorm(model):
             m.bias = torch.nn.Parameter(torch.zeros(m.out_channels))
     with pytest.raises(NotFusedError, match=r"conv_input\.1: BatchNorm1d left in the backbone; fuse BN / ReLU"):
         walk_backbone(backbone)
+
+
+def test_observed_counts_are_spconv_s_own(fused, ops, frames):
+    """The geometry-only count of every conv's active output voxels equals what spconv produces in a forward pass."""
+    counts: dict[str, int] = {}
+    handles = [op.module.register_forward_hook(
+        lambda _m, _i, out, path=op.path: counts.__setitem__(path, max(counts.get(path, 0), out.features.shape[0])))
+        for op in ops if op.kind == "conv"]
+    try:
+        with torch.no_grad():
+            for features, coords in frames:
+                fused(features, coords, 1)
+    finally:
+        for handle in handles:
+            handle.remove()
+    observed = observe_active_voxels(fused, ops, frames)
+    assert {p: o.active for p, o in observed.items()} == counts
+    assert any(o.ratio != 1.0 for o in observed.values())  # strided convs were counted, not only subm ones

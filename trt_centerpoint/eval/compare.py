@@ -10,7 +10,6 @@ PyTorch module (`polygraphy_compare`).
 
 from __future__ import annotations
 
-import copy
 import os
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -31,7 +30,8 @@ from trt_centerpoint.eval import tensor_metrics as tm
 from trt_centerpoint.fileio import atomic_path
 
 __all__ = ["DEFAULT_RUN_RESULTS_MB", "accuracy_check", "compare_runs", "find_first_jump", "fit_run_results",
-           "load_run_results", "per_layer_onnx", "polygraphy_accuracy", "polygraphy_compare", "save_run_results",
+           "load_run_results", "per_layer_onnx", "polygraphy_accuracy", "polygraphy_compare", "polygraphy_verdict",
+           "save_run_results",
            "to_run_results"]
 
 Frames = list[dict[str, np.ndarray]]
@@ -232,12 +232,26 @@ def polygraphy_compare(onnx_bytes: bytes, torch_module: torch.nn.Module, bevs: l
     # pytorch-quantization's absl lines from a fake-quant module
     with quiet_logger(G_LOGGER.ERROR), quiet_library_logs():
         results = Comparator.run(runners, data_loader=feeds)
+    return _verdict(results, output_names, atol, rtol, check_error_stat, len(bevs))
+
+
+def polygraphy_verdict(runs: Mapping[str, Frames], output_names: list[str], atol: float, rtol: float,
+                       check_error_stat: str = "median") -> dict:
+    """`polygraphy_compare`'s figures for two runs already made ({"onnxrt": [...], "pytorch": [...]}, a
+    {name: array} per input, e.g. from a validation that ran both): Polygraphy's verdict without running the
+    file and the module a second time."""
+    return _verdict(to_run_results(runs), output_names, atol, rtol, check_error_stat,
+                    min((len(frames) for frames in runs.values()), default=0))
+
+
+def _verdict(results: RunResults, output_names: list[str], atol: float, rtol: float, check_error_stat: str,
+             iterations: int) -> dict:
     _, outputs = accuracy_check(results, atol, rtol, check_error_stat)
     per_output = {name: {"max_abs": e["max_absdiff"], "median_abs": e["median_absdiff"],
                          "mean_abs": e["mean_absdiff"], "passed": e["passed"]} for name, e in outputs.items()}
     passed = bool(outputs) and all(e["passed"] for e in outputs.values()) and set(per_output) == set(output_names)
     return {"passed": passed, "check_error_stat": check_error_stat, "atol": atol, "rtol": rtol,
-            "iterations": len(bevs), "per_output": per_output}
+            "iterations": iterations, "per_output": per_output}
 
 
 # ---------------------------------------------------------------------------------------- per-layer (ONNX)
@@ -265,28 +279,82 @@ def _node_outputs(model: onnx.ModelProto, tensors: dict) -> list[str]:
     return [name for node in model.graph.node for name in node.output if name and name in tensors]
 
 
-def _with_outputs(model: onnx.ModelProto, names: list[str], tensors: dict) -> onnx.ModelProto:
-    """A copy of `model` whose graph outputs are exactly `names` (intermediates included)."""
-    marked = copy.deepcopy(model)
-    del marked.graph.output[:]
-    marked.graph.output.extend(onnx.helper.make_tensor_value_info(n, tensors[n][0], None) for n in names)
-    return marked
-
-
-def _run_all(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+def _session(model: onnx.ModelProto) -> ort.InferenceSession:
     """ONNX Runtime, CPU, one thread, no graph optimisation (each tensor is computed as the graph says)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.enable_cpu_mem_arena = False  # freed activations go back to the system, not to an arena kept at peak
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    inputs = {i.name for i in session.get_inputs()}
-    missing = sorted(inputs - set(feeds))
-    if missing:
-        raise ValueError(f"feeds lack graph inputs {missing}")
-    values = session.run(names, {k: np.asarray(v) for k, v in feeds.items() if k in inputs})
-    return dict(zip(names, values))
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _value_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every tensor shape inference can type (graph inputs and outputs included)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except onnx.shape_inference.InferenceError:
+        inferred = model
+    graph = inferred.graph
+    return {v.name: v.type.tensor_type.elem_type for v in [*graph.input, *graph.value_info, *graph.output]}
+
+
+class _SegmentedRun:
+    """A model run piece by piece, each node once: the next segment is the run of nodes up to the producer of
+    the tensors asked for, fed the tensors earlier segments computed and later ones still read.
+
+    Why: marking every activation of a nuScenes-size head as an output at once holds about 4 GB; fetching them in
+    groups from whole runs of the model ran the model once per group (8 times there). Here the model runs once
+    in all and holds one segment's marked tensors plus the few crossing a segment boundary.
+    """
+
+    def __init__(self, model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], wanted: set[str]):
+        self.model, self.nodes = model, list(model.graph.node)
+        self.types = _value_types(model)
+        self.initializers = {t.name: t for t in model.graph.initializer}
+        self.producer = {out: i for i, node in enumerate(self.nodes) for out in node.output if out}
+        self.last_use: dict[str, int] = {}
+        for i, node in enumerate(self.nodes):
+            for name in node.input:
+                self.last_use[name] = i
+        for out in model.graph.output:
+            self.last_use[out.name] = len(self.nodes)
+        inputs = {i.name for i in model.graph.input} - set(self.initializers)
+        missing = sorted(inputs - set(feeds))
+        if missing:
+            raise ValueError(f"feeds lack graph inputs {missing}")
+        self.live = {k: np.asarray(v) for k, v in feeds.items() if k in inputs}
+        self.wanted, self.ready, self.position = wanted, {}, 0
+
+    def take(self, names: list[str]) -> dict[str, np.ndarray]:
+        """The values of `names` (each produced by a node of the model and wanted), running what is needed."""
+        pending = [n for n in names if n not in self.ready]
+        if pending:
+            self._run_to(max(self.producer[n] for n in pending) + 1)
+        return {n: self.ready.pop(n) for n in names}
+
+    def _run_to(self, end: int) -> None:
+        nodes = self.nodes[self.position:end]
+        produced = {out for node in nodes for out in node.output if out}
+        needed = [n for node in nodes for n in node.input if n and n not in produced and n not in self.initializers]
+        feeds = {n: self.live[n] for n in dict.fromkeys(needed)}
+        outputs = [n for n in dict.fromkeys(out for node in nodes for out in node.output if out)
+                   if n in self.wanted or self.last_use.get(n, -1) >= end]
+        graph = onnx.helper.make_graph(
+            nodes, "segment",
+            [onnx.helper.make_tensor_value_info(n, self.types.get(n, onnx.TensorProto.FLOAT), None) for n in feeds],
+            [onnx.helper.make_tensor_value_info(n, self.types.get(n, onnx.TensorProto.FLOAT), None) for n in outputs],
+            [self.initializers[n] for n in dict.fromkeys(i for node in nodes for i in node.input)
+             if n in self.initializers])
+        segment = onnx.helper.make_model(graph, opset_imports=self.model.opset_import, ir_version=self.model.ir_version)
+        values = dict(zip(outputs, _session(segment).run(outputs, feeds)))
+        for name, value in values.items():
+            if self.last_use.get(name, -1) >= end:
+                self.live[name] = value
+            if name in self.wanted:
+                self.ready[name] = value
+        self.live = {n: v for n, v in self.live.items() if self.last_use.get(n, -1) >= end}
+        self.position = end
 
 
 def _groups(names: list[str], sizes: dict, budget: int) -> list[list[str]]:
@@ -324,11 +392,11 @@ def per_layer_onnx(ref_model: onnx.ModelProto, got_model: onnx.ModelProto, feeds
                    jump: float = 1e-4, ratio: float = 10.0, memory_mb: float = PER_LAYER_MEMORY_MB) -> dict:
     """Every float tensor named alike in both graphs, compared in the reference's topological order.
 
-    Both models are copied with intermediate float tensors marked as outputs, run with ONNX Runtime (CPU, one
-    thread) on `feeds`, and compared with `tensor_metrics`. Returns {"layers": [{tensor, op, cosine, max_abs,
-    median_abs, snr_db}], "first_jump": name or None, "criterion": text} (see `find_first_jump`).
-    Memory: the tensors are fetched in groups of at most `memory_mb` per model (a nuScenes-size head holds
-    about 4 GB of activations per frame); each group runs both models again, so a smaller budget costs time.
+    Both models run with ONNX Runtime (CPU, one thread, no graph optimisation) on `feeds`, each once, in
+    segments (`_SegmentedRun`), and their tensors are compared with `tensor_metrics`. Returns {"layers":
+    [{tensor, op, cosine, max_abs, median_abs, snr_db}], "first_jump": name or None, "criterion": text} (see
+    `find_first_jump`). Memory: the tensors are fetched in groups of at most `memory_mb` per model (a
+    nuScenes-size head holds about 4 GB of activations per frame).
     """
     ref_tensors, got_tensors = _float_tensors(ref_model), _float_tensors(got_model)
     got_set = set(_node_outputs(got_model, got_tensors))
@@ -337,10 +405,10 @@ def per_layer_onnx(ref_model: onnx.ModelProto, got_model: onnx.ModelProto, feeds
         raise ValueError("the two models share no float tensor names: nothing to compare")
     producer = {out: node.op_type for node in ref_model.graph.node for out in node.output}
     sizes = {n: ref_tensors[n][1] for n in common}
+    runs = [_SegmentedRun(model, feeds, set(common)) for model in (ref_model, got_model)]
     layers = []
     for group in _groups(common, sizes, int(memory_mb * 2**20)):
-        ref_values = _run_all(_with_outputs(ref_model, group, ref_tensors), feeds, group)
-        got_values = _run_all(_with_outputs(got_model, group, got_tensors), feeds, group)
+        ref_values, got_values = (run.take(group) for run in runs)
         for name in group:
             ref, got = ref_values.pop(name), got_values.pop(name)
             if ref.shape != got.shape:

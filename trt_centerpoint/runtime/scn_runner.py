@@ -203,6 +203,14 @@ class ScnRunner:
             return out, tensors
         return out
 
+    @torch.no_grad()
+    def run_node(self, name: str, args: list):
+        """One node of the file on given inputs (sparse tensors for convs and adds), as `run` executes it: a
+        layer-by-layer check feeds each node the reference's own input (`export.scn.layers`)."""
+        if not hasattr(self, "_nodes"):
+            self._nodes = {n.name: n for n in self.model.graph.node}
+        return self._step(self._nodes[name], args)
+
     def _step(self, node: onnx.NodeProto, args: list):
         op = node.op_type
         if op in QDQ_OPS:

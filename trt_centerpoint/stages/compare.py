@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import torch
 from tqdm import tqdm
 
 from trt_centerpoint.artifacts import BEV_PNGS, COMPARE_JSON, DETECTIONS, HEAD_FILES, RUN_RESULTS
@@ -103,20 +104,21 @@ def _deployment_check(cfg, checkpoint, files_int8: list[Detections], frames) -> 
     return out
 
 
-def compare_scn_layers(pipes: dict, points) -> dict:
+def compare_scn_layers(pipes: dict, points) -> tuple[dict, torch.Tensor]:
     """Every SparseConvolution / Add / Relu output of `scn.int8.onnx` against `scn.fp16.onnx` on one frame
-    (`pipes`: the pipelines of the files by precision, whose backbones are the reference runners of both).
+    (`pipes`: the pipelines of the files by precision, whose backbones are the reference runners of both), and
+    the FP32 file's BEV of that frame (the head's per-layer comparison runs on it: computed once).
 
     Both files name a tensor after the module that makes it ("conv2.3.conv1"), and share the geometry, so
     the active sites line up and the features compare element by element. Same output as `per_layer_onnx`.
     """
     voxels = pipes["fp32"].voxelize(points)
-    runs = {}
+    runs, bevs = {}, {}
     for precision in ("fp32", "int8"):
         runner = pipes[precision].backbone
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", OutputBoundWarning)
-            runs[precision] = runner.run(voxels.features, voxels.coords, keep=True)[1]
+            bevs[precision], runs[precision] = runner.run(voxels.features, voxels.coords, keep=True)
     ops = {n.output[0]: n.op_type for n in runner.model.graph.node}
     layers = []
     for name, op in ops.items():
@@ -126,7 +128,7 @@ def compare_scn_layers(pipes: dict, points) -> dict:
         m = tensor_metrics(ref.float().cpu().numpy(), got.float().cpu().numpy())
         layers.append({"tensor": name, "op": op, "cosine": m["cosine"], "max_abs": m["max_abs"],
                        "median_abs": m["median_abs"], "snr_db": m["snr_db"]})
-    return {"layers": layers, "first_jump": find_first_jump(layers)}
+    return {"layers": layers, "first_jump": find_first_jump(layers)}, bevs["fp32"].cpu()
 
 
 def _compare_frame(cfg: ModelConfig, pipes: dict, points) -> dict:
@@ -284,8 +286,8 @@ def _compare_on_rank(cfg: ModelConfig, artifacts: str | Path, data: str | Path, 
         layer_pipes = {p: make_pipeline(cfg, "onnx", p, artifacts=artifacts, allow_overflow=True) for p in pipes}
     else:
         layer_pipes = pipes
-    per_layer_backbone = compare_scn_layers(layer_pipes, frames.points[ran[0]])
-    bev = pipes["fp32"].bev(frames.points[ran[0]]).numpy()
+    per_layer_backbone, bev = compare_scn_layers(layer_pipes, frames.points[ran[0]])
+    bev = bev.numpy()
     for pipe in pipes.values():
         pipe.close()  # their ONNX Runtime sessions: a nuScenes-size head holds a GB each
 

@@ -12,8 +12,10 @@ Order (nothing is written until every file passed its checks):
 4. export rpn_head (graphsurgeon passes), lint, checker + shape inference + ONNX Runtime vs PyTorch on
    the BEV maps of the same frames;
 5. INT8 (quantized checkpoint): specs from the calibrated quantizers (`export.scn.quant`), scn.int8 lint +
-   reference runner vs the PyTorch fake-quant backbone; the Q/DQ form lint + executed bit-identically
-   to scn.int8; rpn_head.int8 lint + ONNX Runtime vs the PyTorch fake-quant head;
+   reference runner vs the PyTorch fake-quant backbone (layer by layer, then free running against the noise
+   floor measured on the same frames: `export.validate.validate_scn_int8`); the Q/DQ form lint + executed
+   bit-identically to scn.int8; rpn_head.int8 lint + ONNX Runtime vs the PyTorch fake-quant head; Polygraphy's
+   verdict on both head files' validation outputs (no second run);
 6. write every file atomically, then record the stage "export" in the build folder's `manifest.json`
    (`trt_centerpoint.manifest`: input hashes, parameters, output hashes, library versions; `extra` holds
    the pass log, the output_bound plan, validation figures and the frames used).
@@ -46,8 +48,8 @@ from trt_centerpoint.data.sampling import evenly_spaced
 from trt_centerpoint.data.source import list_frames, read_frame, source_sha256
 from trt_centerpoint.data.synth.dataset import generate_frame, scene_for_config
 from trt_centerpoint.errors import UserError
-from trt_centerpoint.eval.compare import polygraphy_compare
-from trt_centerpoint.export.head.export import RPN_HEAD_INPUT, RpnHeadModule, export_rpn_head, validate_rpn_head
+from trt_centerpoint.eval.compare import polygraphy_verdict
+from trt_centerpoint.export.head.export import export_rpn_head, validate_rpn_head
 from trt_centerpoint.export.head.int8 import export_rpn_head_int8, validate_rpn_head_int8
 from trt_centerpoint.export.lint import lint_model
 from trt_centerpoint.export.scn.fuse import fuse_backbone, fusion_summary
@@ -56,7 +58,7 @@ from trt_centerpoint.export.scn.qdq import scn_to_qdq
 from trt_centerpoint.export.scn.quant import precision_summary, scn_quant_specs
 from trt_centerpoint.export.scn.walk import walk_backbone
 from trt_centerpoint.export.scn.writer import SCN_INPUT, SCN_OUTPUT, export_scn
-from trt_centerpoint.export.validate import ValidationError, fp16_deployed_reference, validate_scn
+from trt_centerpoint.export.validate import ValidationError, validate_scn, validate_scn_int8
 from trt_centerpoint.fileio import check_output_dir, ensure_dir, write_files_together
 from trt_centerpoint.manifest import Manifest, file_sha256, json_sha256
 from trt_centerpoint.quant.ptq import is_quantized_checkpoint, load_model_pair
@@ -135,8 +137,9 @@ class ExportResult:
         """One line of validation figures (the build's stage table)."""
         if self.quantized:
             scn, head = self.file(SCN_INT8).validation, self.file(RPN_HEAD_INT8).validation
-            return (f"scn.int8 cosine {scn['min_cosine']:.6f} (file weights), "
-                    f"{scn['vs_fp32_weights']['min_cosine']:.6f} (FP32 weights); rpn_head.int8 median "
+            return (f"scn.int8 cosine {scn['vs_fp32_weights']['min_cosine']:.6f} (noise floor "
+                    f"{scn['noise_floor_min_cosine']:.6f}), worst layer {scn['worst_layer']['relative_error']:.2g} "
+                    "layer by layer; rpn_head.int8 median "
                     f"abs error {head['max_median_abs_error']:.2g} layer by layer")
         scn, head = self.file(SCN_FP16).validation, self.file(RPN_HEAD_FP32).validation
         cosine = f"scn.fp16 cosine {scn['min_cosine']:.6f}; " if scn else ""
@@ -194,22 +197,22 @@ def _require_clean(name: str, model) -> list[str]:
     return findings
 
 
-# Polygraphy's own comparison (OnnxrtRunner vs PyTorch) of each 2D file, a second, independent check:
-# (statistic, atol, rtol); an output passes when the statistic of its abs OR its relative error is within
-# tolerance (Polygraphy's rule). FP32: every element (max). INT8 runs free here (no layer-by-layer
-# forcing), so one-step rounding flips cascade (rpn_head_int8.validate_rpn_head_int8): on the sample the
-# median abs error reaches 1.2e-2 on an output the model never learned (vel); 5e-2 catches a broken file,
-# and the layer-by-layer gate (1e-4) catches a wrong scale.
+# Polygraphy's own comparison (its compare_accuracy, atol / rtol rule) of each 2D file's ONNX Runtime outputs with
+# PyTorch's, a second, independent verdict on the outputs the validation already computed (the same inputs: running
+# both again through Polygraphy's runners gave the same arrays at twice the cost): (statistic, atol, rtol); an
+# output passes when the statistic of its abs OR its relative error is within tolerance (Polygraphy's rule). FP32:
+# every element (max). INT8 runs free here (no layer-by-layer forcing), so one-step rounding flips cascade
+# (rpn_head_int8.validate_rpn_head_int8): on the sample the median abs error reaches 1.2e-2 on an output the model
+# never learned (vel); 5e-2 catches a broken file, and the layer-by-layer gate (1e-4) catches a wrong scale.
 POLYGRAPHY_FP32 = ("max", 1e-4, 1e-4)
 POLYGRAPHY_INT8 = ("median", 5e-2, 5e-2)
 
 
-def _polygraphy_check(name: str, exported, model, bevs, rule, log) -> dict:
+def _polygraphy_check(name: str, exported, runs: dict, rule, log) -> dict:
     stat, atol, rtol = rule
-    figures = polygraphy_compare(exported.to_bytes(), RpnHeadModule(model), bevs, RPN_HEAD_INPUT,
-                                 exported.output_names, atol=atol, rtol=rtol, check_error_stat=stat)
+    figures = polygraphy_verdict(runs, exported.output_names, atol=atol, rtol=rtol, check_error_stat=stat)
     worst = max(v[f"{stat}_abs"] for v in figures["per_output"].values())
-    log(f"{name}: Polygraphy OnnxrtRunner vs PyTorch: {'passed' if figures['passed'] else 'FAILED'} "
+    log(f"{name}: Polygraphy compare_accuracy, ONNX Runtime vs PyTorch: {'passed' if figures['passed'] else 'FAILED'} "
         f"({stat} abs error <= {atol:g}; worst {worst:.3g})")
     if not figures["passed"]:
         failed = [n for n, v in figures["per_output"].items() if not v["passed"]]
@@ -262,21 +265,23 @@ def _export_rpn_head_fp32(model, cfg: ModelConfig, bevs, log) -> ExportedFile:
     """`rpn_head.fp32.onnx`: lint + ONNX Runtime vs PyTorch + Polygraphy's comparison."""
     rpn = export_rpn_head(model, cfg)
     _log_passes_and_lint(RPN_HEAD_FP32, rpn, log)
-    figures = validate_rpn_head(rpn, model, bevs)
+    runs: dict = {}
+    figures = validate_rpn_head(rpn, model, bevs, runs=runs)
     log(f"{RPN_HEAD_FP32}: ONNX Runtime vs PyTorch on {figures['frames']} BEV map(s): "
         f"max abs error {figures['max_abs_error']:.3g} ({figures['max_scaled_error']:.3g} relative to "
         f"max(1, |output|); PyTorch FP32 vs float64: {figures['pytorch_fp32_vs_fp64_max_abs']:.3g})")
-    figures["polygraphy"] = _polygraphy_check(RPN_HEAD_FP32, rpn, model, bevs, POLYGRAPHY_FP32, log)
+    figures["polygraphy"] = _polygraphy_check(RPN_HEAD_FP32, rpn, runs, POLYGRAPHY_FP32, log)
     return ExportedFile(RPN_HEAD_FP32, rpn.to_bytes(), "onnx", "fp32", figures, [r.as_dict() for r in rpn.passes],
                         info={"inputs": {"input": [1, cfg.bev_channels, *cfg.bev_shape]},
                               "outputs": rpn.output_names})
 
 
-def _int8_head(name: str, qmodel, cfg: ModelConfig, bevs, log, **options):
-    """Export one INT8 head file (options: fp16, fp16_io), print its pass log, lint and validate it."""
+def _int8_head(name: str, qmodel, cfg: ModelConfig, bevs, log, runs: dict | None = None, **options):
+    """Export one INT8 head file (options: fp16, fp16_io), print its pass log, lint and validate it (`runs`:
+    receives the free-running outputs of the file and of PyTorch)."""
     rpn = export_rpn_head_int8(qmodel, cfg, **options)
     _log_passes_and_lint(name, rpn, log)
-    figures = validate_rpn_head_int8(rpn, qmodel, bevs)
+    figures = validate_rpn_head_int8(rpn, qmodel, bevs, runs=runs)
     log(f"{name}: ONNX Runtime vs PyTorch fake-quant head on {len(bevs)} BEV map(s): worst median abs error "
         f"{figures['max_median_abs_error']:.3g} layer by layer (tolerance {figures['tolerance']:g}), max abs error "
         f"{figures['max_abs_error']:.3g}")
@@ -303,16 +308,17 @@ def _export_int8(qmodel, cfg: ModelConfig, plan, validation_frames, bevs, log) -
     scn_data = scn.to_bytes()
     _require_clean(SCN_INT8, scn.model)
     runner = _validation_runner(scn_data)
-    got = [runner.run(f, c) for f, c in validation_frames]
-    scn_figures = validate_scn(runner, fp16_deployed_reference(fused), validation_frames, outputs=got)
-    fp32_weights = validate_scn(runner, qmodel.backbone, validation_frames, min_cosine=0.0, outputs=got,
-                                references=bevs)
-    scn_figures["reference"] = "PyTorch fake-quant backbone with the file's FP16 weights and FP16 input features"
-    scn_figures["vs_fp32_weights"] = {k: fp32_weights[k] for k in ("min_cosine", "max_abs_error")}
+    scn_figures, got = validate_scn_int8(runner, fused, validation_frames, bevs, name=SCN_INT8)
+    scn_figures["reference"] = ("PyTorch fake-quant backbone as loaded; layer by layer: the same with the file's "
+                                "FP16 weights, FP16 input features and ONNX rounding")
+    worst = scn_figures["worst_layer"]
+    log(f"{SCN_INT8}: layer by layer on PyTorch's inputs: worst relative error {worst['relative_error']:.3g} "
+        f"({worst['node']}, {worst['path']}; tolerance {scn_figures['layer_tolerance']:g})")
     log(f"{SCN_INT8}: reference runner vs PyTorch fake-quant backbone on {scn_figures['frames']} frame(s): "
-        f"cosine {scn_figures['min_cosine']:.8f} with the file's FP16 weights and inputs (max abs error "
-        f"{scn_figures['max_abs_error']:.3g}); {fp32_weights['min_cosine']:.6f} against the model as loaded "
-        "(FP32 inputs; FP32 weights unless `ptq` rounded them to FP16)")
+        f"cosine {scn_figures['vs_fp32_weights']['min_cosine']:.6f} against the model as loaded (bar "
+        f"{scn_figures['threshold']:.6f}: noise floor {scn_figures['noise_floor_min_cosine']:.6f}, the model against "
+        f"itself with the file's FP16 inputs, weights and rounding); {scn_figures['min_cosine']:.8f} against that "
+        "twin")
     layers = {p: {"precision": q.precision, "output_precision": q.output_precision} for p, q in specs.items()}
     scn_file = ExportedFile(SCN_INT8, scn_data, "libspconv-scn", "int8", scn_figures, [summary],
                             info={"node_paths": scn.node_paths, "layers": layers})
@@ -328,8 +334,9 @@ def _export_int8(qmodel, cfg: ModelConfig, plan, validation_frames, bevs, log) -
     qdq_file = ExportedFile(SCN_INT8_QDQ, qdq_data, "scn-qdq", "int8",
                             {"frames": len(validation_frames), "identical_to": SCN_INT8})
 
-    rpn, rpn_figures = _int8_head(RPN_HEAD_INT8, qmodel, cfg, bevs, log)
-    rpn_figures["polygraphy"] = _polygraphy_check(RPN_HEAD_INT8, rpn, qmodel, bevs, POLYGRAPHY_INT8, log)
+    runs: dict = {}
+    rpn, rpn_figures = _int8_head(RPN_HEAD_INT8, qmodel, cfg, bevs, log, runs=runs)
+    rpn_figures["polygraphy"] = _polygraphy_check(RPN_HEAD_INT8, rpn, runs, POLYGRAPHY_INT8, log)
     rpn_file = ExportedFile(RPN_HEAD_INT8, rpn.to_bytes(), "onnx", "int8", rpn_figures,
                             [r.as_dict() for r in rpn.passes],
                             info={"inputs": {"input": [1, cfg.bev_channels, *cfg.bev_shape]},

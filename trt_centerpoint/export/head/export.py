@@ -116,8 +116,11 @@ def check_onnx(proto: onnx.ModelProto, what: str) -> None:
 
 
 def validate_rpn_head(exported: RpnHeadExport, model: nn.Module, inputs: list[torch.Tensor],
-                      tolerance: float = RPN_HEAD_TOLERANCE) -> dict:
-    """Checker + shape inference + ONNX Runtime vs PyTorch; returns figures, raises ValidationError."""
+                      tolerance: float = RPN_HEAD_TOLERANCE, runs: dict | None = None) -> dict:
+    """Checker + shape inference + ONNX Runtime vs PyTorch; returns figures, raises ValidationError.
+
+    `runs`, when given, receives both runs' outputs per input ({"onnxrt": [...], "pytorch": [...]}, each a
+    {name: array} per input): a second comparison (Polygraphy's) then needs no second run."""
     proto = exported.model
     check_onnx(proto, "rpn_head")
     options = ort.SessionOptions()
@@ -137,6 +140,9 @@ def validate_rpn_head(exported: RpnHeadExport, model: nn.Module, inputs: list[to
             ref = wrapper(x.float())
             ref64 = exact(x.double())
         got = session.run(None, {RPN_HEAD_INPUT: x.float().numpy()})
+        if runs is not None:
+            runs.setdefault("onnxrt", []).append(dict(zip(exported.output_names, got)))
+            runs.setdefault("pytorch", []).append({n: r.numpy() for n, r in zip(exported.output_names, ref)})
         for name, r, r64, g in zip(exported.output_names, ref, ref64, got):
             err = float(np.abs(r.numpy() - g).max())
             worst[name] = max(worst[name], err)

@@ -313,7 +313,7 @@ def _float_precision(model: onnx.ModelProto) -> str:
 
 
 def validate_rpn_head_int8(exported: RpnHeadExport, qmodel: nn.Module, bevs: list[torch.Tensor],
-                           tolerance: float | None = None) -> dict:
+                           tolerance: float | None = None, runs: dict | None = None) -> dict:
     """Checker + strict shape inference + ONNX Runtime vs the PyTorch fake-quant head on `bevs`.
 
     Two runs per input:
@@ -330,7 +330,8 @@ def validate_rpn_head_int8(exported: RpnHeadExport, qmodel: nn.Module, bevs: lis
     says `float_precision: fp16`; pass a larger one to accept more. Inputs are fed in the type the file
     takes (float16 for an `io: fp16` file and for the forced quantizer inputs of an FP16 file: rounded
     from PyTorch's float32 tensors), and differences are taken in float64.
-    Raises ValidationError naming the worst output.
+    Raises ValidationError naming the worst output. `runs`, when given, receives the free-running outputs of
+    both per BEV ({"onnxrt": [...], "pytorch": [...]}, {name: array} each) for a second comparison.
     """
     if tolerance is None:
         tolerance = RPN_HEAD_FP16_TOLERANCE if _float_precision(exported.model) == "fp16" else RPN_HEAD_INT8_TOLERANCE
@@ -357,6 +358,9 @@ def validate_rpn_head_int8(exported: RpnHeadExport, qmodel: nn.Module, bevs: lis
         inputs = {n: v.astype(dtypes[n], copy=False) for n, v in inputs.items()}
         forced_out = forced_session.run(exported.output_names + list(checks), inputs)
         free_out = session.run(None, {RPN_HEAD_INPUT: inputs[RPN_HEAD_INPUT]})
+        if runs is not None:
+            runs.setdefault("onnxrt", []).append(dict(zip(exported.output_names, free_out)))
+            runs.setdefault("pytorch", []).append({n: r.numpy() for n, r in zip(exported.output_names, ref)})
         for diffs, got in ((forced_diffs, forced_out), (free_diffs, free_out)):
             for name, r, g in zip(exported.output_names, ref, got):
                 diffs[name].append(_frame_stats(r.numpy(), g))
