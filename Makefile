@@ -20,11 +20,12 @@ $(STAMP): pyproject.toml Makefile
 		$(TRT_BINDINGS) || echo "could not download $(TRT_BINDINGS): the test that loads them will skip"
 	touch $(STAMP)
 
-# one thread: as fast as two on an idle 2-core machine, and several times faster when other jobs share the
-# cores (BENCHMARKS.md); tests that need more threads set them themselves
+# two test processes (pytest-xdist; a file's tests stay in one process, so its fixtures are built once) of one
+# thread each: one thread is as fast as two on an idle 2-core machine, and several times faster when other jobs
+# share the cores (BENCHMARKS.md); tests that need more threads set them themselves
 test: $(STAMP)
 	$(BIN)/ruff check .
-	OMP_NUM_THREADS=1 TRT_CENTERPOINT_THREADS=1 $(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 TRT_CENTERPOINT_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
