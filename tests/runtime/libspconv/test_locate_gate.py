@@ -56,8 +56,10 @@ def test_runs_on_follows_cuda_binary_compatibility():
 def test_gate_lines():
     old, new = locate_libspconv(release_dir("1.0.1")), locate_libspconv(release_dir("1.1.10"))
     refused = gate(old, ["9.0"])
-    assert not refused.ok and refused.line == ("libspconv 1.0.1 GPU code: sm_80, sm_86 (no PTX: no JIT); "
-                                               "--compute-capability 9.0 needs sm_90: not in this build: refused")
+    assert not refused.ok and refused.line.startswith(
+        "libspconv 1.0.1 GPU code: sm_80, sm_86 (no PTX: no JIT); --compute-capability 9.0 needs sm_90: not in this "
+        "build: refused")
+    assert "1.1.10 was the first with sm_90" in refused.line
     assert gate(new, ["9.0", "8.6"]).ok
     assert not gate(new, ["12.0"]).ok
     assert gate(old, ["8.9"]).line.endswith("8.9 runs sm_86 (same major, binary compatible): ok")

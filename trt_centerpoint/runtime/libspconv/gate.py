@@ -75,5 +75,5 @@ def gate(library: Libspconv, named=()) -> GateVerdict:
         else:
             ok = False
             parts.append(f"{name} needs sm_{capability[0]}{capability[1]}: not in this build")
-    verdict = "ok" if ok else "refused"
+    verdict = "ok" if ok else "refused (use a libspconv built for that GPU: NVIDIA's 1.1.10 was the first with sm_90)"
     return GateVerdict(ok, True, f"{head}; {source} {'; '.join(parts)}: {verdict}")
