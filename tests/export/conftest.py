@@ -8,6 +8,8 @@ from trt_centerpoint.config import load_config
 from trt_centerpoint.data.points import iter_frames
 from trt_centerpoint.data.synth.dataset import write_dataset
 from trt_centerpoint.data.synth.sensor import SensorConfig
+from trt_centerpoint.export.scn.fuse import fuse_backbone
+from trt_centerpoint.export.scn.writer import export_scn
 from trt_centerpoint.model.centerpoint import CenterPoint
 
 
@@ -67,3 +69,9 @@ def qmodel(model, cfg, data_dir):
     files = select_calibration_files(data_dir)
     calibrate(quantized, iter_points(files, cfg.voxel.num_point_features), method="mse", progress=False)
     return quantized.eval()
+
+
+@pytest.fixture(scope="module")
+def scn(model):
+    """The tiny model's scn file (libspconv dialect) in memory, for the lint tests to break."""
+    return export_scn(fuse_backbone(model.backbone), max_voxels=20000).model

@@ -3,30 +3,11 @@
 import copy
 
 import onnx
-import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnx_edit import node_named, set_attribute
 
 from trt_centerpoint.export.head.export import export_rpn_head
 from trt_centerpoint.export.lint import file_kind, lint_file, lint_model
-from trt_centerpoint.export.scn.fuse import fuse_backbone
-from trt_centerpoint.export.scn.writer import export_scn
-
-
-@pytest.fixture(scope="module")
-def scn(model):
-    return export_scn(fuse_backbone(model.backbone), max_voxels=20000).model
-
-
-def _node(model, name):
-    return next(n for n in model.graph.node if n.name == name)
-
-
-def _set(node, name, value):
-    for i, a in enumerate(node.attribute):
-        if a.name == name:
-            del node.attribute[i]
-            break
-    node.attribute.append(helper.make_attribute(name, value))
 
 
 def _lines(model):
@@ -44,7 +25,7 @@ def test_exported_files_pass(scn, model, cfg, tmp_path):
 
 def test_stray_relu_after_conv(scn):
     bad = copy.deepcopy(scn)
-    conv = _node(bad, "conv3")
+    conv = node_named(bad, "conv3")
     conv.output[0] = "pre_relu"
     index = [n.name for n in bad.graph.node].index("conv3")
     bad.graph.node.insert(index + 1, helper.make_node("Relu", ["pre_relu"], ["conv2.0"], "relu9"))
@@ -54,7 +35,7 @@ def test_stray_relu_after_conv(scn):
 
 def test_missing_attribute(scn):
     bad = copy.deepcopy(scn)
-    conv = _node(bad, "conv5")
+    conv = node_named(bad, "conv5")
     for i, a in enumerate(conv.attribute):
         if a.name == "rulebook":
             del conv.attribute[i]
@@ -63,29 +44,29 @@ def test_missing_attribute(scn):
 
 def test_nan_range(scn):
     bad = copy.deepcopy(scn)
-    conv = _node(bad, "conv4")
-    _set(conv, "precision", "int8")
-    _set(conv, "input_dynamic_range", float("nan"))
-    _set(conv, "weight_dynamic_ranges", [0.5] * 8)
+    conv = node_named(bad, "conv4")
+    set_attribute(conv, "precision", "int8")
+    set_attribute(conv, "input_dynamic_range", float("nan"))
+    set_attribute(conv, "weight_dynamic_ranges", [0.5] * 8)
     assert _lines(bad) == ["f.onnx: conv4: input_dynamic_range is nan (must be finite)"]
 
 
 def test_wrong_range_length(scn):
     bad = copy.deepcopy(scn)
-    conv = _node(bad, "conv4")
-    _set(conv, "precision", "int8")
-    _set(conv, "input_dynamic_range", 2.0)
-    _set(conv, "weight_dynamic_ranges", [0.5])
+    conv = node_named(bad, "conv4")
+    set_attribute(conv, "precision", "int8")
+    set_attribute(conv, "input_dynamic_range", 2.0)
+    set_attribute(conv, "weight_dynamic_ranges", [0.5])
     assert _lines(bad) == ["f.onnx: conv4: weight_dynamic_ranges has 1 values, out_channels is 8 "
                            "(one per output channel)"]
 
 
 def test_int8_without_ranges_and_add_ranges(scn):
     bad = copy.deepcopy(scn)
-    _set(_node(bad, "conv4"), "precision", "int8")
-    add = _node(bad, "add1")
-    _set(add, "precision", "int8")
-    _set(add, "input0_dynamic_range", float("inf"))
+    set_attribute(node_named(bad, "conv4"), "precision", "int8")
+    add = node_named(bad, "add1")
+    set_attribute(add, "precision", "int8")
+    set_attribute(add, "input0_dynamic_range", float("inf"))
     assert _lines(bad) == [
         "f.onnx: conv4: precision int8 without input_dynamic_range (not calibrated)",
         "f.onnx: conv4: precision int8 without weight_dynamic_ranges (not calibrated)",
@@ -106,8 +87,8 @@ def test_non_fp16_initializer(scn):
 
 def test_unsupported_operator_and_wrong_attribute_type(scn):
     bad = copy.deepcopy(scn)
-    _node(bad, "relu0").op_type = "LeakyRelu"
-    _set(_node(bad, "conv1"), "output_bound", 1.5)
+    node_named(bad, "relu0").op_type = "LeakyRelu"
+    set_attribute(node_named(bad, "conv1"), "output_bound", 1.5)
     lines = _lines(bad)
     assert lines[0].startswith("f.onnx: relu0: unsupported operator 'LeakyRelu' (libspconv accepts SparseConvolution")
     assert lines[1:] == ["f.onnx: conv1: attribute 'output_bound' is float, must be int"]
@@ -115,7 +96,7 @@ def test_unsupported_operator_and_wrong_attribute_type(scn):
 
 def test_spatial_shapes_must_chain(scn):
     bad = copy.deepcopy(scn)
-    _set(_node(bad, "conv6"), "input_spatial_shape", [9, 9, 9])
+    set_attribute(node_named(bad, "conv6"), "input_spatial_shape", [9, 9, 9])
     lines = _lines(bad)
     assert lines[0].startswith("f.onnx: conv6: input_spatial_shape [9, 9, 9], but its input has spatial shape")
     assert lines[1].startswith("f.onnx: conv6: output_spatial_shape [")  # no longer follows from its input
@@ -125,7 +106,7 @@ def test_spatial_shapes_must_chain(scn):
 
 def test_bad_scatter_and_output(scn):
     bad = copy.deepcopy(scn)
-    _set(_node(bad, "scatter0"), "output_shape", [1, 3, 1, 16, 16])
+    set_attribute(node_named(bad, "scatter0"), "output_shape", [1, 3, 1, 16, 16])
     lines = _lines(bad)
     assert lines[0].startswith("f.onnx: scatter0: output_shape [1, 3, 1, 16, 16], expected [B, 16, *[1, 16, 16]]")
     assert lines[1] == "f.onnx: reshape0: dims [1, 16, 16, 16] (4096 values) do not fit [1, 3, 1, 16, 16]"

@@ -16,59 +16,41 @@ import copy
 
 import onnx
 import pytest
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
+from onnx_edit import node_named, set_attribute
 
 from trt_centerpoint.cli import main
 from trt_centerpoint.export.lint import lint_model
-from trt_centerpoint.export.scn.fuse import fuse_backbone
-from trt_centerpoint.export.scn.writer import export_scn
-
-
-@pytest.fixture(scope="module")
-def scn(model):
-    return export_scn(fuse_backbone(model.backbone), max_voxels=20000).model
-
-
-def _node(model, name):
-    return next(n for n in model.graph.node if n.name == name)
-
-
-def _set(node, name, value):
-    for i, a in enumerate(node.attribute):
-        if a.name == name:
-            del node.attribute[i]
-            break
-    node.attribute.append(helper.make_attribute(name, value))
 
 
 def _activation(m):
-    _set(_node(m, "conv4"), "activation", "Sigmoid")
+    set_attribute(node_named(m, "conv4"), "activation", "Sigmoid")
 
 
 def _scatter_format(m):
-    _set(_node(m, "scatter0"), "format", "yxz")
+    set_attribute(node_named(m, "scatter0"), "format", "yxz")
 
 
 def _weight_in_channels(m):
     """conv4 reads conv3's 8 channels; its weight and in_channels both say 4 (consistent with each other)."""
-    conv = _node(m, "conv4")
+    conv = node_named(m, "conv4")
     weight = next(t for t in m.graph.initializer if t.name == conv.input[1])
     weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight)[..., :4].copy(), weight.name))
-    _set(conv, "in_channels", 4)
+    set_attribute(conv, "in_channels", 4)
 
 
 def _weight_only(m):
-    conv = _node(m, "conv4")
+    conv = node_named(m, "conv4")
     weight = next(t for t in m.graph.initializer if t.name == conv.input[1])
     weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight)[..., :4].copy(), weight.name))
 
 
 def _stride0(m):
-    _set(_node(m, "conv3"), "stride", [0, 2, 2])
+    set_attribute(node_named(m, "conv3"), "stride", [0, 2, 2])
 
 
 def _dangling(m):
-    _node(m, "conv4").input[0] = "nowhere"
+    node_named(m, "conv4").input[0] = "nowhere"
 
 
 CASES = {
