@@ -132,12 +132,17 @@ def run_ptq(config: str | Path | ModelConfig, checkpoint: str | Path, calib_data
         model, meta = ptq_model(cfg, checkpoint, files, method, skip, percentile, bn_fused, rank_device(device),
                                 progress, ctx)
         meta["calib_data"] = str(calib_data)
-        if ctx.is_main:
-            save_quantized_model(model, out, meta)
-        barrier(ctx)
+        save_on_rank0(model, out, meta, ctx)
         return meta
     finally:
         shutdown(ctx)
+
+
+def save_on_rank0(model: nn.Module, path: str | Path, meta: dict, ctx: DistContext) -> None:
+    """Rank 0 writes `path` and every rank waits until it is there (one process: just the write)."""
+    if ctx.is_main:
+        save_quantized_model(model, path, meta)
+    barrier(ctx)
 
 
 def save_quantized_model(model: nn.Module, path: str | Path, meta: dict) -> None:

@@ -23,10 +23,10 @@ from pathlib import Path
 
 from trt_centerpoint.config import ModelConfig, load_config
 from trt_centerpoint.data.source import DataSource
-from trt_centerpoint.distributed import barrier, context, rank_device, shutdown
+from trt_centerpoint.distributed import context, rank_device, shutdown
 from trt_centerpoint.errors import UserError
 from trt_centerpoint.quant.calibrate import select_calibration_files
-from trt_centerpoint.quant.ptq import DEFAULT_NUM_FRAMES, ptq_model, save_quantized_model
+from trt_centerpoint.quant.ptq import DEFAULT_NUM_FRAMES, ptq_model, save_on_rank0, save_quantized_model
 from trt_centerpoint.quant.qat import QATOptions, run_qat
 from trt_centerpoint.quant.quantize import DEFAULT_SKIP, is_skipped, quantizable_layers
 
@@ -109,9 +109,7 @@ def run_recipe(config: str | Path | ModelConfig, checkpoint: str | Path, calib_d
         # quantizable_layers lists the layers still float (a quantized layer is no longer a plain Conv2d / spconv)
         meta["float_layers"] = float_layer_reasons(skip, quantizable_layers(model))
         if recipe == "calibrate":
-            if ctx.is_main:
-                save_quantized_model(model, out, meta)
-            barrier(ctx)
+            save_on_rank0(model, out, meta, ctx)
             return meta
         start = time.perf_counter()
         # every rank holds the same calibrated model (amax broadcast): each keeps its own temporary copy, and
@@ -129,9 +127,7 @@ def run_recipe(config: str | Path | ModelConfig, checkpoint: str | Path, calib_d
         record.pop("init_checkpoint", None)  # a temporary file
         record["seconds"] = round(time.perf_counter() - start, 1)
         qat_meta["learned_ranges"] = record
-        if ctx.is_main:
-            save_quantized_model(model, out, qat_meta)
-        barrier(ctx)
+        save_on_rank0(model, out, qat_meta, ctx)
         return qat_meta
     finally:
         shutdown(ctx)

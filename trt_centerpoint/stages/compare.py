@@ -288,7 +288,7 @@ def _compare_on_rank(cfg: ModelConfig, artifacts: str | Path, data: str | Path, 
         layer_pipes = pipes
     per_layer_backbone, bev = compare_scn_layers(layer_pipes, frames.points[ran[0]])
     bev = bev.numpy()
-    for pipe in pipes.values():
+    for pipe in {id(p): p for p in [*pipes.values(), *layer_pipes.values()]}.values():
         pipe.close()  # their ONNX Runtime sessions: a nuScenes-size head holds a GB each
 
     agreement = {f"{r:g}m": merge_matches([match_detections(a, b, r) for a, b in zip(dets["fp32"], dets["int8"])], r)

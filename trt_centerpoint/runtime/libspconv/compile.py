@@ -18,6 +18,7 @@ from pathlib import Path
 
 from trt_centerpoint.errors import UserError
 from trt_centerpoint.fileio import atomic_dir
+from trt_centerpoint.manifest import file_sha256
 from trt_centerpoint.runtime.libspconv.locate import Libspconv
 
 __all__ = ["NATIVE", "NativeBuild", "cache_root", "compile_native", "find_compiler"]
@@ -58,21 +59,13 @@ def find_compiler(kind: str) -> str:
     return path
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _key(library: Libspconv, cxx: str, cc: str) -> str:
     digest = hashlib.sha256()
     for name in SOURCES:
         digest.update(name.encode() + b"\0" + (NATIVE / name).read_bytes())
     for header in sorted((library.include / "spconv").glob("*.hpp")):
         digest.update(header.name.encode() + b"\0" + header.read_bytes())
-    digest.update(f"{_sha256(library.library)}\0{library.api}\0{library.cudart_soname}\0{cxx}\0{cc}".encode())
+    digest.update(f"{file_sha256(library.library)}\0{library.api}\0{library.cudart_soname}\0{cxx}\0{cc}".encode())
     return digest.hexdigest()[:20]
 
 
