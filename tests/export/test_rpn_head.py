@@ -5,9 +5,13 @@ import pytest
 import torch
 
 from trt_centerpoint.export.head.export import (
+    FP64_WINDOW,
     RPN_HEAD_INPUT,
+    RpnHeadModule,
     bev_input_shape,
+    central_window,
     export_rpn_head,
+    fp32_vs_fp64,
     rpn_head_output_names,
     validate_rpn_head,
 )
@@ -59,3 +63,20 @@ def test_validation_catches_a_wrong_file(exported, model):
     init.CopyFrom(onnx.numpy_helper.from_array(array, init.name))
     with pytest.raises(ValidationError, match="rpn_head: ONNX Runtime differs from PyTorch by"):
         validate_rpn_head(broken, model, [torch.ones(1, *exported_shape(model))])
+
+
+def test_float64_context_runs_on_an_aligned_central_window(exported, model, frames):
+    big = torch.arange(2 * 180 * 180, dtype=torch.float32).reshape(1, 2, 180, 180)
+    window = central_window(big, 64)
+    assert list(window.shape) == [1, 2, 64, 64]
+    assert int(window[0, 0, 0, 0]) == 56 * 180 + 56  # (180 - 64) // 2 = 58, down to a multiple of 8
+    small = torch.zeros(1, 2, 40, 24)
+    assert central_window(small, 64).shape == small.shape
+    with torch.no_grad():
+        bev = model.backbone(*frames[0], 1)
+    figures = validate_rpn_head(exported, model, [bev])
+    assert figures["pytorch_fp32_vs_fp64_window"] == list(central_window(bev, FP64_WINDOW).shape[-2:])
+    wrapper = RpnHeadModule(model).eval()
+    # the figure is float32 rounding: above zero for a trained-size network, far below the gate's 1e-4
+    assert 0.0 < figures["pytorch_fp32_vs_fp64_max_abs"] == fp32_vs_fp64(wrapper, central_window(bev, FP64_WINDOW))
+    assert figures["pytorch_fp32_vs_fp64_max_abs"] < 1e-4

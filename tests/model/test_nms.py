@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from trt_centerpoint.model import nms as nms_module
 from trt_centerpoint.model.nms import bev_corners, circle_nms, circle_nms_sq, rotate_nms, rotated_bev_iou
 
 # ---------------------------------------------------------------------------------------------------------
@@ -269,9 +270,17 @@ def test_iou_accepts_nine_value_boxes():
 # Rotated NMS
 
 
+@pytest.fixture(params=["all-pairs", "per-kept-box"])
+def nms_path(request, monkeypatch):
+    """rotate_nms's two ways to the same boxes: every overlapping pair's IoU at once, or per kept box."""
+    if request.param == "per-kept-box":
+        monkeypatch.setattr(nms_module, "_BATCH_CANDIDATES", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("thr, pre_max, post_max", [(0.2, None, None), (0.1, 40, 10), (0.5, 25, None), (0.0, None, 7)])
-def test_rotate_nms_matches_greedy_loop(seed, thr, pre_max, post_max):
+def test_rotate_nms_matches_greedy_loop(seed, thr, pre_max, post_max, nms_path):
     rng = random.Random(seed)
     boxes = random_boxes(rng, 60, spread=5.0)
     scores = [rng.random() for _ in boxes]
@@ -284,7 +293,7 @@ def test_rotate_nms_matches_greedy_loop(seed, thr, pre_max, post_max):
     assert (kept_scores[:-1] >= kept_scores[1:]).all()
 
 
-def test_rotate_nms_float32_agrees():
+def test_rotate_nms_float32_agrees(nms_path):
     rng = random.Random(11)
     boxes = random_boxes(rng, 80, spread=5.0, offset=(30.0, 20.0))
     scores = [rng.random() for _ in boxes]
@@ -292,7 +301,7 @@ def test_rotate_nms_float32_agrees():
     assert got.tolist() == ref_rotate_nms(boxes, scores, 0.2, 1000, 83)
 
 
-def test_rotate_nms_threshold_is_strict_and_ties_are_stable():
+def test_rotate_nms_threshold_is_strict_and_ties_are_stable(nms_path):
     # Two unit squares offset by 0.5 have IoU 1/3: suppressed above thresholds below 1/3 only.
     boxes = t64([box(0, 0, 1, 1), box(0.5, 0, 1, 1), box(10, 0, 1, 1)])
     scores = t64([0.5, 0.9, 0.7])
@@ -307,9 +316,21 @@ def test_rotate_nms_threshold_is_strict_and_ties_are_stable():
     assert rotate_nms(boxes, scores, 0.9, post_max=0).tolist() == []
 
 
-def test_rotate_nms_empty():
+def test_rotate_nms_empty(nms_path):
     got = rotate_nms(torch.zeros(0, 7), torch.zeros(0), 0.2, 10, 10)
     assert got.dtype == torch.long and got.shape == (0,)
+
+
+def test_rotate_nms_dense_clutter_takes_the_per_box_way_with_the_same_result(monkeypatch):
+    rng = random.Random(5)
+    boxes = random_boxes(rng, 120, spread=1.5)  # nearly every pair overlaps
+    scores = [rng.random() for _ in boxes]
+    want = ref_rotate_nms(boxes, scores, 0.3, None, None)
+    assert rotate_nms(t64(boxes), t64(scores), 0.3).tolist() == want
+    monkeypatch.setattr(nms_module, "_BATCH_PAIRS", 100)  # fewer than the overlapping pairs: the per-box loop
+    calls = []
+    monkeypatch.setattr(nms_module, "_greedy_pairs", lambda *a: calls.append(a))
+    assert rotate_nms(t64(boxes), t64(scores), 0.3).tolist() == want and not calls
 
 
 # ---------------------------------------------------------------------------------------------------------

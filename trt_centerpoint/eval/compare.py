@@ -280,9 +280,10 @@ def _node_outputs(model: onnx.ModelProto, tensors: dict) -> list[str]:
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
-    """ONNX Runtime, CPU, one thread, no graph optimisation (each tensor is computed as the graph says)."""
+    """ONNX Runtime, CPU, torch's thread count (`--threads`), no graph optimisation (each tensor is computed as the
+    graph says)."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
+    options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.enable_cpu_mem_arena = False  # freed activations go back to the system, not to an arena kept at peak

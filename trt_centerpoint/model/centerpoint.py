@@ -40,9 +40,11 @@ class CenterPoint(nn.Module):
         """The 2D part alone (RPN + head), the piece exported as rpn_head.onnx."""
         return self.bbox_head(self.neck(bev))
 
-    def voxelize(self, frames: list[torch.Tensor]):
-        """Point clouds [N, F] -> one collated voxel batch (coords carry the batch index)."""
-        return collate([self.voxelizer(points, training=self.training) for points in frames])
+    def voxelize(self, frames: list[torch.Tensor], training: bool | None = None):
+        """Point clouds [N, F] -> one collated voxel batch (coords carry the batch index); `training` (default: the
+        module's mode) picks the voxel cap, `max_voxels_train` or the deployed `max_voxels`."""
+        training = self.training if training is None else training
+        return collate([self.voxelizer(points, training=training) for points in frames])
 
     @torch.no_grad()
     def detect(self, frames: list[torch.Tensor]) -> list[Detections]:

@@ -6,9 +6,14 @@ Boxes follow the project convention documented in `trt_centerpoint.model.decode`
 the x axis and the length l spans the y axis (OpenPCDet's (dx, dy, heading) geometry, which det3d's
 `rotate_nms_pcdet` feeds to the CUDA kernel unchanged).
 
-Everything is plain torch, vectorised, and runs on whatever device the inputs live on. The greedy loops
-visit only the boxes that are kept (at most `post_max` of them), each visit computing the overlaps of one
-kept box with the still undecided candidates, so no N x N matrix is ever built.
+Everything is plain torch, vectorised, and runs on whatever device the inputs live on. Rotated NMS first finds
+the pairs whose bounding circles meet (an N x N test for up to `_BATCH_CANDIDATES` candidates) and computes the
+exact IoU of all of them in one call, then runs the greedy pass over that list: per kept box, a loop of small
+tensor operations cost about 1 ms of dispatch while the pairs that meet are few (a nuScenes-size head with random
+weights: 1,000 candidates per task, at most 2,706 such pairs, 40-100 ms per task that way). Where more pairs
+meet than `_BATCH_PAIRS` (a dense clutter), or with more candidates, the greedy loop visits only the boxes that
+are kept (at most `post_max`), each visit computing the overlaps of one kept box with the still undecided
+candidates. Both give the same boxes (the same IoU arithmetic, pair by pair).
 
 Determinism: candidates are ordered by descending score with a stable sort, so equal scores keep their
 input order (lower index first) and results do not depend on the sort implementation.
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -25,6 +31,9 @@ __all__ = ["bev_corners", "rotated_bev_iou", "rotate_nms", "circle_nms", "circle
 
 # Pairs processed per chunk by the exact intersection (24 candidate vertices per pair).
 _PAIR_CHUNK = 1 << 15
+# Rotated NMS computes every IoU at once up to this many candidates (an N x N bool test) and overlapping pairs.
+_BATCH_CANDIDATES = 4096
+_BATCH_PAIRS = 1 << 16
 
 
 def _float(t: Tensor) -> Tensor:
@@ -185,6 +194,24 @@ def _greedy(n: int, suppresses: Callable[[int, Tensor], Tensor], post_max: int |
     return torch.tensor(keep, dtype=torch.long, device=device)
 
 
+def _greedy_pairs(n: int, first: Tensor, second: Tensor, post_max: int | None, device) -> Tensor:
+    """Greedy NMS over candidates 0..n-1 sorted best first, given every suppressing pair (first < second:
+    `first`, if kept, suppresses `second`), listed by ascending `first`."""
+    limit = n if post_max is None else min(n, max(post_max, 0))
+    rows, victims = first.cpu().numpy(), second.cpu().numpy()
+    starts = np.searchsorted(rows, np.arange(n + 1))
+    suppressed = np.zeros(n, dtype=bool)
+    keep: list[int] = []
+    for i in range(n):
+        if len(keep) >= limit:
+            break
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        suppressed[victims[starts[i]:starts[i + 1]]] = True
+    return torch.tensor(keep, dtype=torch.long, device=device)
+
+
 def _sorted_order(scores: Tensor, pre_max: int | None) -> Tensor:
     order = torch.sort(scores, descending=True, stable=True).indices
     if pre_max is not None:
@@ -211,6 +238,13 @@ def rotate_nms(
     order = _sorted_order(scores, pre_max)
     b = _float(boxes[order, :7])
     centres, radii = b[:, 0:2], _bounding_radius(b)
+    n = order.numel()
+    if n <= _BATCH_CANDIDATES:
+        near = _may_overlap(centres[:, None], radii[:, None], centres[None, :], radii[None, :]).triu(1)
+        if int(near.sum()) <= _BATCH_PAIRS:
+            first, second = near.nonzero(as_tuple=True)  # row-major: ascending first
+            hit = _paired_iou(b[first], b[second]) > iou_threshold
+            return order[_greedy_pairs(n, first[hit], second[hit], post_max, device)]
 
     def suppresses(i: int, rest: Tensor) -> Tensor:
         near = _may_overlap(centres[i], radii[i], centres[rest], radii[rest])

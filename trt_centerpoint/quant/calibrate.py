@@ -21,8 +21,9 @@ value quantizes an all-zero channel exactly; zero would be an invalid TensorRT /
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -99,22 +100,28 @@ def calibration_mode(model: nn.Module) -> Iterator[None]:
 
 
 @torch.no_grad()
-def run_frame(model: nn.Module, points) -> bool:
-    """One point cloud through `model` (a batch of one); False when no voxel is in range (nothing ran)."""
+def run_frame(model: nn.Module, points, on_output: Callable[[object], None] | None = None) -> bool:
+    """One point cloud through `model` (a batch of one); False when no voxel is in range (nothing ran).
+    `on_output` receives the model's outputs: in calibration mode those of the float model (quantizers pass
+    their inputs through), which the `ptq` recipe keeps as its distillation targets instead of running the
+    FP32 model again."""
     device = next(model.parameters()).device
     voxels = model.voxelize([torch.as_tensor(points, dtype=torch.float32)])
     if voxels.num_voxels == 0:
         return False
-    model(voxels.features.to(device), voxels.coords.to(device), 1)
+    outputs = model(voxels.features.to(device), voxels.coords.to(device), 1)
+    if on_output is not None:
+        on_output(outputs)
     return True
 
 
 def collect(model: nn.Module, frames: Iterable[torch.Tensor], total: int | None = None,
-            progress: bool = True) -> tuple[int, int]:
-    """Run each point cloud through `model` (one frame per batch); returns (frames used, frames empty)."""
+            progress: bool = True, on_output: Callable[[int, object], None] | None = None) -> tuple[int, int]:
+    """Run each point cloud through `model` (one frame per batch); returns (frames used, frames empty).
+    `on_output(k, outputs)`: the outputs of the k-th frame (frames with no voxel in range give none)."""
     used = empty = 0
-    for points in tqdm(frames, total=total, desc="calibrate", unit="frame", disable=not progress):
-        if run_frame(model, points):
+    for k, points in enumerate(tqdm(frames, total=total, desc="calibrate", unit="frame", disable=not progress)):
+        if run_frame(model, points, None if on_output is None else functools.partial(on_output, k)):
             used += 1
         else:
             empty += 1
@@ -231,12 +238,14 @@ def _no_frame_ran(empty: int) -> CalibrationError:
 
 
 def calibrate(model: nn.Module, frames: Iterable[torch.Tensor], method: str = "mse", percentile: float = 99.99,
-              total: int | None = None, progress: bool = True) -> CalibrationResult:
-    """Collect statistics over `frames` (point clouds [N, F]) and set every amax. Model in eval mode."""
+              total: int | None = None, progress: bool = True,
+              on_output: Callable[[int, object], None] | None = None) -> CalibrationResult:
+    """Collect statistics over `frames` (point clouds [N, F]) and set every amax. Model in eval mode.
+    `on_output`: see `collect`."""
     _check_calibration_inputs(model, method)
     model.eval()
     with calibration_mode(model):
-        used, empty = collect(model, frames, total=total, progress=progress)
+        used, empty = collect(model, frames, total=total, progress=progress, on_output=on_output)
     if used == 0:
         raise _no_frame_ran(empty)
     amax = compute_amax(model, method, percentile)
@@ -244,13 +253,14 @@ def calibrate(model: nn.Module, frames: Iterable[torch.Tensor], method: str = "m
 
 
 def calibrate_files(model: nn.Module, files: list[FrameRef], num_features: int, method: str = "mse",
-                    percentile: float = 99.99, progress: bool = True,
-                    ctx: DistContext | None = None) -> CalibrationResult:
+                    percentile: float = 99.99, progress: bool = True, ctx: DistContext | None = None,
+                    on_output: Callable[[int, object], None] | None = None) -> CalibrationResult:
     """`calibrate` on the frames `files`. Under torchrun (`ctx` distributed) the ranks share the frames and every
-    rank ends with the amax one process would compute on them (`calibrate_distributed`)."""
+    rank ends with the amax one process would compute on them (`calibrate_distributed`). `on_output(k, outputs)`:
+    the float outputs of `files[k]`, one process only (not called under torchrun)."""
     if ctx is None or not ctx.distributed:
         return calibrate(model, iter_points(files, num_features), method=method, percentile=percentile,
-                         total=len(files), progress=progress)
+                         total=len(files), progress=progress, on_output=on_output)
     _check_calibration_inputs(model, method)
     model.eval()
     with calibration_mode(model):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import platform
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -82,8 +83,10 @@ def round_sparse_weights_fp16(model: nn.Module) -> int:
 
 def ptq_model(cfg: ModelConfig, checkpoint: str | Path, files: list[Path], method: str = "mse", skip=DEFAULT_SKIP,
               percentile: float = 99.99, bn_fused: bool = True, device: str = "cpu",
-              progress: bool = True, ctx: DistContext | None = None) -> tuple[nn.Module, dict]:
-    """Load `checkpoint`, (fold BN,) quantize and calibrate on the point files `files`.
+              progress: bool = True, ctx: DistContext | None = None,
+              on_output: Callable[[int, object], None] | None = None) -> tuple[nn.Module, dict]:
+    """Load `checkpoint`, (fold BN,) quantize and calibrate on the point files `files` (`on_output`: see
+    `calibrate.calibrate_files`).
 
     Returns the calibrated model (on `device`) and the ``meta`` to save with it. ``method="max"`` gives
     activations a max calibrator; the other methods use one histogram calibrator per activation. Under torchrun
@@ -98,7 +101,7 @@ def ptq_model(cfg: ModelConfig, checkpoint: str | Path, files: list[Path], metho
     rounded = round_sparse_weights_fp16(model) if bn_fused else 0  # the weights scn files deploy
     model.to(device)
     result = calibrate_files(model, files, cfg.voxel.num_point_features, method=method, percentile=percentile,
-                             progress=progress, ctx=ctx)
+                             progress=progress, ctx=ctx, on_output=on_output)
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

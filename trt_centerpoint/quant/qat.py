@@ -63,6 +63,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +108,9 @@ DEFAULT_RANGE_WARMUP = 0.5
 # float (FP16), the whole RPN and head run INT8; learned ranges recover the head output convs (reg.3) that
 # `quantize.DEFAULT_SKIP` keeps float for PTQ alone.
 QAT_SKIP = ("backbone.conv_input*", "backbone.conv1.0.*")
+
+# frame indices of a step -> the teacher's outputs on them (as the model returns them), or None: not known
+TeacherOutputs = Callable[[np.ndarray], object]
 
 
 @dataclass
@@ -231,12 +235,16 @@ def _split_parameters(model: nn.Module, ranges: LearnedRanges) -> list[nn.Parame
 
 
 def run_qat(checkpoint: str | Path, data: str | Path, out: str | Path, opts: QATOptions | None = None,
-            progress: bool = True) -> tuple[nn.Module, dict]:
+            progress: bool = True, teacher_outputs: TeacherOutputs | None = None) -> tuple[nn.Module, dict]:
     """Fine-tune the quantized model of `checkpoint` on `data`; rank 0 writes `out`.
 
     Returns the fine-tuned model (eval mode, unwrapped) and the saved meta. Under torchrun, every rank
-    returns its (identical) model.
+    returns its (identical) model. `teacher_outputs(idx)`: the teacher's outputs on the frames `idx` (indices
+    into `data`'s frame list) already computed, or None where they are not (the teacher then runs); only for
+    distillation without augmentation (the teacher must see exactly the student's input).
     """
+    if teacher_outputs is not None and (opts is None or opts.augment or opts.objective != "distill"):
+        raise ValueError("run_qat: teacher_outputs need objective 'distill' and augment=False")
     opts = opts or QATOptions()
     if opts.objective not in OBJECTIVES:
         raise UserError(f"--objective {opts.objective}: one of {', '.join(OBJECTIVES)}")
@@ -250,20 +258,41 @@ def run_qat(checkpoint: str | Path, data: str | Path, out: str | Path, opts: QAT
         raise UserError("--range-lr must be > 0 and --range-warmup >= 0")
     ctx = init_distributed(opts.device)
     try:
-        return _run(checkpoint, data, Path(out), opts, ctx, progress)
+        return _run(checkpoint, data, Path(out), opts, ctx, progress, teacher_outputs)
     finally:
         if ctx.owns_group:
             dist.destroy_process_group()
 
 
-def _run(checkpoint, data, out: Path, opts: QATOptions, ctx: DistContext, progress: bool):
+class _Teacher:
+    """The FP32 teacher, loaded the first time a step needs it: every step may find its outputs computed already
+    (`teacher_outputs`), and a nuScenes-size model costs seconds to build."""
+
+    def __init__(self, cfg, path: Path, device: str, known: TeacherOutputs | None):
+        self.cfg, self.path, self.device, self.known = cfg, path, device, known
+        self.model: nn.Module | None = None
+        self.reused = 0  # steps whose outputs were known
+
+    @torch.no_grad()
+    def __call__(self, idx, feats: torch.Tensor, coords: torch.Tensor, batch_size: int):
+        outputs = self.known(idx) if self.known is not None else None
+        if outputs is not None:
+            self.reused += 1
+            return [{name: t.to(feats.device) for name, t in task.items()} for task in outputs]
+        if self.model is None:
+            self.model = load_model(self.cfg, self.path, device=self.device).requires_grad_(False)
+        return self.model(feats, coords, batch_size)
+
+
+def _run(checkpoint, data, out: Path, opts: QATOptions, ctx: DistContext, progress: bool,
+         teacher_outputs: TeacherOutputs | None = None):
     meta = read_ptq_meta(checkpoint)
     cfg = config_from_dict(meta["config"], f"{checkpoint} (meta.config)")
     frames, picks = _frames(data, cfg, opts)
     teacher, teacher_path = None, None
     if opts.objective == "distill":
         teacher_path = _resolve_teacher(checkpoint, meta, opts.teacher)
-        teacher = load_model(cfg, teacher_path, device=str(ctx.device)).requires_grad_(False)
+        teacher = _Teacher(cfg, teacher_path, str(ctx.device), teacher_outputs)
 
     torch.manual_seed(opts.seed)
     student = load_quantized_model(checkpoint, device=str(ctx.device))
@@ -316,7 +345,9 @@ def _run(checkpoint, data, out: Path, opts: QATOptions, ctx: DistContext, progre
         sums, done = np.zeros(3), 0
         for idx in bar:
             clouds, boxes, names = load_batch(frames, idx, aug_rng)
-            voxels = student.voxelize(clouds)
+            # only the ranges train (ptq's recipe): they fit the input the deployed model sees, the test-time
+            # voxel cap calibration also saw; training the weights keeps the training cap
+            voxels = student.voxelize(clouds, training=opts.train_weights)
             if _all_reduce([float(voxels.num_voxels == 0)], ctx, "max")[0]:
                 skipped += 1  # spconv cannot run an empty batch; all ranks skip this step together
                 global_step += 1
@@ -326,9 +357,7 @@ def _run(checkpoint, data, out: Path, opts: QATOptions, ctx: DistContext, progre
             if teacher is None:
                 loss, parts = centerpoint_loss(preds, build_targets(cfg, boxes, names))
             else:
-                with torch.no_grad():
-                    target = teacher(feats, coords, len(clouds))
-                loss, parts = distill_loss(preds, target)
+                loss, parts = distill_loss(preds, teacher(idx, feats, coords, len(clouds)))
             value = _all_reduce([float(loss.detach()), parts["hm"], parts["loc"]], ctx)
             value = [v / ctx.world_size for v in value]
             if not math.isfinite(value[0]):
@@ -366,6 +395,7 @@ def _run(checkpoint, data, out: Path, opts: QATOptions, ctx: DistContext, progre
         "data": str(data),
         "frames": len(picks),
         "teacher": str(teacher_path) if teacher_path else None,
+        "teacher_steps_reused": teacher.reused if teacher is not None else 0,  # outputs given, not recomputed
         "world_size": ctx.world_size,
         "ranges": opts.ranges,
         "range_lr": range_lr if ranges.params else None,

@@ -23,7 +23,7 @@ from fnmatch import fnmatchcase
 from pytorch_quantization.nn import TensorQuantizer
 from torch import nn
 
-from trt_centerpoint._compat.pytorch_quantization import quiet_library_logs
+from trt_centerpoint._compat.pytorch_quantization import fast_module_init, quiet_library_logs
 from trt_centerpoint.artifacts import PTQ_CHECKPOINT
 from trt_centerpoint.model.backbone import ResidualAdd
 from trt_centerpoint.model.checkpoint import CheckpointError
@@ -76,7 +76,7 @@ def quantize_model(model: nn.Module, skip: Iterable[str] = DEFAULT_SKIP, input_c
     skip = tuple(skip)
     qm.input_descriptor(input_calib)  # validates the name
     swapped = []
-    with quiet_library_logs():
+    with quiet_library_logs(), fast_module_init():
         for parent_name, parent in list(model.named_modules()):
             for child_name, child in list(parent.named_children()):
                 name = f"{parent_name}.{child_name}" if parent_name else child_name

@@ -22,9 +22,11 @@ import time
 from pathlib import Path
 
 from trt_centerpoint.config import ModelConfig, load_config
-from trt_centerpoint.data.source import DataSource
+from trt_centerpoint.data.sampling import evenly_spaced_indices
+from trt_centerpoint.data.source import DataSource, list_frames
 from trt_centerpoint.distributed import context, rank_device, shutdown
 from trt_centerpoint.errors import UserError
+from trt_centerpoint.quant.calib_outputs import CalibrationOutputs
 from trt_centerpoint.quant.calibrate import select_calibration_files
 from trt_centerpoint.quant.ptq import DEFAULT_NUM_FRAMES, ptq_model, save_on_rank0, save_quantized_model
 from trt_centerpoint.quant.qat import QATOptions, run_qat
@@ -43,6 +45,10 @@ RANGE_KIND = "2d-inputs"
 # rest of the build needs 3.5); on the sample one frame a step gives the same accuracy (mAP 0.7388 vs 0.7398 with
 # two, every TP error within 1 % of FP32).
 RANGE_BATCH = 1
+# The calibration frames as calibration saw them, no flip / rotation / scaling: the ranges are fitted to what the
+# deployed model sees, and the FP32 outputs calibration computed on these very inputs are the distillation targets
+# (`calib_outputs`), so the FP32 model never runs again.
+RANGE_AUGMENT = False
 
 # The layers the default recipe keeps float, each with the reason (the report prints it). Change the list
 # here: it is the only place. NVIDIA's libspconv (1.0.1 and 1.1.10, host-side engine build) accepts every sparse
@@ -101,36 +107,49 @@ def run_recipe(config: str | Path | ModelConfig, checkpoint: str | Path, calib_d
     skip = default_skip(recipe) if skip is None else list(skip)
     files = select_calibration_files(calib_data, num_frames)
     ctx = context()  # under torchrun: the ranks share the calibration frames, rank 0 writes `out`
-    try:
-        model, meta = ptq_model(cfg, checkpoint, files, method, skip, percentile, bn_fused, rank_device(device),
-                                progress, ctx)
-        meta["calib_data"] = str(calib_data)
-        meta["recipe"] = recipe
-        # quantizable_layers lists the layers still float (a quantized layer is no longer a plain Conv2d / spconv)
-        meta["float_layers"] = float_layer_reasons(skip, quantizable_layers(model))
-        if recipe == "calibrate":
-            save_on_rank0(model, out, meta, ctx)
-            return meta
-        start = time.perf_counter()
-        # every rank holds the same calibrated model (amax broadcast): each keeps its own temporary copy, and
-        # `run_qat` joins this process group (DDP over the ranks' frames)
-        with tempfile.TemporaryDirectory(prefix="trt_centerpoint_ptq_") as tmp:
-            calibrated = Path(tmp) / "calibrated.pth"
-            save_quantized_model(model, calibrated, meta)
-            del model
-            opts = QATOptions(objective="distill", epochs=RANGE_EPOCHS, ranges=ranges, train_weights=False,
-                              batch_size=RANGE_BATCH,
-                              teacher=str(checkpoint), device=device, num_frames=num_frames)  # the calibration frames
-            model, qat_meta = run_qat(calibrated, calib_data, Path(tmp) / "ranges.pth", opts, progress=progress)
-        record = qat_meta.pop("qat")
-        qat_meta.pop("stage", None)
-        record.pop("init_checkpoint", None)  # a temporary file
-        record["seconds"] = round(time.perf_counter() - start, 1)
-        qat_meta["learned_ranges"] = record
-        save_on_rank0(model, out, qat_meta, ctx)
-        return qat_meta
-    finally:
-        shutdown(ctx)
+    with tempfile.TemporaryDirectory(prefix="trt_centerpoint_ptq_") as tmp:
+        try:
+            return _run_recipe(cfg, checkpoint, calib_data, files, Path(tmp), out, recipe, num_frames, method, skip,
+                               percentile, bn_fused, device, progress, ranges, ctx)
+        finally:
+            shutdown(ctx)
+
+
+def _run_recipe(cfg: ModelConfig, checkpoint, calib_data, files, tmp: Path, out, recipe: str, num_frames, method: str,
+                skip: list[str], percentile: float, bn_fused: bool, device: str, progress: bool, ranges: str,
+                ctx) -> dict:
+    # one process: the float outputs of the calibration passes become the range learning's targets (under torchrun
+    # a rank calibrates other frames than its range steps read, and the teacher runs)
+    targets = None
+    if recipe == "learn-ranges" and not ctx.distributed and not RANGE_AUGMENT:
+        targets = CalibrationOutputs(tmp, evenly_spaced_indices(len(list_frames(calib_data)), num_frames))
+    model, meta = ptq_model(cfg, checkpoint, files, method, skip, percentile, bn_fused, rank_device(device),
+                            progress, ctx, on_output=targets.save if targets is not None else None)
+    meta["calib_data"] = str(calib_data)
+    meta["recipe"] = recipe
+    # quantizable_layers lists the layers still float (a quantized layer is no longer a plain Conv2d / spconv)
+    meta["float_layers"] = float_layer_reasons(skip, quantizable_layers(model))
+    if recipe == "calibrate":
+        save_on_rank0(model, out, meta, ctx)
+        return meta
+    start = time.perf_counter()
+    # every rank holds the same calibrated model (amax broadcast): each keeps its own temporary copy, and
+    # `run_qat` joins this process group (DDP over the ranks' frames)
+    calibrated = tmp / "calibrated.pth"
+    save_quantized_model(model, calibrated, meta)
+    del model
+    opts = QATOptions(objective="distill", epochs=RANGE_EPOCHS, ranges=ranges, train_weights=False,
+                      batch_size=RANGE_BATCH, augment=RANGE_AUGMENT,
+                      teacher=str(checkpoint), device=device, num_frames=num_frames)  # the calibration frames
+    model, qat_meta = run_qat(calibrated, calib_data, tmp / "ranges.pth", opts, progress=progress,
+                              teacher_outputs=targets)
+    record = qat_meta.pop("qat")
+    qat_meta.pop("stage", None)
+    record.pop("init_checkpoint", None)  # a temporary file
+    record["seconds"] = round(time.perf_counter() - start, 1)
+    qat_meta["learned_ranges"] = record
+    save_on_rank0(model, out, qat_meta, ctx)
+    return qat_meta
 
 
 __all__ = ["DEFAULT_RECIPE", "FLOAT_LAYERS", "RECIPES", "default_skip", "float_layer_reasons", "run_recipe"]

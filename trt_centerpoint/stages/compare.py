@@ -104,15 +104,18 @@ def _deployment_check(cfg, checkpoint, files_int8: list[Detections], frames) -> 
     return out
 
 
-def compare_scn_layers(pipes: dict, points) -> tuple[dict, torch.Tensor]:
+def compare_scn_layers(pipes: dict, points) -> tuple[dict, dict[str, torch.Tensor]] | None:
     """Every SparseConvolution / Add / Relu output of `scn.int8.onnx` against `scn.fp16.onnx` on one frame
     (`pipes`: the pipelines of the files by precision, whose backbones are the reference runners of both), and
-    the FP32 file's BEV of that frame (the head's per-layer comparison runs on it: computed once).
+    both files' BEVs of that frame (the head's per-layer comparison runs on the FP32 one; `compare_outputs` runs
+    the heads on them: each backbone runs once). None when no voxel of the frame is in range.
 
     Both files name a tensor after the module that makes it ("conv2.3.conv1"), and share the geometry, so
     the active sites line up and the features compare element by element. Same output as `per_layer_onnx`.
     """
     voxels = pipes["fp32"].voxelize(points)
+    if voxels.num_voxels == 0:
+        return None
     runs, bevs = {}, {}
     for precision in ("fp32", "int8"):
         runner = pipes[precision].backbone
@@ -128,31 +131,38 @@ def compare_scn_layers(pipes: dict, points) -> tuple[dict, torch.Tensor]:
         m = tensor_metrics(ref.float().cpu().numpy(), got.float().cpu().numpy())
         layers.append({"tensor": name, "op": op, "cosine": m["cosine"], "max_abs": m["max_abs"],
                        "median_abs": m["median_abs"], "snr_db": m["snr_db"]})
-    return {"layers": layers, "first_jump": find_first_jump(layers)}, bevs["fp32"].cpu()
+    return {"layers": layers, "first_jump": find_first_jump(layers)}, {p: b.cpu() for p, b in bevs.items()}
 
 
-def _compare_frame(cfg: ModelConfig, pipes: dict, points) -> dict:
-    """One frame through the pipelines of both files: {precision: (outputs, detections, overflows, conv counts)}
-    (counts and overflows only when the backbone ran: a frame without voxels in range leaves them empty)."""
+def _compare_frame(cfg: ModelConfig, pipes: dict, points, with_layers: bool = False) -> tuple[dict, tuple | None]:
+    """One frame through the pipelines of both files: ({precision: (outputs, detections, overflows, conv counts)},
+    the per-layer figures and FP32 BEV when `with_layers`, else None) (counts and overflows only when the backbone
+    ran: a frame without voxels in range leaves them empty)."""
+    layers = compare_scn_layers(pipes, points) if with_layers else None
     ran = {}
     for precision, pipe in pipes.items():
-        outputs = pipe.head_outputs(points)
+        if layers is not None:  # the backbones ran with every tensor kept: run the heads on their BEVs
+            outputs = pipe.run_head(layers[1][precision])
+        else:
+            outputs = pipe.head_outputs(points)
         backbone = pipe.backbone
         overflows = dict(backbone.overflows) if outputs is not None else {}
         counts = {node: (count, backbone.convs[node].output_bound)
                   for node, count in getattr(backbone, "counts", {}).items()} if outputs is not None else {}
         ran[precision] = (outputs, _decode(outputs, cfg), overflows, counts)
-    return ran
+    return ran, None if layers is None else (layers[0], layers[1]["fp32"])
 
 
 def compare_outputs(cfg: ModelConfig, pipes: dict, frames, progress: bool = True, headroom: dict | None = None,
-                    ctx: DistContext | None = None):
+                    ctx: DistContext | None = None, layers: dict | None = None):
     """({precision: outputs per frame}, {precision: detections per frame}, output_bound overflows) of the
     pipelines of the files `pipes` ({"fp32": ..., "int8": ...}); an overflow is a conv whose active voxels exceeded
     its output_bound (libspconv would truncate; only reached with allow_overflow, else the runner raises).
     `headroom`, when given, collects per conv of the FP32 file its bound and the most active voxels seen.
+    `layers`, when given (the backbones are reference runners), receives `compare_scn_layers` of the first frame
+    ("figures", "bev" of the FP32 file, "frame": 0), computed from the same backbone runs.
 
-    Under torchrun (`ctx`) each step runs one frame per rank and rank 0 merges them in frame order (the other
+    Under torchrun each step runs one frame per rank and rank 0 merges them in frame order (the other
     ranks return empty figures)."""
     ctx = ctx or DistContext()
     outs = {"fp32": [], "int8": []}
@@ -162,10 +172,14 @@ def compare_outputs(cfg: ModelConfig, pipes: dict, frames, progress: bool = True
                                          disable=not (progress and ctx.is_main)) as bar:
         warnings.simplefilter("ignore", OutputBoundWarning)  # collected below, reported once
         for indices, mine in lockstep(frames, ctx):
-            result = _compare_frame(cfg, pipes, frames[mine]) if mine is not None else None
+            result = (_compare_frame(cfg, pipes, frames[mine], with_layers=layers is not None and mine == 0)
+                      if mine is not None else None)
             for frame in gather(result, ctx) or []:
                 if frame is None:
                     continue
+                frame, kept = frame
+                if kept is not None:
+                    layers.update(figures=kept[0], bev=kept[1], frame=0)
                 for precision, (outputs, detections, frame_overflows, counts) in frame.items():
                     outs[precision].append(outputs)
                     dets[precision].append(detections)
@@ -253,7 +267,8 @@ def _compare_on_rank(cfg: ModelConfig, artifacts: str | Path, data: str | Path, 
     pipes = {p: make_pipeline(cfg, backend, p, artifacts=artifacts, allow_overflow=allow_overflow)
              for p in ("fp32", "int8")}
     headroom: dict[str, dict] = {}
-    outs, dets, overflows = compare_outputs(cfg, pipes, frames.points, progress, headroom, ctx)
+    first: dict | None = {} if backend != "libspconv" else None  # the first frame's per-layer figures, same runs
+    outs, dets, overflows = compare_outputs(cfg, pipes, frames.points, progress, headroom, ctx, layers=first)
     if ctx is not None and not ctx.is_main:  # rank 0 has every frame's results and does the rest
         for pipe in pipes.values():
             pipe.close()
@@ -286,7 +301,11 @@ def _compare_on_rank(cfg: ModelConfig, artifacts: str | Path, data: str | Path, 
         layer_pipes = {p: make_pipeline(cfg, "onnx", p, artifacts=artifacts, allow_overflow=True) for p in pipes}
     else:
         layer_pipes = pipes
-    per_layer_backbone, bev = compare_scn_layers(layer_pipes, frames.points[ran[0]])
+    if first and first["frame"] == ran[0]:
+        per_layer_backbone, bev = first["figures"], first["bev"]
+    else:  # the first frame had no voxel in range, or the backbone is libspconv's: run the reference runners
+        per_layer_backbone, bevs = compare_scn_layers(layer_pipes, frames.points[ran[0]])
+        bev = bevs["fp32"]
     bev = bev.numpy()
     for pipe in {id(p): p for p in [*pipes.values(), *layer_pipes.values()]}.values():
         pipe.close()  # their ONNX Runtime sessions: a nuScenes-size head holds a GB each

@@ -269,7 +269,8 @@ def _export_rpn_head_fp32(model, cfg: ModelConfig, bevs, log) -> ExportedFile:
     figures = validate_rpn_head(rpn, model, bevs, runs=runs)
     log(f"{RPN_HEAD_FP32}: ONNX Runtime vs PyTorch on {figures['frames']} BEV map(s): "
         f"max abs error {figures['max_abs_error']:.3g} ({figures['max_scaled_error']:.3g} relative to "
-        f"max(1, |output|); PyTorch FP32 vs float64: {figures['pytorch_fp32_vs_fp64_max_abs']:.3g})")
+        f"max(1, |output|); PyTorch FP32 vs float64 on a central window: "
+        f"{figures['pytorch_fp32_vs_fp64_max_abs']:.3g})")
     figures["polygraphy"] = _polygraphy_check(RPN_HEAD_FP32, rpn, runs, POLYGRAPHY_FP32, log)
     return ExportedFile(RPN_HEAD_FP32, rpn.to_bytes(), "onnx", "fp32", figures, [r.as_dict() for r in rpn.passes],
                         info={"inputs": {"input": [1, cfg.bev_channels, *cfg.bev_shape]},

@@ -217,7 +217,7 @@ def export_rpn_head_int8(qmodel: nn.Module, cfg: ModelConfig, fp16: bool = False
 
 def _ort_session(model_bytes: bytes):
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
+    options.intra_op_num_threads = torch.get_num_threads()  # --threads (MLAS splits outputs, not sums)
     # Run the graph as written. Even ORT's *basic* level rewrites Q/DQ graphs (its QDQ transformers): on a
     # dense BEV input of the tiny model that alone moved the median error from 3.6e-7 to 2.3e-3, i.e. it
     # would compare ORT's rewrite, not the file, with PyTorch.
@@ -238,13 +238,16 @@ def _call_index(node_name: str) -> int:
 def _quantizer_inputs(wrapper: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], dict]:
     """(PyTorch outputs, {(quantizer path, call index): the tensor it quantized}) for one input."""
     seen: dict[tuple[str, int], torch.Tensor] = {}
+    versions: dict[tuple[str, int], int] = {}
     counts: dict[str, int] = {}
     handles = []
     for name, quantizer in iter_quantizers(wrapper):
         def hook(_module, args, name=name):
             index = counts.get(name, 0)
             counts[name] = index + 1
-            seen[(name, index)] = args[0].detach().clone()
+            # kept, not copied (a nuScenes-size head quantizes dozens of 8M-element tensors): the version counter
+            # says whether an in-place op changed one after it was quantized
+            seen[(name, index)], versions[(name, index)] = args[0].detach(), args[0]._version
         handles.append(quantizer.register_forward_pre_hook(hook))
     try:
         with torch.no_grad(), quiet_library_logs():
@@ -252,6 +255,10 @@ def _quantizer_inputs(wrapper: nn.Module, x: torch.Tensor) -> tuple[list[torch.T
     finally:
         for handle in handles:
             handle.remove()
+    changed = [key for key, t in seen.items() if t._version != versions[key]]
+    if changed:
+        raise RuntimeError(f"rpn_head int8 validation: {changed[0][0]}'s input was changed in place after it was "
+                           "quantized; the reference would not be what it quantized")
     return outputs, seen
 
 
