@@ -7,7 +7,9 @@
   ranges by rare background values; on the sample model the head's ``dim`` / ``rot`` / ``reg`` output convs
   then get an INT8 step as large as their signal at object centres (calibration only, everything but the sparse
   input layers INT8: mASE +39 %, and 4.9 mAP points lost at ``reg.3``). Learning the ranges against the FP32
-  outputs moves them to where the objects are: every TP error within 1 % of FP32 with the whole RPN and head INT8.
+  outputs moves them to where the objects are: every TP error within 1.2 % of FP32 with the whole RPN and head INT8
+  (sample: mAP 0.7397, FP32 0.7373). The FP32 outputs are those calibration computed on the same frames
+  (`calib_outputs`): the FP32 model does not run again.
 - ``calibrate``: calibration only, with ``quantize.DEFAULT_SKIP`` float (the input conv, the first residual
   block and the head's centre-offset convs, which calibration alone cannot keep accurate); the behaviour of
   earlier versions.
@@ -34,7 +36,7 @@ from trt_centerpoint.quant.quantize import DEFAULT_SKIP, is_skipped, quantizable
 
 RECIPES = ("learn-ranges", "calibrate")
 DEFAULT_RECIPE = "learn-ranges"
-RANGE_EPOCHS = 1  # sample, 64 calibration frames: every TP error within 1 % of FP32 after one epoch
+RANGE_EPOCHS = 1  # sample, 64 calibration frames: every TP error within 1.2 % of FP32 after one epoch
 # The ranges learned: the activations of the RPN and head (the sparse backbone keeps its calibrated ranges). The
 # backbone's ranges are not where calibration fails (sample: INT8 backbone + float 2D part within 0.15 mAP of FP32),
 # and leaving them alone means no backward pass through the sparse convs, the step's memory and time at nuScenes
@@ -48,6 +50,9 @@ RANGE_BATCH = 1
 # The calibration frames as calibration saw them, no flip / rotation / scaling: the ranges are fitted to what the
 # deployed model sees, and the FP32 outputs calibration computed on these very inputs are the distillation targets
 # (`calib_outputs`), so the FP32 model never runs again.
+# Measured on the sample (64 + 200 frames): mAP 0.7397, TP errors +1.0 / +1.2 / -0.8 / -0.4 % of FP32 (with augmentation
+# and the FP32 model run again: 0.7388, within 1 %); the range learning 32 s instead of 61 s (48 -> 30 s at nuScenes
+# size, 4 frames).
 RANGE_AUGMENT = False
 
 # The layers the default recipe keeps float, each with the reason (the report prints it). Change the list
