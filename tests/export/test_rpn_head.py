@@ -80,3 +80,18 @@ def test_float64_context_runs_on_an_aligned_central_window(exported, model, fram
     # the figure is float32 rounding: above zero for a trained-size network, far below the gate's 1e-4
     assert 0.0 < figures["pytorch_fp32_vs_fp64_max_abs"] == fp32_vs_fp64(wrapper, central_window(bev, FP64_WINDOW))
     assert figures["pytorch_fp32_vs_fp64_max_abs"] < 1e-4
+
+
+def test_onnxruntime_gives_the_same_bits_on_one_and_two_threads(exported, model):
+    """The validation sessions run on --threads: MLAS splits a conv's outputs between threads, not its sums."""
+    import numpy as np
+    import onnxruntime as ort
+
+    x = torch.relu(torch.randn(1, *exported_shape(model), generator=torch.Generator().manual_seed(3))).numpy()
+    runs = []
+    for threads in (1, 2):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = ort.InferenceSession(exported.to_bytes(), options, providers=["CPUExecutionProvider"])
+        runs.append(session.run(None, {RPN_HEAD_INPUT: x}))
+    assert all(np.array_equal(a, b) for a, b in zip(*runs))

@@ -11,6 +11,7 @@ import torch
 
 from trt_centerpoint.config import load_config
 from trt_centerpoint.errors import UserError
+from trt_centerpoint.model.centerpoint import CenterPoint
 from trt_centerpoint.model.voxelizer import VoxelBatch, Voxelizer, VoxelOverflowWarning, VoxelStats, collate
 
 
@@ -162,6 +163,20 @@ def test_max_voxels_truncation(tiny, training):
     stats = assert_matches(out, pts, vcfg, training)
     assert stats.voxels_dropped > 0 and stats.points_in_dropped_voxels >= stats.voxels_dropped
     assert str(stats.voxels_dropped) in str(rec[0].message)
+
+
+def test_the_model_voxelizes_with_its_mode_s_cap_unless_told(tiny):
+    """QAT that trains only the ranges voxelizes with the deployed cap in train mode (`voxelize(training=False)`)."""
+    cfg = load_config("tiny")
+    cfg = dataclasses.replace(cfg, voxel=dataclasses.replace(cfg.voxel, max_voxels=80, max_voxels_train=40))
+    model = CenterPoint(cfg)
+    pts = torch.from_numpy(make_points(cfg.voxel, 2000, seed=2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VoxelOverflowWarning)
+        assert model.train().voxelize([pts]).num_voxels == 40
+        assert model.train().voxelize([pts], training=False).num_voxels == 80
+        assert model.eval().voxelize([pts]).num_voxels == 80
+        assert model.eval().voxelize([pts], training=True).num_voxels == 40
 
 
 def test_voxel_order_is_first_appearance(tiny):
