@@ -1,12 +1,13 @@
 """det3d checkpoint IO: round trip, spconv 1.x layout, key errors, refusal of pickled code and NaN weights."""
 
 import collections
+import dataclasses
 import zipfile
 
 import pytest
 import torch
 
-from trt_centerpoint.config import load_config
+from trt_centerpoint.config import config_to_dict, load_config
 from trt_centerpoint.model.centerpoint import CenterPoint
 from trt_centerpoint.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
@@ -155,3 +156,45 @@ def test_nan_checkpoint_is_a_one_line_error_in_the_cli(tmp_path, cfg, command, c
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bbox_head.shared_conv.0.weight" in err[0] and "NaN or Inf" in err[0]
     assert not (tmp_path / "q.pth").exists()
+
+
+MMENGINE_CFG = """point_cloud_range = [{r}]
+voxel_size = [{v}]
+model = dict(
+    type='CenterPoint',
+    pts_voxel_layer=dict(
+        max_num_points=10, voxel_size=[{v}], max_voxels=(90000, 120000),
+        point_cloud_range=[{r}]))
+"""
+
+
+def _text(values) -> str:
+    return ", ".join(str(x) for x in values)
+
+
+@pytest.mark.parametrize("key", ["cfg", "config"])  # mmengine's config text / mmcv-era trainers'
+def test_a_checkpoint_trained_on_another_voxel_grid_is_refused_by_name(tmp_path, cfg, key):
+    model, path = _fresh(cfg, 0), tmp_path / "ckpt.pth"
+    voxel, pcr = list(cfg.voxel.voxel_size), list(cfg.voxel.point_cloud_range)
+    save_checkpoint(model, path, meta={key: MMENGINE_CFG.format(v=_text(voxel), r=_text(pcr)), "seed": 0})
+    assert load_checkpoint(_fresh(cfg, 1), path)[key]  # the same geometry: loads
+    other = [voxel[0] * 4 / 3, voxel[1] * 4 / 3, voxel[2]]
+    save_checkpoint(model, path, meta={key: MMENGINE_CFG.format(v=_text(other), r=_text(pcr))})
+    with pytest.raises(CheckpointError, match=rf"trained with voxel_size .* \(its meta\['{key}'\]\), config tiny"):
+        load_checkpoint(_fresh(cfg, 1), path)
+    wider = [pcr[0] - 8, *pcr[1:3], pcr[3] + 8, *pcr[4:]]
+    save_checkpoint(model, path, meta={key: MMENGINE_CFG.format(v=_text(voxel), r=_text(wider))})
+    with pytest.raises(CheckpointError, match="trained with point_cloud_range"):
+        load_checkpoint(_fresh(cfg, 1), path)
+
+
+def test_our_own_config_record_is_checked_and_openpcdet_style_files_pass(tmp_path, cfg):
+    model, path = _fresh(cfg, 0), tmp_path / "ckpt.pth"
+    other = dataclasses.replace(cfg, voxel=dataclasses.replace(cfg.voxel, voxel_size=[0.3, 0.3, 0.5]))
+    save_checkpoint(model, path, meta={"config": config_to_dict(other)})
+    with pytest.raises(CheckpointError, match=r"trained with voxel_size \[0.3, 0.3, 0.5\]"):
+        load_checkpoint(_fresh(cfg, 1), path)
+    save_checkpoint(model, path, meta={"config": config_to_dict(cfg)})
+    load_checkpoint(_fresh(cfg, 1), path)
+    save_checkpoint(model, path, meta={"config": "voxel_size = cfg_voxel  # not literals", "epoch": 1})
+    load_checkpoint(_fresh(cfg, 1), path)  # nothing to compare: loads

@@ -24,6 +24,7 @@ from trt_centerpoint.config import ModelConfig, bundled_names, load_config
 from trt_centerpoint.errors import UserError
 from trt_centerpoint.fileio import atomic_path
 from trt_centerpoint.model.sources import SOURCE_NAMES, detect_source, from_det3d, sparse_conv_prefixes, to_det3d
+from trt_centerpoint.model.trained_geometry import geometry_mismatch
 
 SPCONV1_TO_2 = (4, 0, 1, 2, 3)  # [kz, ky, kx, in, out] -> [out, kz, ky, kx, in]
 MAX_LISTED_KEYS = 5
@@ -196,9 +197,13 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> dict:
     except CheckpointError as exc:
         fits = _looks_like(_strip_prefix(raw), model.cfg.source, type(model))
         raise CheckpointError(f"{exc}; it fits config {fits} (--config {fits})" if fits else str(exc)) from None
-    model.load_state_dict(state)
     meta = ckpt.get("meta")
-    return meta if isinstance(meta, dict) else {}
+    meta = meta if isinstance(meta, dict) else {}
+    mismatch = geometry_mismatch(meta, model.cfg)  # same keys and shapes, another voxel grid: refused by name
+    if mismatch:
+        raise CheckpointError(f"{path}: {mismatch}")
+    model.load_state_dict(state)
+    return meta
 
 
 def atomic_torch_save(obj, path: str | Path) -> None:
