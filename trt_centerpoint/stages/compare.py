@@ -162,7 +162,7 @@ def compare_outputs(cfg: ModelConfig, pipes: dict, frames, progress: bool = True
     `layers`, when given (the backbones are reference runners), receives `compare_scn_layers` of the first frame
     ("figures", "bev" of the FP32 file, "frame": 0), computed from the same backbone runs.
 
-    Under torchrun each step runs one frame per rank and rank 0 merges them in frame order (the other
+    Under torchrun (`ctx`) each step runs one frame per rank and rank 0 merges them in frame order (the other
     ranks return empty figures)."""
     ctx = ctx or DistContext()
     outs = {"fp32": [], "int8": []}
