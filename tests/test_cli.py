@@ -6,14 +6,13 @@ import sys
 
 import numpy as np
 import pytest
-import torch
+from tiny_models import firing_model
 
 from trt_centerpoint import __version__
 from trt_centerpoint.cli import main
 from trt_centerpoint.config import load_config
 from trt_centerpoint.data.synth.dataset import write_dataset
 from trt_centerpoint.data.synth.sensor import SensorConfig
-from trt_centerpoint.model.centerpoint import CenterPoint
 from trt_centerpoint.model.checkpoint import save_checkpoint
 
 
@@ -21,11 +20,7 @@ from trt_centerpoint.model.checkpoint import save_checkpoint
 def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     cfg = load_config("tiny")
-    torch.manual_seed(0)
-    model = CenterPoint(cfg)
-    with torch.no_grad():  # a random model that still fires: raise the heatmap bias above the threshold
-        for task in model.bbox_head.tasks:
-            task.hm[-1].bias.fill_(1.0)
+    model = firing_model(cfg, 1.0)
     save_checkpoint(model, root / "tiny.pth")
     write_dataset(root / "data", frames=2, seed=3, config=cfg, progress=False,
                   sensor=SensorConfig(beams=16, num_sweeps=1))

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny_models import firing_model
 
 from trt_centerpoint.args import DataArgs
 from trt_centerpoint.cli import build_parser, main
@@ -17,7 +18,6 @@ from trt_centerpoint.data.frames import load_frames
 from trt_centerpoint.data.nuscenes import NuScenesSelection
 from trt_centerpoint.data.nuscenes.synth import scene_plan, write_nuscenes
 from trt_centerpoint.data.source import source_sha256
-from trt_centerpoint.model.centerpoint import CenterPoint
 from trt_centerpoint.model.checkpoint import save_checkpoint
 from trt_centerpoint.quant.calibrate import iter_points, select_calibration_files
 from trt_centerpoint.quant.distill import UnlabeledFrames
@@ -179,11 +179,7 @@ def test_data_options_take_a_dataroot(dataroot, selection, converted, tmp_path, 
     assert source_sha256(selection) != source_sha256(NuScenesSelection(dataroot, None, "mini_val", sweeps=5))
 
     cfg = load_config("tiny")
-    torch.manual_seed(0)
-    model = CenterPoint(cfg)
-    with torch.no_grad():
-        for task in model.bbox_head.tasks:
-            task.hm[-1].bias.fill_(1.0)  # a random model that still fires
+    model = firing_model(cfg, 1.0)
     save_checkpoint(model, tmp_path / "tiny.pth")
     for name, data in (("direct", [str(dataroot), "--split", "mini_val"]), ("folder", [str(converted)])):
         assert main(["infer", "-c", "tiny", "-p", str(tmp_path / "tiny.pth"), "--points", *data, "--out",

@@ -8,6 +8,7 @@ import pytest
 import torch
 from polygraphy.comparator import Comparator
 from polygraphy.logger import G_LOGGER
+from tiny_models import firing_model
 
 from trt_centerpoint._compat.polygraphy import quiet_logger
 from trt_centerpoint.config import load_config
@@ -19,7 +20,6 @@ from trt_centerpoint.eval.compare import polygraphy_accuracy
 from trt_centerpoint.eval.match import match_detections, merge_matches
 from trt_centerpoint.export.scn.fuse import fuse_backbone
 from trt_centerpoint.export.validate import fp16_deployed_reference
-from trt_centerpoint.model.centerpoint import CenterPoint
 from trt_centerpoint.model.checkpoint import save_checkpoint
 from trt_centerpoint.model.decode import Detections
 from trt_centerpoint.quant.ptq import run_ptq
@@ -37,11 +37,7 @@ def cfg():
 def build(cfg, tmp_path_factory):
     """A float checkpoint, a PTQ checkpoint, two frames and the exported INT8 build folder."""
     work = tmp_path_factory.mktemp("runners")
-    torch.manual_seed(0)
-    model = CenterPoint(cfg).eval()
-    with torch.no_grad():  # a head that fires: boxes to compare
-        for task in model.bbox_head.tasks:
-            task.hm[-1].bias.fill_(0.5)
+    model = firing_model(cfg, 0.5)  # a head that fires: boxes to compare
     save_checkpoint(model, work / "fp32.pth")
     write_dataset(work / "data", frames=2, seed=5, config=cfg, progress=False,
                   sensor=SensorConfig(beams=16, num_sweeps=1))

@@ -8,14 +8,13 @@ import sys
 import time
 
 import pytest
-import torch
 from polygraphy.comparator import RunResults
+from tiny_models import firing_model
 
 import trt_centerpoint.stages.build as build_stage
 from trt_centerpoint.cli import main
 from trt_centerpoint.config import load_config
 from trt_centerpoint.manifest import file_sha256
-from trt_centerpoint.model.centerpoint import CenterPoint
 from trt_centerpoint.model.checkpoint import save_checkpoint
 from trt_centerpoint.runtime.trt.env import tensorrt_rtx_status
 from trt_centerpoint.stages.build import BuildOptions, run_build
@@ -28,11 +27,7 @@ ARTIFACTS = ["ptq.pth", "scn.fp16.onnx", "scn.int8.onnx", "scn.int8.qdq.onnx", "
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = CenterPoint(load_config("tiny")).eval()
-    with torch.no_grad():
-        for task in model.bbox_head.tasks:
-            task.hm[-1].bias.fill_(0.0)  # some boxes to compare
+    model = firing_model(load_config("tiny"), 0.0)  # some boxes to compare
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
     save_checkpoint(model, path)
     return path

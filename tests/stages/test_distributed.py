@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import firing_model
 
 from trt_centerpoint.config import load_config
 from trt_centerpoint.data.synth.dataset import write_dataset
 from trt_centerpoint.data.synth.sensor import SensorConfig
-from trt_centerpoint.model.centerpoint import CenterPoint
 from trt_centerpoint.model.checkpoint import save_checkpoint
 from trt_centerpoint.quant.ptq import run_ptq
 from trt_centerpoint.stages.compare import run_compare
@@ -48,11 +48,7 @@ def one_process(tmp_path_factory):
     try:
         folder = tmp_path_factory.mktemp("dist")
         cfg = load_config("tiny")
-        torch.manual_seed(0)
-        model = CenterPoint(cfg).eval()
-        with torch.no_grad():
-            for task in model.bbox_head.tasks:
-                task.hm[-1].bias.fill_(0.0)  # boxes to score and compare
+        model = firing_model(cfg, 0.0)  # boxes to score and compare
         ckpt = folder / "tiny.pth"
         save_checkpoint(model, ckpt)
         data = folder / "data"

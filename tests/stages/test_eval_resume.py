@@ -5,14 +5,13 @@ file as a run that was never interrupted, without running the finished frames ag
 import json
 
 import pytest
-import torch
+from tiny_models import firing_model
 
 from trt_centerpoint.config import load_config
 from trt_centerpoint.data.synth.dataset import write_dataset
 from trt_centerpoint.data.synth.sensor import SensorConfig
 from trt_centerpoint.errors import UserError
 from trt_centerpoint.eval.detection_stream import part_path
-from trt_centerpoint.model.centerpoint import CenterPoint
 from trt_centerpoint.model.checkpoint import save_checkpoint
 from trt_centerpoint.runtime.pipeline import Pipeline
 from trt_centerpoint.stages.evaluate import run_eval
@@ -21,11 +20,7 @@ FRAMES = 4
 
 
 def _checkpoint(path, seed):
-    torch.manual_seed(seed)
-    model = CenterPoint(load_config("tiny")).eval()
-    with torch.no_grad():
-        for task in model.bbox_head.tasks:
-            task.hm[-1].bias.fill_(0.0)  # boxes to score
+    model = firing_model(load_config("tiny"), 0.0, seed)  # boxes to score
     save_checkpoint(model, path)
     return path
 

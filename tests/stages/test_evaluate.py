@@ -5,12 +5,12 @@ import json
 
 import pytest
 import torch
+from tiny_models import firing_model
 
 from trt_centerpoint.cli import main
 from trt_centerpoint.config import load_config
 from trt_centerpoint.data.synth.dataset import read_labels, write_dataset
 from trt_centerpoint.data.synth.sensor import SensorConfig
-from trt_centerpoint.model.centerpoint import CenterPoint
 from trt_centerpoint.model.checkpoint import save_checkpoint
 from trt_centerpoint.quant.calibrate import select_calibration_files
 from trt_centerpoint.quant.ptq import ptq_model, save_quantized_model
@@ -22,11 +22,7 @@ def tiny_eval(tmp_path_factory):
     """A random tiny model that fires (heatmap bias raised), its PTQ checkpoint, a QAT-stamped copy, 3 frames."""
     root = tmp_path_factory.mktemp("eval")
     cfg = load_config("tiny")
-    torch.manual_seed(0)
-    model = CenterPoint(cfg)
-    with torch.no_grad():
-        for task in model.bbox_head.tasks:
-            task.hm[-1].bias.fill_(1.0)
+    model = firing_model(cfg, 1.0)
     save_checkpoint(model, root / "float.pth")
     write_dataset(root / "data", frames=3, seed=5, config=cfg, progress=False,
                   sensor=SensorConfig(beams=16, num_sweeps=1))
